@@ -1,0 +1,153 @@
+//! ferry-guest-init: the guest's PID 1.
+//!
+//! Mounts the API filesystems, loads the image's modules, applies the
+//! configuration from the kernel command line, runs the workload, reaps
+//! zombies, forwards SIGTERM/SIGINT/SIGHUP to the workload, prints one
+//! machine-readable exit line and powers off. It never hangs on bad input:
+//! every failure path ends in `finish`.
+
+mod config;
+mod modules;
+mod setup;
+mod sys;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+use config::Config;
+
+/// Printed right before the workload starts; the host hides console output
+/// that comes before it (kernel and init noise).
+const START_MARKER: &str = "FERRY_START";
+/// Exit status used when the guest could not run the workload at all
+/// (the same convention as `docker run`).
+const EXIT_SETUP_FAILED: i32 = 125;
+/// Exit status when the workload binary cannot be executed.
+const EXIT_NOT_RUNNABLE: i32 = 127;
+
+fn main() {
+    let code = run();
+    finish(code.code, code.error);
+}
+
+struct Outcome {
+    code: i32,
+    error: Option<&'static str>,
+}
+
+fn run() -> Outcome {
+    if let Err(e) = sys::block_signals() {
+        eprintln!("ferry-init: blocking signals: {e}");
+    }
+    setup::mount_api_filesystems();
+    setup::install_busybox();
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let cfg = match Config::from_cmdline(&cmdline) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("ferry-init: configuration error: {e}");
+            return Outcome {
+                code: EXIT_SETUP_FAILED,
+                error: Some("config"),
+            };
+        }
+    };
+
+    if let Err(e) = sys::sethostname(&cfg.hostname) {
+        eprintln!("ferry-init: setting host name {:?}: {e}", cfg.hostname);
+    }
+    let mut wanted = modules::image_list();
+    wanted.extend(cfg.modules.iter().cloned());
+    modules::load(&wanted);
+
+    if let Err(e) = setup::network(&cfg.net) {
+        eprintln!("ferry-init: network setup failed: {e}");
+        return Outcome {
+            code: EXIT_SETUP_FAILED,
+            error: Some("network"),
+        };
+    }
+    if let Err(e) = setup::mounts(&cfg.mounts) {
+        eprintln!("ferry-init: {e}");
+        return Outcome {
+            code: EXIT_SETUP_FAILED,
+            error: Some("mount"),
+        };
+    }
+    run_workload(&cfg)
+}
+
+fn run_workload(cfg: &Config) -> Outcome {
+    let argv: Vec<String> = if cfg.argv.is_empty() {
+        vec!["/bin/sh".into()]
+    } else {
+        cfg.argv.clone()
+    };
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env("PATH", setup::PATH)
+        .env("HOME", "/root")
+        .env("TERM", "linux")
+        .envs(cfg.env.iter().map(|(k, v)| (k, v)));
+    if let Some(dir) = &cfg.cwd {
+        cmd.current_dir(dir);
+    }
+    println!("{START_MARKER}");
+    let _ = std::io::stdout().flush();
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("ferry-init: cannot run {:?}: {e}", argv[0]);
+            return Outcome {
+                code: EXIT_NOT_RUNNABLE,
+                error: Some("exec"),
+            };
+        }
+    };
+    let workload = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
+    // We reap with waitpid(-1) ourselves; dropping the handle does not wait.
+    drop(child);
+    Outcome {
+        code: supervise(workload),
+        error: None,
+    }
+}
+
+/// Reaps every child, forwards termination signals to the workload, and
+/// returns the workload's exit code once it is gone.
+fn supervise(workload: libc::pid_t) -> i32 {
+    loop {
+        // The timeout also covers a SIGCHLD that arrived before we waited.
+        let sig = sys::wait_signal(Duration::from_secs(1));
+        if let Some(sig @ (libc::SIGTERM | libc::SIGINT | libc::SIGHUP)) = sig {
+            sys::kill(workload, sig);
+        }
+        while let Some((pid, status)) = sys::reap_one() {
+            if pid == workload {
+                return sys::exit_code(status);
+            }
+        }
+    }
+}
+
+/// Stops what is left, reports the exit status and powers off.
+fn finish(code: i32, error: Option<&str>) -> ! {
+    sys::kill(-1, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(50));
+    sys::kill(-1, libc::SIGKILL);
+    while sys::reap_one().is_some() {}
+    setup::unmount_shares();
+    let _ = std::io::stderr().flush();
+    match error {
+        Some(kind) => println!("FERRY_EXIT code={code} error={kind}"),
+        None => println!("FERRY_EXIT code={code}"),
+    }
+    let _ = std::io::stdout().flush();
+    let e = sys::power_off();
+    // Not PID 1 (run by hand in a test) or no privilege: just exit.
+    eprintln!("ferry-init: power off failed: {e}");
+    std::process::exit(code)
+}

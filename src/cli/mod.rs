@@ -1,0 +1,65 @@
+//! The command-line interface: one module per subcommand.
+
+pub mod compat;
+mod guest;
+mod placeholder;
+mod run;
+mod version;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::LogOptions;
+
+const EXAMPLES: &str = "\
+Examples:
+  ferry run -- uname -a                 boot a guest, run a command, return its exit code
+  ferry run --name web -e MODE=dev -- sh -c 'hostname; echo $MODE'
+  ferry guest build                     build (or reuse) the cached guest initramfs
+  ferry guest kernel                    show which kernel guests boot
+  ferry version
+
+Multi-call: linked or copied as `slirp4netns`, `gvproxy` or `virtiofsd`, ferry
+acts as that tool. Documentation: docs/ in the source tree.";
+
+/// Userspace networking and file sharing for virtual machines and containers.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest VM, run a command in it, stream its output and exit with its exit code.
+    Run(run::RunArgs),
+    /// Run the userspace network (NAT, DHCP, DNS) for a namespace or VM.
+    Net(placeholder::PlaceholderArgs),
+    /// Serve a host directory to a guest over vhost-user-fs (virtiofsd-compatible).
+    Fs(placeholder::PlaceholderArgs),
+    /// Guest image tools: build the initramfs, find the kernel.
+    #[command(subcommand)]
+    Guest(guest::GuestCommand),
+    /// Print version and build information.
+    Version,
+}
+
+pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run::run(args),
+        Command::Net(_) => Ok(placeholder::not_implemented("ferry net", "the net data path (issue 3)")),
+        Command::Fs(_) => Ok(placeholder::not_implemented(
+            "ferry fs",
+            "the vhost-user-fs backend (issue 6)",
+        )),
+        Command::Guest(cmd) => guest::run(cmd),
+        Command::Version => {
+            version::print();
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `ferry run`: boot a guest, run a command, return its exit code.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use ferry_vmm::{accel, image, AccelChoice, GuestCmdline, QemuConfig};
+
+use super::guest::{self, ImageOptions};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AccelArg {
+    /// KVM if it can really boot the guest here (probed once, cached), else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  ferry run -- uname -r
+  ferry run --name web -e GREETING=hi -w /tmp -- sh -c 'echo $GREETING from $(hostname)'
+  ferry run --memory 1024 --cpus 2 --timeout 60 -- sh -c 'nproc; free -m'
+
+The exit code is the guest command's; 125 means the guest could not start it
+(bad configuration or a failed mount), 127 that the command was not found.";
+
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub image: ImageOptions,
+    /// Guest host name.
+    #[arg(long, value_name = "NAME", default_value = "ferry")]
+    pub name: String,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    pub memory: u32,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+    /// How QEMU runs guest code.
+    #[arg(long, value_enum, env = "FERRY_ACCEL", default_value = "auto")]
+    pub accel: AccelArg,
+    /// Set an environment variable for the command (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+    /// Working directory of the command inside the guest.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Extra raw kernel command-line words (repeatable), e.g. `ferry.net=dhcp`.
+    #[arg(long, value_name = "WORDS")]
+    pub append: Vec<String>,
+    /// Kill the guest if it runs longer than this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// QEMU binary.
+    #[arg(long, env = "FERRY_QEMU", value_name = "PATH", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// The command to run in the guest [default: /bin/sh].
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    for kv in &args.env {
+        anyhow::ensure!(
+            kv.split_once('=').is_some_and(|(k, _)| !k.is_empty()),
+            "-e {kv:?}: expected KEY=VALUE"
+        );
+    }
+    if let Some(dir) = &args.workdir {
+        anyhow::ensure!(
+            dir.starts_with('/'),
+            "-w {dir:?}: the guest working directory must be absolute"
+        );
+    }
+    let image = guest::prepare(&args.image)?;
+
+    let mut line = GuestCmdline::new();
+    line.command(&args.command).key("hostname", &args.name);
+    for kv in &args.env {
+        line.key("env", kv);
+    }
+    if let Some(dir) = &args.workdir {
+        line.key("cwd", dir);
+    }
+    for word in &args.append {
+        line.raw(word);
+    }
+    let mut qemu = QemuConfig::new(image.kernel.path.clone(), image.initrd.clone(), line.build()?);
+    qemu.binary = args.qemu.clone();
+    qemu.memory_mib = args.memory;
+    qemu.cpus = args.cpus;
+
+    let choice = match args.accel {
+        AccelArg::Auto => AccelChoice::Auto,
+        AccelArg::Kvm => AccelChoice::Kvm,
+        AccelArg::Tcg => AccelChoice::Tcg,
+    };
+    let cache_file = accel::probe_cache_file(&image::cache_dir(), &image.kernel.path, &qemu.binary);
+    let mut probe = qemu.clone();
+    probe.cmdline = GuestCmdline::new().command(&["true".into()]).build()?;
+    qemu.accel = accel::resolve(choice, &cache_file, || accel::probe_kvm(&probe), &mut |l| {
+        eprintln!("ferry: {l}")
+    });
+
+    tracing::debug!(kernel = %image.kernel.release, accel = qemu.accel.as_str(), "booting guest");
+    let mut vm = qemu.spawn()?;
+    let stdout = std::io::stdout();
+    let exit = vm
+        .wait_guest(
+            args.timeout.map(Duration::from_secs),
+            &mut |l| {
+                // guest-init's own diagnostics matter to the user; kernel noise does not.
+                if l.starts_with("ferry-init:") {
+                    eprintln!("{l}");
+                } else {
+                    tracing::debug!(target: "guest", "{l}");
+                }
+            },
+            &mut |l| {
+                if l.starts_with("ferry-init:") {
+                    eprintln!("{l}");
+                    return;
+                }
+                let mut out = stdout.lock();
+                let _ = writeln!(out, "{l}");
+                let _ = out.flush();
+            },
+        )
+        .context("running the guest")?;
+    if let Some(kind) = &exit.error {
+        eprintln!("ferry: the guest could not run the command ({kind} failed; see the message above)");
+    }
+    Ok(ExitCode::from(u8::try_from(exit.code).unwrap_or(255)))
+}

@@ -1,0 +1,178 @@
+//! Shared harness for ferry's end-to-end tests: runs the real `ferry` binary
+//! with a deadline, captures its output, and kills its whole process group
+//! (QEMU and daemons included) when the test ends, passes or not.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds the static guest-init once per test process (cargo itself makes
+/// concurrent test processes wait for each other) and returns its path.
+pub fn guest_init() -> PathBuf {
+    static INIT: OnceLock<PathBuf> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let root = repo_root();
+        let status = Command::new(root.join("scripts/build-guest-init"))
+            .status()
+            .expect("running scripts/build-guest-init");
+        assert!(status.success(), "scripts/build-guest-init failed");
+        root.join("target/x86_64-unknown-linux-gnu/release/ferry-guest-init")
+    })
+    .clone()
+}
+
+/// Fails loudly (never skips) when a tool the suite needs is missing: the
+/// README's test command installs them.
+pub fn require_tool(name: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is not installed; run `apt-get install {package}` (the README's test command does)"
+    );
+}
+
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A `ferry` invocation under test.
+pub struct Ferry {
+    cmd: Command,
+    timeout: Duration,
+}
+
+/// Kills the child's process group on drop.
+pub struct Running {
+    pub child: Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child's process group; no memory involved.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Ferry {
+    pub fn new<I, S>(args: I) -> Ferry
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        Ferry::with_binary(Path::new(env!("CARGO_BIN_EXE_ferry")), args)
+    }
+
+    pub fn with_binary<I, S>(binary: &Path, args: I) -> Ferry
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(binary);
+        cmd.args(args)
+            .env("FERRY_GUEST_INIT", guest_init())
+            .env_remove("RUST_LOG");
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.process_group(0);
+        Ferry {
+            cmd,
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Ferry {
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Ferry {
+        self.timeout = t;
+        self
+    }
+
+    pub fn spawn(mut self) -> Running {
+        Running {
+            child: self.cmd.spawn().expect("spawning ferry"),
+        }
+    }
+
+    /// Runs to completion or the deadline (then kills it and panics).
+    pub fn output(self) -> Output {
+        let timeout = self.timeout;
+        let mut running = self.spawn();
+        let mut out = running.child.stdout.take().unwrap();
+        let mut err = running.child.stderr.take().unwrap();
+        let out_t = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let err_t = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = running.child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > timeout {
+                drop(running);
+                panic!(
+                    "ferry did not finish within {timeout:?}; killed. stderr:\n{}",
+                    err_t.join().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            code: status.code(),
+            stdout: out_t.join().unwrap(),
+            stderr: err_t.join().unwrap(),
+        }
+    }
+}
+
+/// Children of `pid`, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Field 4 (ppid) follows the parenthesised command name.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        if after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,14 @@
+//! ferry's virtual machine side: the guest image, the kernel command line
+//! guest-init reads, and VM launchers. QEMU is the launcher today; the
+//! in-process KVM micro-VMM will sit beside it behind a `Hypervisor` trait.
+
+pub mod accel;
+pub mod cmdline;
+pub mod console;
+pub mod image;
+pub mod qemu;
+
+pub use accel::AccelChoice;
+pub use cmdline::GuestCmdline;
+pub use image::{GuestImage, ImageSpec, Kernel};
+pub use qemu::{Accel, GuestExit, QemuConfig, QemuVm};
