@@ -1,1 +1,90 @@
-//! placeholder
+//! ferry's userspace network: guest Ethernet frames in, ordinary host
+//! sockets out. A switch owns the guest-facing L2; the gateway's IP stack is
+//! smoltcp; TCP, UDP and ICMP echo are NATed to host sockets.
+//!
+//! Everything runs on one thread: call [`serve`] inside a tokio
+//! current-thread runtime's `LocalSet`.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod dhcp;
+pub mod frontend;
+pub mod metrics;
+pub mod stack;
+pub mod switch;
+pub mod sys;
+pub mod wire;
+
+mod icmp;
+mod tcp;
+mod udp;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+pub use config::NetConfig;
+pub use frontend::Frontend;
+pub use metrics::NetMetrics;
+pub use stack::{Stack, StackRef};
+
+/// Frames read per wake-up of a port before smoltcp sends what they caused.
+const RX_BATCH: usize = 64;
+/// Upper bound on how late a TCP timer (retransmit, close) may fire.
+const TIMER_TICK: Duration = Duration::from_millis(50);
+
+/// Attaches `port` to the stack and moves its frames until it closes.
+pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
+    let id = stack.borrow_mut().add_port(port.clone());
+    tracing::info!(port = port.name(), "front end attached");
+    let noop = std::task::Waker::noop();
+    loop {
+        let first = std::future::poll_fn(|cx| {
+            let mut st = stack.borrow_mut();
+            port.poll_recv(cx, &mut st.switch.rx.buf)
+        })
+        .await;
+        let mut st = stack.borrow_mut();
+        match first {
+            Ok(0) => break,
+            Ok(n) => st.ingress(id, n),
+            Err(e) => {
+                tracing::warn!(port = port.name(), error = %e, "front end failed; detaching it");
+                break;
+            }
+        }
+        // Drain what else is ready, then let smoltcp answer all of it.
+        let mut cx = std::task::Context::from_waker(noop);
+        for _ in 1..RX_BATCH {
+            match port.poll_recv(&mut cx, &mut st.switch.rx.buf) {
+                std::task::Poll::Ready(Ok(n)) if n > 0 => st.ingress(id, n),
+                _ => break,
+            }
+        }
+        st.poll();
+    }
+    stack.borrow_mut().switch.remove_port(id);
+    tracing::info!(port = port.name(), "front end detached");
+}
+
+/// Drives smoltcp's timers (retransmissions, delayed FINs, timeouts).
+pub async fn run_timers(stack: StackRef) {
+    let notify = stack.borrow().timer.clone();
+    loop {
+        let delay = {
+            let mut st = stack.borrow_mut();
+            st.poll();
+            let now = st.now();
+            let st = &mut *st;
+            st.iface.poll_delay(now, &st.sockets)
+        };
+        match delay {
+            Some(d) => {
+                let d = Duration::from_micros(d.total_micros()).min(TIMER_TICK);
+                tokio::time::sleep(d).await;
+            }
+            None => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), notify.notified()).await;
+            }
+        }
+    }
+}

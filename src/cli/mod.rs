@@ -2,6 +2,7 @@
 
 pub mod compat;
 mod guest;
+mod net;
 mod placeholder;
 mod run;
 mod version;
@@ -38,7 +39,7 @@ pub enum Command {
     /// Boot a guest VM, run a command in it, stream its output and exit with its exit code.
     Run(run::RunArgs),
     /// Run the userspace network (NAT, DHCP, DNS) for a namespace or VM.
-    Net(placeholder::PlaceholderArgs),
+    Net(net::NetArgs),
     /// Serve a host directory to a guest over vhost-user-fs (virtiofsd-compatible).
     Fs(placeholder::PlaceholderArgs),
     /// Guest image tools: build the initramfs, find the kernel.
@@ -51,7 +52,7 @@ pub enum Command {
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run::run(args),
-        Command::Net(_) => Ok(placeholder::not_implemented("ferry net", "the net data path (issue 3)")),
+        Command::Net(args) => net::run(args),
         Command::Fs(_) => Ok(placeholder::not_implemented(
             "ferry fs",
             "the vhost-user-fs backend (issue 6)",

@@ -1,0 +1,224 @@
+//! The network's address plan and limits.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// A MAC address (kept as plain bytes so the config stays independent of
+/// smoltcp's types).
+pub type Mac = [u8; 6];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A subnet that cannot hold a gateway, a host alias and guests.
+    #[error("subnet {0}: expected an IPv4 CIDR with a prefix between 8 and 30, e.g. 10.0.2.0/24")]
+    BadSubnet(String),
+    /// An address outside the subnet or reserved.
+    #[error("{what} {addr} is not a usable address in {subnet}")]
+    OutsideSubnet {
+        what: &'static str,
+        addr: Ipv4Addr,
+        subnet: String,
+    },
+    /// Two roles were given the same address.
+    #[error("{a} and {b} are both {addr}; give each its own address")]
+    Clash {
+        a: &'static str,
+        b: &'static str,
+        addr: Ipv4Addr,
+    },
+    /// MTU out of range.
+    #[error("MTU {0} is out of range: use 576..=65520")]
+    BadMtu(u32),
+    /// A malformed static lease.
+    #[error("static lease {0:?}: expected MAC=IP, e.g. 5a:94:ef:e4:0c:ee=10.0.2.2")]
+    BadLease(String),
+}
+
+/// The network ferry serves: one subnet with a gateway (ferry itself), a host
+/// alias that reaches the host's loopback, and DHCP-assigned guests.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
+    /// ferry's own address: router, DHCP server and DNS server.
+    pub gateway: Ipv4Addr,
+    /// Reaches the host's 127.0.0.1 (None: `--no-host-loopback`).
+    pub host_alias: Option<Ipv4Addr>,
+    /// The first address handed out by DHCP.
+    pub first_guest: Ipv4Addr,
+    pub gateway_mac: Mac,
+    pub mtu: u32,
+    pub static_leases: Vec<(Mac, Ipv4Addr)>,
+    pub lease_time: Duration,
+    /// DHCP domain search list (option 119) and domain name (option 15).
+    pub search_domains: Vec<String>,
+    pub max_tcp_flows: usize,
+    pub max_udp_flows: usize,
+    pub udp_idle_timeout: Duration,
+    pub tcp_connect_timeout: Duration,
+    /// Socket buffer size per TCP flow and direction.
+    pub tcp_buffer: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            subnet: Ipv4Addr::new(10, 0, 2, 0),
+            prefix: 24,
+            gateway: Ipv4Addr::new(10, 0, 2, 1),
+            host_alias: Some(Ipv4Addr::new(10, 0, 2, 254)),
+            first_guest: Ipv4Addr::new(10, 0, 2, 2),
+            gateway_mac: [0x52, 0x55, 0x0a, 0x00, 0x02, 0x01],
+            mtu: 65520,
+            static_leases: Vec::new(),
+            lease_time: Duration::from_secs(3600),
+            search_domains: vec!["test".into()],
+            max_tcp_flows: 8192,
+            max_udp_flows: 4096,
+            udp_idle_timeout: Duration::from_secs(60),
+            tcp_connect_timeout: Duration::from_secs(10),
+            tcp_buffer: 512 * 1024,
+        }
+    }
+}
+
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let bad = || ConfigError::BadSubnet(s.to_string());
+    let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    if !(8..=30).contains(&prefix) {
+        return Err(bad());
+    }
+    Ok((Ipv4Addr::from(u32::from(ip) & mask(prefix)), prefix))
+}
+
+fn mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+impl NetConfig {
+    /// A plan for `subnet` with the default roles: gateway .1, first guest
+    /// .2, host alias the last usable address (.254 in a /24).
+    pub fn for_subnet(cidr: &str) -> Result<NetConfig, ConfigError> {
+        let (subnet, prefix) = parse_cidr(cidr)?;
+        let base = u32::from(subnet);
+        let broadcast = base | !mask(prefix);
+        Ok(NetConfig {
+            subnet,
+            prefix,
+            gateway: Ipv4Addr::from(base + 1),
+            first_guest: Ipv4Addr::from(base + 2),
+            host_alias: Some(Ipv4Addr::from(broadcast - 1)),
+            ..NetConfig::default()
+        })
+    }
+
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask(self.prefix))
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & mask(self.prefix) == u32::from(self.subnet)
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet) | !mask(self.prefix))
+    }
+
+    /// A usable host address of the subnet (not network, not broadcast).
+    fn usable(&self, addr: Ipv4Addr) -> bool {
+        self.contains(addr) && addr != self.subnet && addr != self.broadcast()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(576..=65520).contains(&self.mtu) {
+            return Err(ConfigError::BadMtu(self.mtu));
+        }
+        let subnet = format!("{}/{}", self.subnet, self.prefix);
+        let mut roles = vec![("gateway", self.gateway), ("first guest", self.first_guest)];
+        if let Some(alias) = self.host_alias {
+            roles.push(("host alias", alias));
+        }
+        for (what, addr) in &roles {
+            if !self.usable(*addr) {
+                return Err(ConfigError::OutsideSubnet {
+                    what,
+                    addr: *addr,
+                    subnet,
+                });
+            }
+        }
+        for (i, (a, x)) in roles.iter().enumerate() {
+            for (b, y) in &roles[i + 1..] {
+                if x == y {
+                    return Err(ConfigError::Clash { a, b, addr: *x });
+                }
+            }
+        }
+        for (_, ip) in &self.static_leases {
+            if !self.usable(*ip) || roles[..1].iter().any(|(_, r)| r == ip) || Some(*ip) == self.host_alias {
+                return Err(ConfigError::OutsideSubnet {
+                    what: "static lease",
+                    addr: *ip,
+                    subnet,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses `MAC=IP`.
+    pub fn parse_lease(s: &str) -> Result<(Mac, Ipv4Addr), ConfigError> {
+        let bad = || ConfigError::BadLease(s.to_string());
+        let (mac, ip) = s.split_once('=').ok_or_else(bad)?;
+        Ok((parse_mac(mac).ok_or_else(bad)?, ip.parse().map_err(|_| bad())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_plan_is_valid() {
+        NetConfig::default().validate().unwrap();
+        let c = NetConfig::for_subnet("192.168.127.0/24").unwrap();
+        assert_eq!(c.gateway, Ipv4Addr::new(192, 168, 127, 1));
+        assert_eq!(c.host_alias, Some(Ipv4Addr::new(192, 168, 127, 254)));
+        assert_eq!(c.first_guest, Ipv4Addr::new(192, 168, 127, 2));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_plans() {
+        assert!(NetConfig::for_subnet("10.0.0.0").is_err());
+        assert!(NetConfig::for_subnet("10.0.0.0/31").is_err());
+        let c = NetConfig {
+            gateway: Ipv4Addr::new(10, 9, 9, 9),
+            ..NetConfig::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::OutsideSubnet { .. })));
+        let c = NetConfig {
+            host_alias: Some(Ipv4Addr::new(10, 0, 2, 1)),
+            ..NetConfig::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::Clash { .. })));
+        let c = NetConfig {
+            mtu: 70000,
+            ..NetConfig::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::BadMtu(70000)));
+        assert!(NetConfig::parse_lease("5a:94:ef:e4:0c:ee=10.0.2.9").is_ok());
+        assert!(NetConfig::parse_lease("5a:94:ef:e4:0c=10.0.2.9").is_err());
+    }
+}

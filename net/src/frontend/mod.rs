@@ -1,0 +1,22 @@
+//! Front ends: how guest frames enter and leave ferry.
+
+#[cfg(target_os = "linux")]
+pub mod tap;
+
+use std::io;
+use std::task::{Context, Poll};
+
+/// One attachment point of the switch (a tap device, a QEMU stream
+/// connection, a vhost-user device...). Frames are whole Ethernet frames
+/// without any front-end framing.
+pub trait Frontend {
+    /// Reads one frame into `buf` when one is available. `Ok(0)` means the
+    /// front end is gone for good.
+    fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+
+    /// Sends one frame without blocking; `WouldBlock` means it was dropped.
+    fn send(&self, frame: &[u8]) -> io::Result<()>;
+
+    /// A short name for logs ("tap0", "qemu:/run/x.sock").
+    fn name(&self) -> &str;
+}

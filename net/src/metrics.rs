@@ -1,0 +1,74 @@
+//! Counters for the data path; one field per event, one per drop reason.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! metrics {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// Data-path counters, shared as `Arc<NetMetrics>`.
+        #[derive(Debug, Default)]
+        pub struct NetMetrics {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+        }
+
+        impl NetMetrics {
+            /// `name value` lines, for logs and the control API.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                $(let _ = writeln!(out, "{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));)*
+                out
+            }
+        }
+    };
+}
+
+metrics! {
+    /// Frames received from guests.
+    rx_frames,
+    /// Bytes received from guests.
+    rx_bytes,
+    /// Frames sent to guests.
+    tx_frames,
+    /// Bytes sent to guests.
+    tx_bytes,
+    /// Frames forwarded from one guest port to another.
+    switched_frames,
+    /// TCP flows opened to the host.
+    tcp_flows_opened,
+    /// TCP connects the host refused (answered with RST).
+    tcp_refused,
+    /// TCP connects that timed out or were unreachable.
+    tcp_unreachable,
+    /// UDP flows opened.
+    udp_flows_opened,
+    /// ICMP echo requests relayed to the host.
+    icmp_echo_relayed,
+    /// DHCP replies sent.
+    dhcp_replies,
+    /// Dropped: frame shorter than its headers or with inconsistent lengths.
+    drop_malformed,
+    /// Dropped: larger than the MTU.
+    drop_oversized,
+    /// Dropped: bad IP, TCP, UDP or ICMP checksum.
+    drop_bad_checksum,
+    /// Dropped: an ethertype or IP protocol the NAT does not handle.
+    drop_unsupported,
+    /// Dropped: the flow table was full.
+    drop_flow_limit,
+    /// Dropped: no guest known for the destination.
+    drop_no_neighbor,
+    /// Dropped: the front end could not take the frame (full or gone).
+    drop_tx_failed,
+    /// Dropped: addressed somewhere the NAT does not go (gateway ports, loopback, in-subnet unknowns).
+    drop_no_route,
+}
+
+impl NetMetrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,202 @@
+//! The guest-facing L2: front-end ports, MAC learning, the guests' ARP
+//! entries, and the smoltcp `Device` through which the gateway's IP stack
+//! sends and receives. smoltcp runs with `Medium::Ip`; Ethernet framing and
+//! ARP are ours, so the switch decides who answers for which address.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Packet, ETHERNET_HEADER_LEN};
+
+use crate::config::Mac;
+use crate::frontend::Frontend;
+use crate::metrics::NetMetrics;
+
+pub type PortId = usize;
+
+pub const BROADCAST: Mac = [0xff; 6];
+
+pub fn is_multicast(mac: &Mac) -> bool {
+    mac[0] & 1 == 1
+}
+
+/// The receive side: one frame at a time, read in place by a front end.
+pub struct RxSlot {
+    pub buf: Vec<u8>,
+    /// The IP packet inside `buf` that smoltcp should take next.
+    pub pending: Option<Range<usize>>,
+}
+
+/// The transmit side: ports and where each guest is.
+pub struct TxSide {
+    pub ports: Vec<Option<Rc<dyn Frontend>>>,
+    pub mac_port: HashMap<Mac, PortId>,
+    pub neighbors: HashMap<Ipv4Addr, Mac>,
+    pub gateway_mac: Mac,
+    buf: Vec<u8>,
+    pub metrics: Arc<NetMetrics>,
+}
+
+impl TxSide {
+    /// Sends a whole frame to the port that owns its destination MAC, or to
+    /// every port but `except` for broadcast and multicast.
+    pub fn send_frame(&self, frame: &[u8], except: Option<PortId>) {
+        let Some(dst) = frame.get(..6).and_then(|d| <Mac>::try_from(d).ok()) else {
+            return;
+        };
+        if is_multicast(&dst) {
+            for (id, port) in self.ports.iter().enumerate() {
+                if Some(id) != except {
+                    if let Some(port) = port {
+                        self.send_to(port, frame);
+                    }
+                }
+            }
+            return;
+        }
+        match self
+            .mac_port
+            .get(&dst)
+            .and_then(|id| self.ports.get(*id))
+            .and_then(Option::as_ref)
+        {
+            Some(port) => self.send_to(port, frame),
+            None => NetMetrics::inc(&self.metrics.drop_no_neighbor),
+        }
+    }
+
+    fn send_to(&self, port: &Rc<dyn Frontend>, frame: &[u8]) {
+        match port.send(frame) {
+            Ok(()) => {
+                NetMetrics::inc(&self.metrics.tx_frames);
+                NetMetrics::add(&self.metrics.tx_bytes, frame.len() as u64);
+            }
+            Err(_) => NetMetrics::inc(&self.metrics.drop_tx_failed),
+        }
+    }
+
+    /// Frames the IP packet smoltcp wrote at `buf[14..14+len]` for the guest
+    /// that owns its destination address.
+    fn send_ip(&mut self, len: usize) {
+        let Ok(packet) = Ipv4Packet::new_checked(&self.buf[ETHERNET_HEADER_LEN..ETHERNET_HEADER_LEN + len]) else {
+            return;
+        };
+        let Some(dst_mac) = self.neighbors.get(&packet.dst_addr()).copied() else {
+            NetMetrics::inc(&self.metrics.drop_no_neighbor);
+            return;
+        };
+        let mut frame = EthernetFrame::new_unchecked(&mut self.buf[..ETHERNET_HEADER_LEN]);
+        frame.set_dst_addr(EthernetAddress(dst_mac));
+        frame.set_src_addr(EthernetAddress(self.gateway_mac));
+        frame.set_ethertype(EthernetProtocol::Ipv4);
+        let buf = std::mem::take(&mut self.buf);
+        self.send_frame(&buf[..ETHERNET_HEADER_LEN + len], None);
+        self.buf = buf;
+    }
+}
+
+/// The switch: both halves plus the MTU.
+pub struct Switch {
+    pub rx: RxSlot,
+    pub tx: TxSide,
+    pub mtu: usize,
+}
+
+impl Switch {
+    pub fn new(mtu: usize, gateway_mac: Mac, metrics: Arc<NetMetrics>) -> Switch {
+        Switch {
+            rx: RxSlot {
+                buf: vec![0; ETHERNET_HEADER_LEN + mtu],
+                pending: None,
+            },
+            tx: TxSide {
+                ports: Vec::new(),
+                mac_port: HashMap::new(),
+                neighbors: HashMap::new(),
+                gateway_mac,
+                buf: vec![0; ETHERNET_HEADER_LEN + mtu],
+                metrics,
+            },
+            mtu,
+        }
+    }
+
+    pub fn add_port(&mut self, port: Rc<dyn Frontend>) -> PortId {
+        if let Some(free) = self.tx.ports.iter().position(Option::is_none) {
+            self.tx.ports[free] = Some(port);
+            return free;
+        }
+        self.tx.ports.push(Some(port));
+        self.tx.ports.len() - 1
+    }
+
+    /// Detaches a port and forgets the guests behind it.
+    pub fn remove_port(&mut self, id: PortId) {
+        if let Some(slot) = self.tx.ports.get_mut(id) {
+            *slot = None;
+        }
+        let gone: Vec<Mac> = self
+            .tx
+            .mac_port
+            .iter()
+            .filter(|(_, p)| **p == id)
+            .map(|(m, _)| *m)
+            .collect();
+        for mac in gone {
+            self.tx.mac_port.remove(&mac);
+            self.tx.neighbors.retain(|_, m| *m != mac);
+        }
+    }
+}
+
+pub struct RxToken<'a>(&'a [u8]);
+pub struct TxToken<'a>(&'a mut TxSide);
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let len = len.min(self.0.buf.len() - ETHERNET_HEADER_LEN);
+        let r = f(&mut self.0.buf[ETHERNET_HEADER_LEN..ETHERNET_HEADER_LEN + len]);
+        self.0.send_ip(len);
+        r
+    }
+}
+
+impl phy::Device for Switch {
+    type RxToken<'a> = RxToken<'a>;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        let range = self.rx.pending.take()?;
+        let packet = self.rx.buf.get(range)?;
+        Some((RxToken(packet), TxToken(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+        Some(TxToken(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        // Ingress checksums are verified before packets reach smoltcp.
+        let mut checksum = ChecksumCapabilities::default();
+        checksum.ipv4 = Checksum::Tx;
+        checksum.tcp = Checksum::Tx;
+        checksum.udp = Checksum::Tx;
+        checksum.icmpv4 = Checksum::Tx;
+        caps.checksum = checksum;
+        caps
+    }
+}

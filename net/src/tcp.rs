@@ -1,0 +1,330 @@
+//! TCP NAT. A guest SYN starts a non-blocking host `connect()`; the SYN is
+//! held, and only when the host accepts is a smoltcp socket created and the
+//! SYN replayed into it, so the guest sees SYN-ACK exactly when the host
+//! connection exists. Refused connects get a RST, unreachable ones an ICMP
+//! error. Data is then spliced between the smoltcp socket and the host
+//! socket without intermediate buffers: each side reads only when the other
+//! has room, so a slow reader closes the TCP window on the fast writer.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::{IpListenEndpoint, Ipv4Packet, TcpPacket, ETHERNET_HEADER_LEN};
+use tokio::net::TcpStream;
+
+use crate::config::Mac;
+use crate::metrics::NetMetrics;
+use crate::stack::{Stack, StackRef};
+use crate::wire::{self, Addrs};
+
+/// (guest address, guest port, remote address, remote port)
+pub type FlowKey = (Ipv4Addr, u16, Ipv4Addr, u16);
+
+/// A SYN waiting for its host connect.
+struct PendingSyn {
+    frame: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct TcpNat {
+    pending: HashMap<FlowKey, PendingSyn>,
+    flows: HashMap<FlowKey, SocketHandle>,
+    limit_logged: bool,
+}
+
+impl TcpNat {
+    pub fn active(&self) -> usize {
+        self.flows.len()
+    }
+}
+
+/// How long a socket may wait for the guest to acknowledge data before the
+/// flow is aborted; also bounds FIN-WAIT and LAST-ACK.
+const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Iterations of the splice loop before yielding to other tasks.
+const SPLICE_BUDGET: usize = 32;
+
+impl Stack {
+    pub fn tcp_flow_exists(&self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> bool {
+        self.tcp.flows.contains_key(&(src, sport, dst, dport))
+    }
+
+    /// A SYN for a flow we do not have yet.
+    pub fn tcp_syn(&mut self, guest_mac: Mac, frame: &[u8], ip_packet: &[u8]) {
+        let Ok(ip) = Ipv4Packet::new_checked(ip_packet) else {
+            return;
+        };
+        let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+            return;
+        };
+        let key: FlowKey = (ip.src_addr(), tcp.src_port(), ip.dst_addr(), tcp.dst_port());
+        if self.tcp.pending.contains_key(&key) {
+            // A retransmitted SYN while the host connect is in flight.
+            return;
+        }
+        let Some(target) = self.host_target(key.2) else {
+            NetMetrics::inc(&self.metrics.drop_no_route);
+            self.tcp_reject(guest_mac, key, tcp.seq_number());
+            return;
+        };
+        if self.tcp.flows.len() + self.tcp.pending.len() >= self.cfg.max_tcp_flows {
+            NetMetrics::inc(&self.metrics.drop_flow_limit);
+            if !std::mem::replace(&mut self.tcp.limit_logged, true) {
+                tracing::warn!(
+                    limit = self.cfg.max_tcp_flows,
+                    "TCP flow table full; refusing new connections (raise --max-tcp-flows)"
+                );
+            }
+            self.tcp_reject(guest_mac, key, tcp.seq_number());
+            return;
+        }
+        self.tcp.pending.insert(key, PendingSyn { frame: frame.to_vec() });
+        let stack = self.me.clone();
+        let timeout = self.cfg.tcp_connect_timeout;
+        let addr = SocketAddr::V4(SocketAddrV4::new(target, key.3));
+        tokio::task::spawn_local(async move {
+            let result = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            };
+            if let Some(stack) = stack.upgrade() {
+                Stack::tcp_connected(&stack, key, guest_mac, result);
+            }
+        });
+    }
+
+    fn tcp_reject(&mut self, guest_mac: Mac, key: FlowKey, seq: smoltcp::wire::TcpSeqNumber) {
+        let addrs = Addrs {
+            src_mac: self.cfg.gateway_mac,
+            dst_mac: guest_mac,
+            src_ip: key.2,
+            dst_ip: key.0,
+        };
+        if let Some(len) = wire::tcp_rst_for_syn(&mut self.scratch, &addrs, key.3, key.1, seq) {
+            self.send_scratch(len);
+        }
+    }
+
+    fn tcp_connected(stack: &StackRef, key: FlowKey, guest_mac: Mac, result: io::Result<TcpStream>) {
+        let mut st = stack.borrow_mut();
+        let Some(pending) = st.tcp.pending.remove(&key) else {
+            return;
+        };
+        let host = match result {
+            Ok(host) => host,
+            Err(e) => {
+                st.tcp_connect_failed(guest_mac, key, &pending.frame, &e);
+                return;
+            }
+        };
+        let _ = host.set_nodelay(true);
+        let size = st.cfg.tcp_buffer;
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; size]),
+            tcp::SocketBuffer::new(vec![0; size]),
+        );
+        socket.set_ack_delay(None);
+        socket.set_nagle_enabled(false);
+        socket.set_timeout(Some(smoltcp::time::Duration::from_secs(STALL_TIMEOUT.as_secs())));
+        let endpoint = IpListenEndpoint {
+            addr: Some(key.2.into()),
+            port: key.3,
+        };
+        if socket.listen(endpoint).is_err() {
+            return;
+        }
+        let handle = st.sockets.add(socket);
+        st.tcp.flows.insert(key, handle);
+        NetMetrics::inc(&st.metrics.tcp_flows_opened);
+        // Replay the SYN into the new socket: smoltcp answers SYN-ACK.
+        let frame = pending.frame;
+        let len = frame.len().min(st.switch.rx.buf.len());
+        st.switch.rx.buf[..len].copy_from_slice(&frame[..len]);
+        st.switch.rx.pending = Some(ETHERNET_HEADER_LEN..len);
+        let now = st.now();
+        let st = &mut *st;
+        st.iface.poll_ingress_single(now, &mut st.switch, &mut st.sockets);
+        st.switch.rx.pending = None;
+        st.poll();
+        st.timer.notify_one();
+        tracing::debug!(flow = ?key, "tcp flow open");
+        let stack = stack.clone();
+        tokio::task::spawn_local(async move {
+            splice(&stack, handle, host).await;
+            let mut st = stack.borrow_mut();
+            st.tcp.flows.remove(&key);
+            st.sockets.remove(handle);
+            tracing::debug!(flow = ?key, "tcp flow closed");
+        });
+    }
+
+    fn tcp_connect_failed(&mut self, guest_mac: Mac, key: FlowKey, syn_frame: &[u8], e: &io::Error) {
+        tracing::debug!(flow = ?key, error = %e, "tcp connect failed");
+        let ip = &syn_frame[ETHERNET_HEADER_LEN.min(syn_frame.len())..];
+        let unreachable = matches!(e.raw_os_error(), Some(libc::ENETUNREACH | libc::EHOSTUNREACH));
+        if unreachable {
+            NetMetrics::inc(&self.metrics.tcp_unreachable);
+            let code = if e.raw_os_error() == Some(libc::ENETUNREACH) {
+                0
+            } else {
+                1
+            };
+            let gateway = self.cfg.gateway;
+            self.send_unreachable(guest_mac, gateway, key.0, code, ip);
+            return;
+        }
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            NetMetrics::inc(&self.metrics.tcp_refused);
+        } else {
+            NetMetrics::inc(&self.metrics.tcp_unreachable);
+        }
+        let seq = Ipv4Packet::new_checked(ip)
+            .ok()
+            .and_then(|p| TcpPacket::new_checked(p.payload()).ok().map(|t| t.seq_number()));
+        if let Some(seq) = seq {
+            self.tcp_reject(guest_mac, key, seq);
+        }
+    }
+}
+
+/// What one direction of the splice is doing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Open,
+    Done,
+}
+
+/// Moves bytes both ways until both directions are finished or either side
+/// fails. Returns when the flow can be forgotten.
+async fn splice(stack: &StackRef, handle: SocketHandle, host: TcpStream) {
+    let host = Rc::new(host);
+    let mut to_host = Dir::Open; // guest -> host
+    let mut to_guest = Dir::Open; // host -> guest
+    std::future::poll_fn(|cx| {
+        let mut st = stack.borrow_mut();
+        let st = &mut *st;
+        let mut budget = SPLICE_BUDGET;
+        loop {
+            let mut progressed = false;
+            let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+            let state = socket.state();
+            if matches!(state, tcp::State::Closed | tcp::State::TimeWait) && !socket.can_recv() {
+                // Reset by the guest, timed out, or closed in both directions.
+                if state == tcp::State::Closed && (to_host == Dir::Open || to_guest == Dir::Open) {
+                    // Tell the host side too: RST if the guest reset us.
+                    let _ = socket2::SockRef::from(&*host).set_linger(Some(Duration::ZERO));
+                }
+                return Poll::Ready(());
+            }
+            if to_host == Dir::Open {
+                if socket.can_recv() {
+                    match host.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            let r = socket.recv(|buf| match host.try_write(buf) {
+                                Ok(n) => (n, Ok(n)),
+                                Err(e) => (0, Err(e)),
+                            });
+                            match r {
+                                Ok(Ok(n)) if n > 0 => progressed = true,
+                                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => progressed = true,
+                                Ok(Err(_)) | Ok(Ok(_)) | Err(_) => {
+                                    socket.abort();
+                                    to_host = Dir::Done;
+                                    to_guest = Dir::Done;
+                                    progressed = true;
+                                }
+                            }
+                        }
+                        Poll::Ready(Err(_)) => {
+                            socket.abort();
+                            to_host = Dir::Done;
+                            to_guest = Dir::Done;
+                        }
+                        Poll::Pending => {}
+                    }
+                } else if !socket.may_recv() && state != tcp::State::SynReceived && state != tcp::State::Listen {
+                    // The guest sent FIN and we delivered everything.
+                    let _ = socket2::SockRef::from(&*host).shutdown(std::net::Shutdown::Write);
+                    to_host = Dir::Done;
+                    progressed = true;
+                } else {
+                    socket.register_recv_waker(cx.waker());
+                }
+            }
+            let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+            if to_guest == Dir::Open {
+                if socket.can_send() {
+                    match host.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            let r = socket.send(|buf| match host.try_read(buf) {
+                                Ok(n) => (n, Ok(n)),
+                                Err(e) => (0, Err(e)),
+                            });
+                            match r {
+                                Ok(Ok(0)) => {
+                                    // Host EOF: FIN to the guest once the data is out.
+                                    socket.close();
+                                    to_guest = Dir::Done;
+                                    progressed = true;
+                                }
+                                Ok(Ok(_)) => progressed = true,
+                                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => progressed = true,
+                                Ok(Err(_)) | Err(_) => {
+                                    socket.abort();
+                                    to_guest = Dir::Done;
+                                    to_host = Dir::Done;
+                                    progressed = true;
+                                }
+                            }
+                        }
+                        Poll::Ready(Err(_)) => {
+                            socket.abort();
+                            to_guest = Dir::Done;
+                            to_host = Dir::Done;
+                        }
+                        Poll::Pending => {}
+                    }
+                } else if !socket.may_send() && !matches!(socket.state(), tcp::State::SynReceived | tcp::State::Listen)
+                {
+                    to_guest = Dir::Done;
+                    progressed = true;
+                } else {
+                    socket.register_send_waker(cx.waker());
+                }
+            }
+            if progressed {
+                st.poll();
+                st.timer.notify_one();
+            }
+            if to_host == Dir::Done && to_guest == Dir::Done {
+                let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+                if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                    return Poll::Ready(());
+                }
+                // Wait for the guest to acknowledge our FIN (bounded by the
+                // socket timeout).
+                socket.register_send_waker(cx.waker());
+                socket.register_recv_waker(cx.waker());
+                if !progressed {
+                    return Poll::Pending;
+                }
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+            budget -= 1;
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+    // Dropping `host` closes the host socket.
+}

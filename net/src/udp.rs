@@ -1,0 +1,178 @@
+//! UDP NAT: one connected host socket per guest flow, an idle timeout, a
+//! bounded table, and ICMP port-unreachable back to the guest when the host
+//! reports one (ECONNREFUSED on a connected socket).
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+
+use crate::config::Mac;
+use crate::metrics::NetMetrics;
+use crate::stack::Stack;
+use crate::wire::{self, Addrs, UDP_PAYLOAD_OFFSET};
+
+/// (guest address, guest port, remote address, remote port)
+type FlowKey = (Ipv4Addr, u16, Ipv4Addr, u16);
+
+struct UdpFlow {
+    socket: Rc<UdpSocket>,
+    guest_mac: Cell<Mac>,
+    last_active: Cell<Instant>,
+}
+
+#[derive(Default)]
+pub struct UdpNat {
+    flows: HashMap<FlowKey, Rc<UdpFlow>>,
+    limit_logged: bool,
+}
+
+impl UdpNat {
+    pub fn active(&self) -> usize {
+        self.flows.len()
+    }
+}
+
+/// Datagrams relayed per wake-up before yielding.
+const BATCH: usize = 64;
+
+fn open_socket(target: SocketAddrV4) -> io::Result<UdpSocket> {
+    let bind = if target.ip().is_loopback() {
+        Ipv4Addr::LOCALHOST
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
+    let socket = std::net::UdpSocket::bind((bind, 0))?;
+    socket.connect(target)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+impl Stack {
+    pub fn udp_from_guest(
+        &mut self,
+        guest_mac: Mac,
+        src: (Ipv4Addr, u16),
+        dst: (Ipv4Addr, u16),
+        payload: &[u8],
+        quote: &[u8],
+    ) {
+        let key: FlowKey = (src.0, src.1, dst.0, dst.1);
+        if let Some(flow) = self.udp.flows.get(&key) {
+            flow.last_active.set(Instant::now());
+            flow.guest_mac.set(guest_mac);
+            if flow.socket.try_send(payload).is_err() {
+                NetMetrics::inc(&self.metrics.drop_tx_failed);
+            }
+            return;
+        }
+        let Some(target) = self.host_target(dst.0) else {
+            NetMetrics::inc(&self.metrics.drop_no_route);
+            if dst.0 == self.cfg.gateway {
+                // Nothing listens on the gateway's UDP ports (yet): say so.
+                let gateway = self.cfg.gateway;
+                self.send_unreachable(guest_mac, gateway, src.0, 3, quote);
+            }
+            return;
+        };
+        if self.udp.flows.len() >= self.cfg.max_udp_flows {
+            NetMetrics::inc(&self.metrics.drop_flow_limit);
+            if !std::mem::replace(&mut self.udp.limit_logged, true) {
+                tracing::warn!(
+                    limit = self.cfg.max_udp_flows,
+                    "UDP flow table full; dropping new flows (raise --max-udp-flows)"
+                );
+            }
+            return;
+        }
+        let socket = match open_socket(SocketAddrV4::new(target, dst.1)) {
+            Ok(s) => Rc::new(s),
+            Err(e) => {
+                tracing::debug!(flow = ?key, error = %e, "udp socket failed");
+                NetMetrics::inc(&self.metrics.drop_no_route);
+                return;
+            }
+        };
+        if socket.try_send(payload).is_err() {
+            NetMetrics::inc(&self.metrics.drop_tx_failed);
+        }
+        let flow = Rc::new(UdpFlow {
+            socket,
+            guest_mac: Cell::new(guest_mac),
+            last_active: Cell::new(Instant::now()),
+        });
+        self.udp.flows.insert(key, flow.clone());
+        NetMetrics::inc(&self.metrics.udp_flows_opened);
+        let stack = self.me.clone();
+        let idle = self.cfg.udp_idle_timeout;
+        tokio::task::spawn_local(async move {
+            loop {
+                let ready = tokio::time::timeout(idle, flow.socket.readable()).await;
+                let Some(stack) = stack.upgrade() else { return };
+                if ready.is_err() {
+                    if flow.last_active.get().elapsed() >= idle {
+                        stack.borrow_mut().udp.flows.remove(&key);
+                        return;
+                    }
+                    continue;
+                }
+                let mut st = stack.borrow_mut();
+                st.udp_to_guest(key, &flow);
+            }
+        });
+    }
+
+    fn udp_to_guest(&mut self, key: FlowKey, flow: &UdpFlow) {
+        let addrs = Addrs {
+            src_mac: self.cfg.gateway_mac,
+            dst_mac: flow.guest_mac.get(),
+            src_ip: key.2,
+            dst_ip: key.0,
+        };
+        for _ in 0..BATCH {
+            let max = self.scratch.len() - UDP_PAYLOAD_OFFSET;
+            match flow
+                .socket
+                .try_recv(&mut self.scratch[UDP_PAYLOAD_OFFSET..UDP_PAYLOAD_OFFSET + max])
+            {
+                Ok(n) => {
+                    flow.last_active.set(Instant::now());
+                    if let Some(len) = wire::udp_frame_in_place(&mut self.scratch, &addrs, key.3, key.1, n) {
+                        self.send_scratch(len);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    let quote = quote_udp(key);
+                    self.send_unreachable(flow.guest_mac.get(), key.2, key.0, 3, &quote);
+                }
+                Err(e) => {
+                    tracing::debug!(flow = ?key, error = %e, "udp receive failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The IP and UDP headers of a datagram from the guest, as an ICMP error
+/// quotes them: enough for the guest kernel to find the socket.
+fn quote_udp(key: FlowKey) -> [u8; 28] {
+    let mut q = [0u8; 28];
+    q[0] = 0x45;
+    q[2..4].copy_from_slice(&28u16.to_be_bytes());
+    q[8] = 64;
+    q[9] = 17;
+    q[12..16].copy_from_slice(&key.0.octets());
+    q[16..20].copy_from_slice(&key.2.octets());
+    let sum = wire::checksum(&q[..20]);
+    q[10..12].copy_from_slice(&sum.to_be_bytes());
+    q[20..22].copy_from_slice(&key.1.to_be_bytes());
+    q[22..24].copy_from_slice(&key.3.to_be_bytes());
+    q[24..26].copy_from_slice(&8u16.to_be_bytes());
+    q
+}
