@@ -38,11 +38,26 @@ fn help_lists_every_subcommand_with_examples() {
 
 #[test]
 fn unfinished_subcommands_say_so_and_fail() {
-    for args in [["fs", "--shared-dir", "/tmp"]] {
-        let out = Ferry::new(args).output();
-        assert_eq!(out.code, Some(2));
-        assert!(out.stderr.contains("not implemented yet"), "{}", out.stderr);
+    let out = Ferry::new(["fs", "--shared-dir", "/tmp"]).output();
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("not implemented yet"), "{}", out.stderr);
+}
+
+#[test]
+fn bad_network_flags_are_explained() {
+    for (flag, value, says) in [
+        ("--subnet", "10.0.0.0/33", "subnet 10.0.0.0/33"),
+        ("--mtu", "70000", "MTU 70000"),
+        ("--gateway", "192.168.1.1", "gateway 192.168.1.1"),
+        ("--dhcp-lease", "nonsense", "static lease"),
+    ] {
+        let out = Ferry::new(["net", "--netns", "/nonexistent", flag, value]).output();
+        assert_eq!(out.code, Some(1), "{flag} {value}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{flag} {value}: {}", out.stderr);
     }
+    let out = Ferry::new(["net", "--netns", "/nonexistent/ns"]).output();
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("/nonexistent/ns"), "{}", out.stderr);
 }
 
 #[test]

@@ -65,7 +65,7 @@ impl Stack {
         if let Some(flow) = self.udp.flows.get(&key) {
             flow.last_active.set(Instant::now());
             flow.guest_mac.set(guest_mac);
-            if flow.socket.try_send(payload).is_err() {
+            if send_now(&flow.socket, payload).is_err() {
                 NetMetrics::inc(&self.metrics.drop_tx_failed);
             }
             return;
@@ -97,7 +97,7 @@ impl Stack {
                 return;
             }
         };
-        if socket.try_send(payload).is_err() {
+        if send_now(&socket, payload).is_err() {
             NetMetrics::inc(&self.metrics.drop_tx_failed);
         }
         let flow = Rc::new(UdpFlow {
@@ -111,17 +111,37 @@ impl Stack {
         let idle = self.cfg.udp_idle_timeout;
         tokio::task::spawn_local(async move {
             loop {
-                let ready = tokio::time::timeout(idle, flow.socket.readable()).await;
+                // ERROR too: an ICMP error from the host is a pending socket error,
+                // not readable data, and must still wake us.
+                let interest = tokio::io::Interest::READABLE | tokio::io::Interest::ERROR;
+                let ready = tokio::time::timeout(idle, flow.socket.ready(interest)).await;
                 let Some(stack) = stack.upgrade() else { return };
-                if ready.is_err() {
-                    if flow.last_active.get().elapsed() >= idle {
+                let ready = match ready {
+                    Err(_elapsed) if flow.last_active.get().elapsed() >= idle => {
                         stack.borrow_mut().udp.flows.remove(&key);
                         return;
                     }
-                    continue;
-                }
+                    Err(_elapsed) => continue,
+                    Ok(Err(_)) => {
+                        stack.borrow_mut().udp.flows.remove(&key);
+                        return;
+                    }
+                    Ok(Ok(ready)) => ready,
+                };
                 let mut st = stack.borrow_mut();
-                st.udp_to_guest(key, &flow);
+                if ready.is_error() {
+                    let error = flow.socket.take_error();
+                    // take_error consumed it; clear tokio's cached readiness too.
+                    let _ = flow.socket.try_io(tokio::io::Interest::ERROR, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                    if let Ok(Some(e)) = error {
+                        st.udp_host_error(key, &flow, &e);
+                    }
+                }
+                if ready.is_readable() {
+                    st.udp_to_guest(key, &flow);
+                }
             }
         });
     }
@@ -146,10 +166,7 @@ impl Stack {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    let quote = quote_udp(key);
-                    self.send_unreachable(flow.guest_mac.get(), key.2, key.0, 3, &quote);
-                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => self.udp_host_error(key, flow, &e),
                 Err(e) => {
                     tracing::debug!(flow = ?key, error = %e, "udp receive failed");
                     return;
@@ -157,6 +174,25 @@ impl Stack {
             }
         }
     }
+}
+
+impl Stack {
+    /// The host's kernel reported an ICMP error for the flow: pass a port
+    /// unreachable on to the guest.
+    fn udp_host_error(&mut self, key: FlowKey, flow: &UdpFlow, e: &io::Error) {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            tracing::debug!(flow = ?key, "host reports port unreachable");
+            let quote = quote_udp(key);
+            self.send_unreachable(flow.guest_mac.get(), key.2, key.0, 3, &quote);
+        }
+    }
+}
+
+/// Sends with a plain non-blocking syscall. tokio's `try_send` is gated on
+/// readiness the reactor may not have reported yet for a new socket, which
+/// would drop the first datagram of every flow.
+fn send_now(socket: &UdpSocket, payload: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(socket).send(payload)
 }
 
 /// The IP and UDP headers of a datagram from the guest, as an ICMP error

@@ -176,3 +176,4 @@ pub fn process_alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+pub mod netns;

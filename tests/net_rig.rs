@@ -1,0 +1,486 @@
+//! `ferry net` against real kernel TCP/IP stacks in network namespaces this
+//! test creates. All traffic stays on loopback and inside those namespaces.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::netns::{raise_nofile, FerryNet, Netns, Pattern};
+use sha2::{Digest, Sha256};
+
+const HOST_ALIAS: &str = "10.0.2.254";
+const GATEWAY: &str = "10.0.2.1";
+
+fn alias(port: u16) -> SocketAddr {
+    format!("{HOST_ALIAS}:{port}").parse().unwrap()
+}
+
+fn listener() -> (TcpListener, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect through ferry");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    s
+}
+
+#[test]
+fn dhcp_lease_from_busybox_udhcpc() {
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--mtu", "9000"]);
+    let script = std::env::temp_dir().join(format!("ferry-udhcpc-{}.sh", std::process::id()));
+    std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu search=$search domain=$domain lease=$lease\"\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let up = ns.command(&["ip", "link", "set", "tap0", "up"], Duration::from_secs(10));
+    assert!(up.status.success());
+    let out = ns.command(
+        &[
+            "busybox",
+            "udhcpc",
+            "-i",
+            "tap0",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-x",
+            "hostname:web",
+            "-s",
+            script.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    std::fs::remove_file(&script).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "udhcpc failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lease = stdout.lines().find(|l| l.starts_with("lease ")).expect("no lease line");
+    for want in [
+        "ip=10.0.2.2 ",
+        "mask=24 ",
+        "router=10.0.2.1 ",
+        "dns=10.0.2.1 ",
+        "mtu=9000 ",
+        "search=test ",
+        "lease=3600",
+    ] {
+        assert!(lease.contains(want), "lease lacks {want}: {lease}");
+    }
+}
+
+#[test]
+fn http_to_the_host_through_the_host_alias() {
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure"]);
+    let (l, port) = listener();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(1) {
+            let mut c = conn.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 12\r\n\r\nhello ferry\n");
+        }
+    });
+    let url = format!("http://{HOST_ALIAS}:{port}/");
+    let out = ns.command(&["busybox", "wget", "-q", "-O", "-", &url], Duration::from_secs(30));
+    assert!(out.status.success(), "wget: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello ferry\n");
+}
+
+#[test]
+fn ping_the_gateway() {
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure"]);
+    let out = ns.command(
+        &["busybox", "ping", "-c", "3", "-W", "2", GATEWAY],
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("3 packets received"), "{text}");
+}
+
+const GIB: u64 = 1 << 30;
+
+#[test]
+fn one_gib_each_way_arrives_intact() {
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure"]);
+    // Upload: the host hashes what it receives and answers with the hash.
+    let (l, port) = listener();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        loop {
+            let n = c.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        c.write_all(&hasher.finalize()).unwrap();
+        total
+    });
+    let (sent_hash, got_hash) = ns.run_in(move || {
+        let mut s = connect(alias(port));
+        let mut pattern = Pattern::new(1);
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        for _ in 0..GIB / (1 << 16) {
+            pattern.fill(&mut buf);
+            hasher.update(&buf);
+            s.write_all(&buf).unwrap();
+        }
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).unwrap();
+        (hasher.finalize().to_vec(), reply)
+    });
+    assert_eq!(server.join().unwrap(), GIB);
+    assert_eq!(sent_hash, got_hash, "upload corrupted");
+
+    // Download: the host sends, the namespace hashes.
+    let (l, port) = listener();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut pattern = Pattern::new(2);
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        for _ in 0..GIB / (1 << 16) {
+            pattern.fill(&mut buf);
+            hasher.update(&buf);
+            c.write_all(&buf).unwrap();
+        }
+        hasher.finalize().to_vec()
+    });
+    let (received, got) = ns.run_in(move || {
+        let mut s = connect(alias(port));
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        (total, hasher.finalize().to_vec())
+    });
+    assert_eq!(received, GIB);
+    assert_eq!(got, server.join().unwrap(), "download corrupted");
+}
+
+#[test]
+fn a_thousand_concurrent_connections() {
+    raise_nofile();
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure"]);
+    let (l, port) = listener();
+    // Echo server: a thread per connection, bounded by the client's count.
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(1000) {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    ns.run_in(move || {
+        let mut conns: Vec<TcpStream> = (0..1000u32)
+            .map(|i| {
+                let mut s = connect(alias(port));
+                s.write_all(&i.to_be_bytes()).unwrap();
+                s
+            })
+            .collect();
+        // All 1000 are open at once; each gets its own bytes back.
+        for (i, s) in conns.iter_mut().enumerate() {
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).unwrap();
+            assert_eq!(u32::from_be_bytes(buf), i as u32);
+        }
+    });
+}
+
+#[test]
+fn refused_port_fails_at_once() {
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure"]);
+    // A port nothing listens on: bind, note it, close.
+    let port = listener().1;
+    let elapsed = ns.run_in(move || {
+        let start = Instant::now();
+        let err = TcpStream::connect_timeout(&alias(port), Duration::from_secs(10)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        start.elapsed()
+    });
+    assert!(elapsed < Duration::from_secs(2), "refusal took {elapsed:?}");
+}
+
+#[test]
+fn half_close_then_read_the_reply() {
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure"]);
+    let (l, port) = listener();
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap(); // until the client's FIN
+        c.write_all(format!("got {} bytes", got.len()).as_bytes()).unwrap();
+    });
+    let reply = ns.run_in(move || {
+        let mut s = connect(alias(port));
+        s.write_all(&[7u8; 100_000]).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    });
+    assert_eq!(reply, "got 100000 bytes");
+}
+
+#[test]
+fn udp_echo_and_port_unreachable() {
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure"]);
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    server.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..50 {
+            let Ok((n, from)) = server.recv_from(&mut buf) else {
+                break;
+            };
+            server.send_to(&buf[..n], from).unwrap();
+        }
+    });
+    let closed = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    ns.run_in(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(alias(port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = vec![0u8; 65536];
+        for i in 0..50usize {
+            let len = [1, 100, 1400, 8000, 60000][i % 5];
+            let msg: Vec<u8> = (0..len).map(|j| (i + j) as u8).collect();
+            s.send(&msg).unwrap();
+            let n = s
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("echo reply {i} (len {len}): {e}"));
+            assert_eq!(&buf[..n], &msg[..], "datagram {i} corrupted");
+        }
+        // A closed host port: the host's ICMP error comes back as ECONNREFUSED.
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(alias(closed)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send(b"anyone?").unwrap();
+        let err = s.recv(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    });
+    echo.join().unwrap();
+}
+
+/// Sends raw frames into the tap from inside the namespace.
+fn inject_frames(ns: &Netns, frames: Vec<Vec<u8>>) {
+    ns.run_in(move || {
+        // SAFETY: plain socket(2)/if_nametoindex(3)/bind(2)/send(2) calls with valid arguments.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32);
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let ifindex = libc::if_nametoindex(c"tap0".as_ptr());
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+            let rc = libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(rc, 0);
+            for f in &frames {
+                libc::send(fd, f.as_ptr().cast(), f.len(), 0);
+            }
+            libc::close(fd);
+        }
+    });
+}
+
+/// A valid frame of each kind ferry parses, from the namespace's MAC to the gateway.
+fn seed_frames(src_mac: [u8; 6]) -> Vec<Vec<u8>> {
+    let gw = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x01];
+    let eth = |ty: [u8; 2], body: &[u8]| -> Vec<u8> { [&gw[..], &src_mac[..], &ty[..], body].concat() };
+    let ip = |proto: u8, payload: &[u8]| -> Vec<u8> {
+        let mut h = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0, 10, 0, 2, 2, 10, 0, 2, 254,
+        ];
+        let total = (20 + payload.len()) as u16;
+        h[2..4].copy_from_slice(&total.to_be_bytes());
+        let sum = ferry_checksum(&h);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        [h, payload.to_vec()].concat()
+    };
+    let arp = [
+        &[0u8, 1, 8, 0, 6, 4, 0, 1][..],
+        &src_mac,
+        &[10, 0, 2, 2],
+        &[0; 6],
+        &[10, 0, 2, 1],
+    ]
+    .concat();
+    let tcp_syn = [
+        &[0x30u8, 0x39, 0x00, 0x50][..],
+        &[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0],
+    ]
+    .concat();
+    let udp = [&[0x30u8, 0x39, 0x00, 0x35, 0, 12, 0, 0][..], b"ping"].concat();
+    let icmp = [8u8, 0, 0, 0, 0, 1, 0, 1, 1, 2, 3, 4];
+    let mut dhcp = vec![0u8; 240];
+    dhcp[..3].copy_from_slice(&[1, 1, 6]);
+    dhcp[28..34].copy_from_slice(&src_mac);
+    dhcp[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    dhcp.extend_from_slice(&[53, 1, 1, 12, 3, b'w', b'e', b'b', 255]);
+    let dhcp_udp = [
+        &[0u8, 68, 0, 67][..],
+        &((8 + dhcp.len()) as u16).to_be_bytes(),
+        &[0, 0],
+        &dhcp,
+    ]
+    .concat();
+    vec![
+        eth([8, 6], &arp),
+        eth([8, 0], &ip(6, &tcp_syn)),
+        eth([8, 0], &ip(17, &udp)),
+        eth([8, 0], &ip(1, &icmp)),
+        eth([8, 0], &ip(17, &dhcp_udp)),
+    ]
+}
+
+fn ferry_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[test]
+fn malformed_frames_and_a_seeded_fuzz_run_do_not_hurt() {
+    let ns = Netns::new();
+    let mut ferry = FerryNet::start(&ns, &["--configure"]);
+    // (nsenter keeps the host's /sys, so ask iproute2.)
+    let link = String::from_utf8(
+        ns.command(&["ip", "-o", "link", "show", "tap0"], Duration::from_secs(5))
+            .stdout,
+    )
+    .unwrap();
+    let mac_text = link
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("tap0 MAC");
+    let mac: Vec<u8> = mac_text
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let seeds = seed_frames(mac.clone().try_into().unwrap());
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    // Hand-made bad input: truncations of every kind, garbage, oversize.
+    for seed in &seeds {
+        for cut in [0, 1, 13, 14, 15, 20, 33, 34, 35, 40, 41, 50] {
+            frames.push(seed[..cut.min(seed.len())].to_vec());
+        }
+        let mut bad_sum = seed.clone();
+        let last = bad_sum.len() - 1;
+        bad_sum[last] ^= 0xff;
+        frames.push(bad_sum);
+    }
+    frames.push(vec![0xff; 9000]);
+    frames.push([&[0x52u8, 0x55, 0x0a, 0, 2, 1][..], &mac, &[0x08, 0x00], &[0x4f; 20]].concat());
+    // Seeded fuzz: bit flips, byte overwrites, truncations and extensions.
+    let mut rng = Pattern::new(0x5eed);
+    let mut r = [0u8; 8];
+    let mut next = |n: usize| {
+        rng.fill(&mut r);
+        (u64::from_le_bytes(r) % n as u64) as usize
+    };
+    for _ in 0..20_000 {
+        let mut f = seeds[next(seeds.len())].clone();
+        match next(4) {
+            0 => {
+                let i = 14 + next(f.len() - 14);
+                f[i] ^= 1 << next(8);
+            }
+            1 => {
+                let i = 14 + next(f.len() - 14);
+                f[i] = next(256) as u8;
+            }
+            2 => f.truncate(14 + next(f.len() - 14)),
+            _ => f.extend((0..next(64)).map(|_| next(256) as u8)),
+        }
+        frames.push(f);
+    }
+    inject_frames(&ns, frames);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ferry.alive(), "ferry died on malformed input");
+    // And it still serves.
+    let (l, port) = listener();
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.write_all(b"still here").unwrap();
+    });
+    let got = ns.run_in(move || {
+        let mut s = connect(alias(port));
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    assert_eq!(got, "still here");
+}
+
+#[test]
+fn works_from_an_unprivileged_user_namespace() {
+    const NOBODY: u32 = 65534;
+    common::require_tool("setpriv", "util-linux");
+    let ns = Netns::unprivileged(NOBODY);
+    let userns = format!("/proc/{}/ns/user", ns.pid());
+    let _ferry = FerryNet::start_with(&ns, &["--userns", &userns, "--configure"], Some(NOBODY));
+    let (l, port) = listener();
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.write_all(b"hi nobody").unwrap();
+    });
+    let got = ns.run_in(move || {
+        let mut s = connect(alias(port));
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    assert_eq!(got, "hi nobody");
+}
