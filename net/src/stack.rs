@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress,
     IpCidr, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, ETHERNET_HEADER_LEN,
@@ -26,6 +26,9 @@ use crate::udp::UdpNat;
 use crate::wire::{self, Addrs};
 
 pub type StackRef = Rc<RefCell<Stack>>;
+
+/// Egress passes per poll: up to this many segments per socket at once.
+const EGRESS_ROUNDS: usize = 64;
 
 pub struct Stack {
     pub cfg: NetConfig,
@@ -84,10 +87,18 @@ impl Stack {
         smoltcp::time::Instant::from_micros(i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX))
     }
 
-    /// Lets smoltcp process what is pending and send what it has.
+    /// Lets smoltcp process what is pending and send what it has. One
+    /// egress pass sends at most one segment per socket, so repeat (bounded)
+    /// until the send windows are drained: otherwise host-to-guest transfers
+    /// would be clocked by the guest's ACKs, one segment per ACK.
     pub fn poll(&mut self) {
         let now = self.now();
         self.iface.poll(now, &mut self.switch, &mut self.sockets);
+        for _ in 0..EGRESS_ROUNDS {
+            if self.iface.poll_egress(now, &mut self.switch, &mut self.sockets) == PollResult::None {
+                break;
+            }
+        }
     }
 
     pub fn add_port(&mut self, port: Rc<dyn Frontend>) -> PortId {
