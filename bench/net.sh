@@ -83,7 +83,8 @@ setup() {
 			-P "$OUT/pasta.pid" -t none -u none -T none -U none >"$OUT/pasta.log" 2>&1 &
 		PIDS+=($!)
 		wait_for "[ -s $OUT/pasta.pid ]" || { log "pasta did not come up"; return 1; }
-		BPID=$(cat "$OUT/pasta.pid")
+		# The pid file may name a short-lived parent: take the running pasta.
+		BPID=$(pgrep -n -x pasta || pgrep -n -x passt || cat "$OUT/pasta.pid")
 		ADDR=10.0.2.2 ;;
 	slirp1500 | slirp65520)
 		timeout "$MAXLIFE" slirp4netns --configure --mtu="${1#slirp}" --netns-type=path "/run/netns/$CNS" tap0 \

@@ -138,6 +138,10 @@ impl DhcpServer {
         DhcpServer { leases: HashMap::new() }
     }
 
+    pub fn lease(&self, mac: &Mac) -> Option<&Lease> {
+        self.leases.get(mac)
+    }
+
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.leases.values()
     }

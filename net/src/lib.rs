@@ -15,6 +15,7 @@ pub mod switch;
 pub mod sys;
 pub mod wire;
 
+mod dns;
 mod icmp;
 mod tcp;
 mod udp;
@@ -62,7 +63,22 @@ pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
         }
         st.poll();
     }
-    stack.borrow_mut().switch.remove_port(id);
+    {
+        // The guests behind this port are gone: so are their names.
+        let mut st = stack.borrow_mut();
+        let macs: Vec<_> = st
+            .switch
+            .tx
+            .mac_port
+            .iter()
+            .filter(|(_, p)| **p == id)
+            .map(|(m, _)| *m)
+            .collect();
+        for mac in macs {
+            st.dns_forget(mac);
+        }
+        st.switch.remove_port(id);
+    }
     tracing::info!(port = port.name(), "front end detached");
 }
 

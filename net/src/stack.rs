@@ -40,6 +40,8 @@ pub struct Stack {
     pub tcp: TcpNat,
     pub udp: UdpNat,
     pub icmp: IcmpNat,
+    /// DNS on the gateway (None: port 53 is closed like any other).
+    pub dns: Option<Arc<ferry_dns::DnsServer>>,
     /// Frames built outside smoltcp (DHCP, UDP, ICMP, RSTs) are built here.
     pub scratch: Vec<u8>,
     /// Wakes the timer task when a socket may need an earlier poll.
@@ -74,6 +76,7 @@ impl Stack {
                 tcp: TcpNat::default(),
                 udp: UdpNat::default(),
                 icmp,
+                dns: None,
                 scratch: vec![0; ETHERNET_HEADER_LEN + mtu],
                 timer: Rc::new(Notify::new()),
                 me: me.clone(),
@@ -266,6 +269,8 @@ impl Stack {
                 let udp_payload = &udp.payload()[..usize::from(udp.len()).saturating_sub(8).min(udp.payload().len())];
                 if udp.dst_port() == dhcp::SERVER_PORT {
                     self.dhcp(src_mac, udp_payload);
+                } else if dst == self.cfg.gateway && udp.dst_port() == crate::dns::PORT && self.dns.is_some() {
+                    self.dns_udp(src_mac, (src, udp.src_port()), udp_payload);
                 } else {
                     let quote = &ip_bytes[..(header_len + 8).min(total)];
                     self.udp_from_guest(
@@ -321,9 +326,14 @@ impl Stack {
         }
         let mut body = [0u8; 576];
         let now = std::time::Instant::now();
-        let Some(reply) = self.dhcp.handle(&self.cfg, &req, now, &mut body) else {
-            return;
-        };
+        let reply = self.dhcp.handle(&self.cfg, &req, now, &mut body);
+        // Keep DNS in step with the lease table.
+        match self.dhcp.lease(&src_mac).map(|l| (l.hostname.clone(), l.ip)) {
+            Some((Some(name), ip)) => self.dns_register_lease(src_mac, &name, ip),
+            Some((None, _)) => {}
+            None => self.dns_forget(src_mac),
+        }
+        let Some(reply) = reply else { return };
         let addrs = Addrs {
             src_mac: self.cfg.gateway_mac,
             dst_mac: if reply.broadcast { BROADCAST } else { src_mac },

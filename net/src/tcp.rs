@@ -35,8 +35,14 @@ struct PendingSyn {
 pub struct TcpNat {
     pending: HashMap<FlowKey, PendingSyn>,
     flows: HashMap<FlowKey, SocketHandle>,
+    /// Closed sockets kept for reuse: a fresh one costs zero-filling both
+    /// of its buffers, which dominated short connections.
+    spare: Vec<tcp::Socket<'static>>,
     limit_logged: bool,
 }
+
+/// Most closed sockets kept for reuse.
+const MAX_SPARE: usize = 64;
 
 impl TcpNat {
     pub fn active(&self) -> usize {
@@ -66,6 +72,10 @@ impl Stack {
         let key: FlowKey = (ip.src_addr(), tcp.src_port(), ip.dst_addr(), tcp.dst_port());
         if self.tcp.pending.contains_key(&key) {
             // A retransmitted SYN while the host connect is in flight.
+            return;
+        }
+        if key.2 == self.cfg.gateway && key.3 == crate::dns::PORT && self.dns.is_some() {
+            self.tcp_local_service(key, frame);
             return;
         }
         let Some(target) = self.host_target(key.2) else {
@@ -99,6 +109,78 @@ impl Stack {
         });
     }
 
+    /// A TCP service of the gateway itself (DNS): accept at once.
+    fn tcp_local_service(&mut self, key: FlowKey, frame: &[u8]) {
+        if self.tcp.flows.len() + self.tcp.pending.len() >= self.cfg.max_tcp_flows {
+            NetMetrics::inc(&self.metrics.drop_flow_limit);
+            return;
+        }
+        // Accept from a task: during dispatch the receive buffer the SYN is
+        // replayed through is in use.
+        self.tcp.pending.insert(key, PendingSyn { frame: frame.to_vec() });
+        let Some(stack) = self.me.upgrade() else { return };
+        tokio::task::spawn_local(async move {
+            let handle = {
+                let mut st = stack.borrow_mut();
+                let Some(pending) = st.tcp.pending.remove(&key) else {
+                    return;
+                };
+                match st.tcp_accept(key, &pending.frame, 16 * 1024) {
+                    Some(handle) => handle,
+                    None => return,
+                }
+            };
+            crate::dns::tcp_session(&stack, handle, std::net::IpAddr::V4(key.0)).await;
+            stack.borrow_mut().tcp_release(key, handle);
+        });
+    }
+
+    /// Creates the smoltcp socket for `key` and replays its SYN into it.
+    fn tcp_accept(&mut self, key: FlowKey, syn_frame: &[u8], buffer: usize) -> Option<SocketHandle> {
+        let mut socket = match self.tcp.spare.iter().position(|s| s.recv_capacity() == buffer) {
+            Some(i) => self.tcp.spare.swap_remove(i),
+            None => {
+                let mut socket = tcp::Socket::new(
+                    tcp::SocketBuffer::new(vec![0; buffer]),
+                    tcp::SocketBuffer::new(vec![0; buffer]),
+                );
+                socket.set_ack_delay(None);
+                socket.set_nagle_enabled(false);
+                socket.set_timeout(Some(smoltcp::time::Duration::from_secs(STALL_TIMEOUT.as_secs())));
+                socket
+            }
+        };
+        let endpoint = IpListenEndpoint {
+            addr: Some(key.2.into()),
+            port: key.3,
+        };
+        socket.listen(endpoint).ok()?;
+        let handle = self.sockets.add(socket);
+        self.tcp.flows.insert(key, handle);
+        let len = syn_frame.len().min(self.switch.rx.buf.len());
+        self.switch.rx.buf[..len].copy_from_slice(&syn_frame[..len]);
+        self.switch.rx.pending = Some(ETHERNET_HEADER_LEN..len);
+        let now = self.now();
+        self.iface.poll_ingress_single(now, &mut self.switch, &mut self.sockets);
+        self.switch.rx.pending = None;
+        self.poll();
+        self.timer.notify_one();
+        Some(handle)
+    }
+
+    /// Forgets a finished flow and keeps its socket for reuse.
+    fn tcp_release(&mut self, key: FlowKey, handle: SocketHandle) {
+        self.tcp.flows.remove(&key);
+        let smoltcp::socket::Socket::Tcp(mut socket) = self.sockets.remove(handle);
+        if self.tcp.spare.len() < MAX_SPARE {
+            if socket.is_open() {
+                // Not in the set any more: nothing is sent.
+                socket.abort();
+            }
+            self.tcp.spare.push(socket);
+        }
+    }
+
     fn tcp_reject(&mut self, guest_mac: Mac, key: FlowKey, seq: smoltcp::wire::TcpSeqNumber) {
         let addrs = Addrs {
             src_mac: self.cfg.gateway_mac,
@@ -125,41 +207,15 @@ impl Stack {
         };
         let _ = host.set_nodelay(true);
         let size = st.cfg.tcp_buffer;
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; size]),
-            tcp::SocketBuffer::new(vec![0; size]),
-        );
-        socket.set_ack_delay(None);
-        socket.set_nagle_enabled(false);
-        socket.set_timeout(Some(smoltcp::time::Duration::from_secs(STALL_TIMEOUT.as_secs())));
-        let endpoint = IpListenEndpoint {
-            addr: Some(key.2.into()),
-            port: key.3,
-        };
-        if socket.listen(endpoint).is_err() {
+        let Some(handle) = st.tcp_accept(key, &pending.frame, size) else {
             return;
-        }
-        let handle = st.sockets.add(socket);
-        st.tcp.flows.insert(key, handle);
+        };
         NetMetrics::inc(&st.metrics.tcp_flows_opened);
-        // Replay the SYN into the new socket: smoltcp answers SYN-ACK.
-        let frame = pending.frame;
-        let len = frame.len().min(st.switch.rx.buf.len());
-        st.switch.rx.buf[..len].copy_from_slice(&frame[..len]);
-        st.switch.rx.pending = Some(ETHERNET_HEADER_LEN..len);
-        let now = st.now();
-        let st = &mut *st;
-        st.iface.poll_ingress_single(now, &mut st.switch, &mut st.sockets);
-        st.switch.rx.pending = None;
-        st.poll();
-        st.timer.notify_one();
         tracing::debug!(flow = ?key, "tcp flow open");
         let stack = stack.clone();
         tokio::task::spawn_local(async move {
             splice(&stack, handle, host).await;
-            let mut st = stack.borrow_mut();
-            st.tcp.flows.remove(&key);
-            st.sockets.remove(handle);
+            stack.borrow_mut().tcp_release(key, handle);
             tracing::debug!(flow = ?key, "tcp flow closed");
         });
     }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -27,9 +26,11 @@ host alias 10.0.2.254 (the host's 127.0.0.1), first guest 10.0.2.2.";
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct NetArgs {
-    /// Network namespace to serve: a PID or a path such as /proc/PID/ns/net or /run/netns/NAME.
-    #[arg(long, value_name = "PATH|PID")]
-    pub netns: String,
+    /// Network namespace to serve: a PID or a path such as /proc/PID/ns/net or
+    /// /run/netns/NAME. Repeat to put several namespaces on one network; with
+    /// --configure the Nth gets the Nth guest address.
+    #[arg(long, value_name = "PATH|PID", required = true)]
+    pub netns: Vec<String>,
     /// User namespace to join first, for an unprivileged ferry (a PID or a path).
     #[arg(long, value_name = "PATH|PID")]
     pub userns: Option<String>,
@@ -60,15 +61,89 @@ pub struct NetArgs {
     /// Static DHCP lease (repeatable).
     #[arg(long = "dhcp-lease", value_name = "MAC=IP")]
     pub dhcp_leases: Vec<String>,
-    /// DNS search domain sent by DHCP (repeatable) [default: test].
+    /// DNS search domain sent by DHCP (repeatable) [default: the DNS zones].
     #[arg(long = "search", value_name = "DOMAIN")]
     pub search: Vec<String>,
+    #[command(flatten)]
+    pub dns: DnsArgs,
     /// Most TCP flows at once; new connections are refused beyond it.
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_tcp_flows: usize,
     /// Most UDP flows at once; new flows are dropped beyond it.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_udp_flows: usize,
+}
+
+/// DNS served on the gateway.
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// Do not serve DNS on the gateway (port 53 is then closed).
+    #[arg(long)]
+    pub no_dns: bool,
+    /// Local zone for guest names (repeatable) [default: test].
+    #[arg(long = "dns-zone", value_name = "ZONE")]
+    pub zones: Vec<String>,
+    /// Upstream resolver, IP or IP:PORT (repeatable) [default: nameservers in /etc/resolv.conf].
+    #[arg(long = "dns-upstream", value_name = "ADDR")]
+    pub upstreams: Vec<String>,
+    /// Also answer on this host address, e.g. 127.0.0.1:5353, for host tools.
+    #[arg(long = "dns-listen", value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// A static name, NAME=IP (repeatable): NAME.<zone> resolves to IP.
+    #[arg(long = "dns-record", value_name = "NAME=IP")]
+    pub records: Vec<String>,
+    /// Queries per second allowed per source address (0 = no limit).
+    #[arg(long = "dns-rate-limit", value_name = "QPS", default_value_t = 2000)]
+    pub rate_limit: u32,
+}
+
+impl DnsArgs {
+    /// The DNS server for `cfg`, or None with --no-dns.
+    pub fn server(&self, cfg: &NetConfig) -> anyhow::Result<Option<ferry_dns::DnsServer>> {
+        if self.no_dns {
+            return Ok(None);
+        }
+        let upstreams = if self.upstreams.is_empty() {
+            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let found = ferry_dns::parse_resolv_conf(&text);
+            if found.is_empty() {
+                tracing::warn!("no nameserver in /etc/resolv.conf: names outside the local zones will get SERVFAIL (use --dns-upstream)");
+            }
+            found
+        } else {
+            self.upstreams
+                .iter()
+                .map(|u| {
+                    ferry_dns::parse_upstream(u)
+                        .with_context(|| format!("--dns-upstream {u:?}: expected IP or IP:PORT"))
+                })
+                .collect::<anyhow::Result<_>>()?
+        };
+        let zones = if self.zones.is_empty() {
+            vec!["test".to_string()]
+        } else {
+            self.zones.clone()
+        };
+        let server = ferry_dns::DnsServer::new(ferry_dns::DnsConfig {
+            zones,
+            upstreams,
+            host: cfg.host_alias,
+            gateway: cfg.gateway,
+            rate_limit: self.rate_limit,
+            ..ferry_dns::DnsConfig::default()
+        });
+        for record in &self.records {
+            let (name, ip) = record
+                .split_once('=')
+                .and_then(|(n, ip)| Some((n, ip.parse::<Ipv4Addr>().ok()?)))
+                .with_context(|| format!("--dns-record {record:?}: expected NAME=IPv4"))?;
+            server
+                .records()
+                .register(name, ip, ferry_dns::Owner::Static("command line".into()))
+                .map_err(|e| anyhow::anyhow!("--dns-record {record:?}: {e}"))?;
+        }
+        Ok(Some(server))
+    }
 }
 
 fn ns_path(arg: &str, kind: &str) -> PathBuf {
@@ -103,6 +178,8 @@ impl NetArgs {
         }
         if !self.search.is_empty() {
             cfg.search_domains = self.search.clone();
+        } else if !self.dns.zones.is_empty() {
+            cfg.search_domains = self.dns.zones.clone();
         }
         cfg.max_tcp_flows = self.max_tcp_flows;
         cfg.max_udp_flows = self.max_udp_flows;
@@ -133,40 +210,56 @@ pub fn run(args: NetArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: NetArgs, cfg: NetConfig) -> anyhow::Result<ExitCode> {
-    let netns = ns_path(&args.netns, "net");
-    let configure = args.configure.then_some(TapAddress {
-        addr: cfg.first_guest,
-        prefix: cfg.prefix,
-        gateway: cfg.gateway,
-        mtu: cfg.mtu,
-    });
-    let tap = Tap::open(&TapOptions {
-        netns: Some(netns.clone()),
-        name: args.tap.clone(),
-        configure,
-    })
-    .with_context(|| format!("creating tap {} in {}", args.tap, netns.display()))?;
     let metrics = Arc::new(NetMetrics::default());
     let stack = Stack::new(cfg.clone(), metrics.clone());
-    let port = tokio::task::spawn_local(ferry_net::run_port(stack.clone(), Rc::new(tap)));
+    let dns = args.dns.server(&cfg)?.map(Arc::new);
+    if let (Some(dns), Some(addr)) = (&dns, args.dns.listen) {
+        let listener = ferry_dns::listener::bind(dns.clone(), addr).await?;
+        tokio::task::spawn_local(listener);
+    }
+    stack.borrow_mut().dns = dns.clone();
+    let mut ports = tokio::task::JoinSet::new();
+    for (i, ns) in args.netns.iter().enumerate() {
+        let netns = ns_path(ns, "net");
+        let addr = Ipv4Addr::from(u32::from(cfg.first_guest) + u32::try_from(i).unwrap_or(0));
+        let configure = args.configure.then_some(TapAddress {
+            addr,
+            prefix: cfg.prefix,
+            gateway: cfg.gateway,
+            mtu: cfg.mtu,
+        });
+        let tap = Tap::open(&TapOptions {
+            netns: Some(netns.clone()),
+            name: args.tap.clone(),
+            configure,
+        })
+        .with_context(|| format!("creating tap {} in {}", args.tap, netns.display()))?;
+        ports.spawn_local(ferry_net::run_port(stack.clone(), Rc::new(tap)));
+        eprintln!(
+            "ferry: network ready: {} in {}, gateway {}, host alias {}, guest {}, MTU {}, DNS {}",
+            args.tap,
+            netns.display(),
+            cfg.gateway,
+            cfg.host_alias.map_or("disabled".to_string(), |a| a.to_string()),
+            if args.configure {
+                addr.to_string()
+            } else {
+                "by DHCP".to_string()
+            },
+            cfg.mtu,
+            if dns.is_some() { "on" } else { "off" }
+        );
+    }
     tokio::task::spawn_local(ferry_net::run_timers(stack.clone()));
-    eprintln!(
-        "ferry: network ready: {} in {}, gateway {}, host alias {}, guest {}, MTU {}",
-        args.tap,
-        netns.display(),
-        cfg.gateway,
-        cfg.host_alias.map_or("disabled".to_string(), |a| a.to_string()),
-        cfg.first_guest,
-        cfg.mtu
-    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-        _ = port => eprintln!("ferry: {} went away (namespace gone?); exiting", args.tap),
+        _ = async { while ports.join_next().await.is_some() {} } => {
+            eprintln!("ferry: every namespace went away; exiting");
+        }
     }
-    tracing::info!(counters = %metrics.render().replace('\n', " "), "network stopped");
-    // Give queued frames a moment; nothing else to flush.
-    tokio::time::sleep(Duration::from_millis(1)).await;
+    let dns_counters = dns.map(|d| d.metrics.render()).unwrap_or_default();
+    tracing::info!(counters = %metrics.render().replace('\n', " "), dns = %dns_counters, "network stopped");
     Ok(ExitCode::SUCCESS)
 }

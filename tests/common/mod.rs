@@ -176,4 +176,5 @@ pub fn process_alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+pub mod dns;
 pub mod netns;

@@ -1,0 +1,190 @@
+//! The names ferry answers itself: local zones (default `test`) holding one
+//! A record per registered guest, and the built-in host names.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+/// Who registered a name, so it can be removed when that guest goes away.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// A DHCP client, by MAC address.
+    Dhcp([u8; 6]),
+    /// `ferry run --name`, the control API, or a command-line flag.
+    Static(String),
+}
+
+/// What the local data says about a name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Local {
+    /// The name exists with this address.
+    Address(Ipv4Addr),
+    /// The name is in a local zone but does not exist.
+    NxDomain,
+    /// The name is not ours: forward it.
+    NotLocal,
+}
+
+#[derive(Debug)]
+pub struct Records {
+    /// Lower-case zone names without a trailing dot, e.g. "test".
+    zones: Vec<String>,
+    /// Lower-case FQDN without trailing dot → (address, owner).
+    names: HashMap<String, (Ipv4Addr, Owner)>,
+    builtins: HashMap<String, Ipv4Addr>,
+}
+
+/// Names that mean "the host", as Docker, Podman and friends spell them.
+pub const HOST_NAMES: &[&str] = &[
+    "host.container.internal",
+    "host.containers.internal",
+    "host.docker.internal",
+];
+pub const GATEWAY_NAME: &str = "gateway.containers.internal";
+/// Zones of the built-in names: never forwarded upstream.
+const BUILTIN_ZONES: &[&str] = &["container.internal", "containers.internal", "docker.internal"];
+
+/// Normalises a name: lower case, no trailing dot.
+pub fn normalise(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// A valid DNS label for a guest name.
+pub fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+}
+
+impl Records {
+    pub fn new(zones: &[String], host: Option<Ipv4Addr>, gateway: Ipv4Addr) -> Records {
+        let mut builtins = HashMap::new();
+        if let Some(host) = host {
+            for name in HOST_NAMES {
+                builtins.insert(name.to_string(), host);
+            }
+        }
+        builtins.insert(GATEWAY_NAME.to_string(), gateway);
+        Records {
+            zones: zones.iter().map(|z| normalise(z)).collect(),
+            names: HashMap::new(),
+            builtins,
+        }
+    }
+
+    pub fn zones(&self) -> &[String] {
+        &self.zones
+    }
+
+    /// The local zone `name` falls in, if any.
+    pub fn zone_of(&self, name: &str) -> Option<&str> {
+        let name = normalise(name);
+        self.zones
+            .iter()
+            .map(String::as_str)
+            .chain(BUILTIN_ZONES.iter().copied())
+            .find(|z| name == *z || name.ends_with(&format!(".{z}")))
+    }
+
+    /// Registers `label` in every local zone (`web` → `web.test`), replacing
+    /// an earlier registration of the same name.
+    pub fn register(&mut self, label: &str, addr: Ipv4Addr, owner: Owner) -> Result<(), String> {
+        let label = normalise(label);
+        if !label.split('.').all(valid_label) {
+            return Err(format!("{label:?} is not a valid DNS name"));
+        }
+        for zone in &self.zones {
+            self.names.insert(format!("{label}.{zone}"), (addr, owner.clone()));
+        }
+        Ok(())
+    }
+
+    /// Removes every name `owner` registered; returns how many.
+    pub fn unregister_owner(&mut self, owner: &Owner) -> usize {
+        let before = self.names.len();
+        self.names.retain(|_, (_, o)| o != owner);
+        before - self.names.len()
+    }
+
+    /// Removes one label from every zone.
+    pub fn unregister(&mut self, label: &str) -> usize {
+        let label = normalise(label);
+        let before = self.names.len();
+        let zones = self.zones.clone();
+        for zone in zones {
+            self.names.remove(&format!("{label}.{zone}"));
+        }
+        before - self.names.len()
+    }
+
+    pub fn lookup(&self, name: &str) -> Local {
+        let key = normalise(name);
+        if let Some(addr) = self.builtins.get(&key) {
+            return Local::Address(*addr);
+        }
+        if let Some((addr, _)) = self.names.get(&key) {
+            return Local::Address(*addr);
+        }
+        if self.zone_of(&key).is_some() {
+            return Local::NxDomain;
+        }
+        Local::NotLocal
+    }
+
+    /// Every registered (name, address), sorted, for the control API.
+    pub fn list(&self) -> Vec<(String, Ipv4Addr)> {
+        let mut all: Vec<_> = self.names.iter().map(|(n, (a, _))| (n.clone(), *a)).collect();
+        all.sort();
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records() -> Records {
+        Records::new(
+            &["test".into(), "Lab.".into()],
+            Some(Ipv4Addr::new(10, 0, 2, 254)),
+            Ipv4Addr::new(10, 0, 2, 1),
+        )
+    }
+
+    #[test]
+    fn registered_names_live_in_every_zone_until_their_owner_leaves() {
+        let mut r = records();
+        let owner = Owner::Dhcp([2, 0, 0, 0, 0, 1]);
+        r.register("Web", Ipv4Addr::new(10, 0, 2, 5), owner.clone()).unwrap();
+        assert_eq!(r.lookup("web.test."), Local::Address(Ipv4Addr::new(10, 0, 2, 5)));
+        assert_eq!(r.lookup("WEB.lab"), Local::Address(Ipv4Addr::new(10, 0, 2, 5)));
+        assert_eq!(r.lookup("db.test"), Local::NxDomain);
+        assert_eq!(r.lookup("test"), Local::NxDomain);
+        assert_eq!(r.lookup("example.com"), Local::NotLocal);
+        assert_eq!(r.unregister_owner(&owner), 2);
+        assert_eq!(r.lookup("web.test"), Local::NxDomain);
+        assert!(r
+            .register("bad name", Ipv4Addr::LOCALHOST, Owner::Static("x".into()))
+            .is_err());
+        assert!(r
+            .register("-x", Ipv4Addr::LOCALHOST, Owner::Static("x".into()))
+            .is_err());
+    }
+
+    #[test]
+    fn builtin_host_names() {
+        let r = records();
+        assert_eq!(
+            r.lookup("host.docker.internal"),
+            Local::Address(Ipv4Addr::new(10, 0, 2, 254))
+        );
+        assert_eq!(
+            r.lookup("gateway.containers.internal."),
+            Local::Address(Ipv4Addr::new(10, 0, 2, 1))
+        );
+        assert_eq!(r.lookup("other.container.internal"), Local::NxDomain);
+        let no_loopback = Records::new(&["test".into()], None, Ipv4Addr::new(10, 0, 2, 1));
+        assert_eq!(no_loopback.lookup("host.container.internal"), Local::NxDomain);
+    }
+}

@@ -1,0 +1,165 @@
+//! DNS on the gateway address: UDP and TCP port 53 inside the NAT, served
+//! by ferry-dns. Nothing is bound on the host for this.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::task::Poll;
+use std::time::Duration;
+
+use ferry_dns::{Owner, Step, Transport};
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+
+use crate::config::Mac;
+use crate::stack::{Stack, StackRef};
+use crate::wire::{self, Addrs};
+
+pub const PORT: u16 = 53;
+/// A DNS-over-TCP client that sends nothing for this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+impl Stack {
+    /// A UDP query to the gateway.
+    pub fn dns_udp(&mut self, guest_mac: Mac, src: (Ipv4Addr, u16), payload: &[u8]) {
+        let Some(dns) = self.dns.clone() else { return };
+        match dns.answer_now(payload, IpAddr::V4(src.0), Transport::Udp) {
+            Step::Reply(reply) => self.dns_reply(guest_mac, src, &reply),
+            Step::Forward(pending) => {
+                let stack = self.me.clone();
+                tokio::task::spawn_local(async move {
+                    let reply = dns.finish(pending).await;
+                    if let Some(stack) = stack.upgrade() {
+                        stack.borrow_mut().dns_reply(guest_mac, src, &reply);
+                    }
+                });
+            }
+            Step::Drop => {}
+        }
+    }
+
+    fn dns_reply(&mut self, guest_mac: Mac, to: (Ipv4Addr, u16), reply: &[u8]) {
+        let addrs = Addrs {
+            src_mac: self.cfg.gateway_mac,
+            dst_mac: guest_mac,
+            src_ip: self.cfg.gateway,
+            dst_ip: to.0,
+        };
+        if let Some(len) = wire::udp_frame(&mut self.scratch, &addrs, PORT, to.1, reply) {
+            self.send_scratch(len);
+        }
+    }
+
+    /// Records a DHCP client's host name as `<name>.<zone>`.
+    pub fn dns_register_lease(&mut self, mac: Mac, hostname: &str, ip: Ipv4Addr) {
+        if let Some(dns) = &self.dns {
+            let mut records = dns.records();
+            records.unregister_owner(&Owner::Dhcp(mac));
+            match records.register(hostname, ip, Owner::Dhcp(mac)) {
+                Ok(()) => tracing::info!(name = hostname, %ip, "registered DHCP host name"),
+                Err(e) => tracing::debug!(error = %e, "DHCP host name not registered"),
+            }
+        }
+    }
+
+    pub fn dns_forget(&mut self, mac: Mac) {
+        if let Some(dns) = &self.dns {
+            dns.records().unregister_owner(&Owner::Dhcp(mac));
+        }
+    }
+}
+
+/// Serves one DNS-over-TCP connection on a smoltcp socket: 2-byte length,
+/// message, answer, until the guest closes or idles.
+pub async fn tcp_session(stack: &StackRef, handle: SocketHandle, src: IpAddr) {
+    let Some(dns) = stack.borrow().dns.clone() else { return };
+    let mut msg = Vec::new();
+    loop {
+        // Read one length-prefixed message.
+        let read = tokio::time::timeout(
+            TCP_IDLE,
+            std::future::poll_fn(|cx| {
+                let mut st = stack.borrow_mut();
+                let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+                while socket.can_recv() {
+                    let want = if msg.len() < 2 {
+                        2
+                    } else {
+                        2 + usize::from(u16::from_be_bytes([msg[0], msg[1]]))
+                    };
+                    if msg.len() >= want && msg.len() >= 2 {
+                        break;
+                    }
+                    let _ = socket.recv(|buf| {
+                        let n = buf.len().min(want - msg.len());
+                        msg.extend_from_slice(&buf[..n]);
+                        (n, ())
+                    });
+                }
+                let complete = msg.len() >= 2 && msg.len() == 2 + usize::from(u16::from_be_bytes([msg[0], msg[1]]));
+                if complete {
+                    return Poll::Ready(true);
+                }
+                let handshaking = matches!(socket.state(), tcp::State::Listen | tcp::State::SynReceived);
+                if !socket.may_recv() && !handshaking {
+                    return Poll::Ready(false);
+                }
+                socket.register_recv_waker(cx.waker());
+                Poll::Pending
+            }),
+        )
+        .await;
+        if !matches!(read, Ok(true)) {
+            break;
+        }
+        let Some(reply) = dns.answer(&msg[2..], src, Transport::Tcp).await else {
+            msg.clear();
+            continue;
+        };
+        msg.clear();
+        let Ok(len) = u16::try_from(reply.len()) else { break };
+        let mut out = len.to_be_bytes().to_vec();
+        out.extend_from_slice(&reply);
+        let mut sent = 0;
+        let wrote = tokio::time::timeout(
+            TCP_IDLE,
+            std::future::poll_fn(|cx| {
+                let mut st = stack.borrow_mut();
+                let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+                if !socket.may_send() {
+                    return Poll::Ready(false);
+                }
+                if let Ok(n) = socket.send_slice(&out[sent..]) {
+                    sent += n;
+                }
+                st.poll();
+                if sent == out.len() {
+                    return Poll::Ready(true);
+                }
+                st.sockets
+                    .get_mut::<tcp::Socket>(handle)
+                    .register_send_waker(cx.waker());
+                Poll::Pending
+            }),
+        )
+        .await;
+        if !matches!(wrote, Ok(true)) {
+            break;
+        }
+    }
+    // Close and wait (bounded) for the FIN exchange.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        std::future::poll_fn(|cx| {
+            let mut st = stack.borrow_mut();
+            let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+            socket.close();
+            if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                return Poll::Ready(());
+            }
+            socket.register_send_waker(cx.waker());
+            socket.register_recv_waker(cx.waker());
+            st.poll();
+            Poll::Pending
+        }),
+    )
+    .await;
+}

@@ -1,0 +1,241 @@
+//! DNS on ferry's gateway, from real clients in namespaces this test
+//! creates; forwarding goes only to a resolver the test runs on loopback.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use common::dns::{first_a, query, tcp_exchange, udp_exchange, Upstream};
+use common::netns::{FerryNet, Netns};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+const DNS: &str = "10.0.2.1:53";
+
+fn dns() -> SocketAddr {
+    DNS.parse().unwrap()
+}
+
+/// Runs busybox udhcpc in `ns` with a host name; returns the leased address.
+fn dhcp(ns: &Netns, hostname: &str) -> String {
+    assert!(ns
+        .command(&["ip", "link", "set", "tap0", "up"], Duration::from_secs(5))
+        .status
+        .success());
+    let out = ns.command(
+        &[
+            "busybox",
+            "udhcpc",
+            "-i",
+            "tap0",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-x",
+            &format!("hostname:{hostname}"),
+            "-s",
+            "/bin/true",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "udhcpc: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let ip = text
+        .split("lease of ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("leased address")
+        .to_string();
+    // /bin/true as the script: configure the address ourselves.
+    let cidr = format!("{ip}/24");
+    assert!(ns
+        .command(&["ip", "addr", "add", &cidr, "dev", "tap0"], Duration::from_secs(5))
+        .status
+        .success());
+    ip
+}
+
+#[test]
+fn guest_names_from_dhcp_resolve_from_another_guest() {
+    let (a, b) = (Netns::new(), Netns::new());
+    let (pa, pb) = (a.path().display().to_string(), b.path().display().to_string());
+    let _ferry = FerryNet::start(&a, &["--netns", &pb, "--dns-upstream", "127.0.0.1:9"]);
+    let _ = pa;
+    let web_ip = dhcp(&a, "web");
+    let db_ip = dhcp(&b, "db");
+    assert_ne!(web_ip, db_ip);
+    // busybox nslookup from the other guest, straight at the gateway.
+    let out = b.command(
+        &["busybox", "nslookup", "web.test", "10.0.2.1"],
+        Duration::from_secs(20),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&web_ip), "nslookup web.test: {text}");
+    // Precise checks with our own client, over UDP and TCP.
+    let (udp, tcp, missing) = b.run_in(|| {
+        let udp = udp_exchange(dns(), &query("web.test.", RecordType::A, false)).unwrap();
+        let tcp = tcp_exchange(dns(), &query("web.test.", RecordType::A, false)).unwrap();
+        let missing = udp_exchange(dns(), &query("nosuch.test.", RecordType::A, false)).unwrap();
+        (udp, tcp, missing)
+    });
+    assert_eq!(first_a(&udp).map(|a| a.to_string()), Some(web_ip.clone()));
+    assert_eq!(first_a(&tcp).map(|a| a.to_string()), Some(web_ip.clone()));
+    assert!(udp.authoritative());
+    assert_eq!(missing.response_code(), ResponseCode::NXDomain);
+    // The guests reach each other directly through the switch.
+    let ping = b.command(
+        &["busybox", "ping", "-c", "1", "-W", "3", &web_ip],
+        Duration::from_secs(10),
+    );
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+}
+
+#[test]
+fn host_alias_by_name_then_http_through_it() {
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure", "--dns-upstream", "127.0.0.1:9"]);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = c.read(&mut buf);
+        let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 8\r\n\r\nby name\n");
+    });
+    // A real resolver (glibc, via python) with a resolv.conf pointing at
+    // the gateway, in a private mount namespace.
+    let dir = std::env::temp_dir().join(format!("ferry-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("resolv.conf");
+    std::fs::write(&conf, "nameserver 10.0.2.1\nsearch test\n").unwrap();
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://host.container.internal:{port}/\", timeout=10).read().decode(), end=\"\")'",
+        conf.display()
+    );
+    let out = ns.command(&["unshare", "--mount", "sh", "-c", &script], Duration::from_secs(30));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "by name\n");
+}
+
+#[test]
+fn forwarding_cache_truncation_and_servfail() {
+    let mut upstream = Upstream::start();
+    let up = upstream.addr.to_string();
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure", "--dns-upstream", &up]);
+
+    // Forwarded, then served from the cache with a lower TTL.
+    let (first, second) = ns.run_in(|| {
+        let first = udp_exchange(dns(), &query("ttl3.upstream.example.", RecordType::A, false)).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let second = udp_exchange(dns(), &query("ttl3.upstream.example.", RecordType::A, false)).unwrap();
+        (first, second)
+    });
+    assert_eq!(first_a(&first), Some(Ipv4Addr::new(192, 0, 2, 7)));
+    assert_eq!(first.id(), 0x4321);
+    assert_eq!(first_a(&second), Some(Ipv4Addr::new(192, 0, 2, 7)));
+    assert!(
+        second.answers()[0].ttl() < 3,
+        "cached TTL must count down: {}",
+        second.answers()[0].ttl()
+    );
+    assert_eq!(
+        upstream.queries.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the second answer must come from the cache"
+    );
+
+    // Truncated upstream UDP answer: ferry retries over TCP. The client
+    // with EDNS gets all 50 records over UDP; without EDNS it gets TC and
+    // the whole answer over TCP to the gateway.
+    let (edns, plain, tcp) = ns.run_in(|| {
+        let edns = udp_exchange(dns(), &query("big.example.", RecordType::A, true)).unwrap();
+        let plain = udp_exchange(dns(), &query("big.example.", RecordType::A, false)).unwrap();
+        let tcp = tcp_exchange(dns(), &query("big.example.", RecordType::A, false)).unwrap();
+        (edns, plain, tcp)
+    });
+    assert_eq!(edns.answers().len(), 50);
+    assert!(!edns.truncated());
+    assert!(plain.truncated() && plain.answers().is_empty());
+    assert_eq!(tcp.answers().len(), 50);
+
+    // Upstream gone: the cached name is still served until its TTL ends...
+    upstream.stop();
+    let (cached, uncached, uncached_time, expired) = ns.run_in(|| {
+        let cached = udp_exchange(dns(), &query("ttl3.upstream.example.", RecordType::A, false)).unwrap();
+        let start = Instant::now();
+        let uncached = udp_exchange(dns(), &query("other.upstream.example.", RecordType::A, false)).unwrap();
+        let uncached_time = start.elapsed();
+        std::thread::sleep(Duration::from_secs(3));
+        let expired = udp_exchange(dns(), &query("ttl3.upstream.example.", RecordType::A, false)).unwrap();
+        (cached, uncached, uncached_time, expired)
+    });
+    assert_eq!(first_a(&cached), Some(Ipv4Addr::new(192, 0, 2, 7)));
+    // ...and everything else is SERVFAIL, quickly.
+    assert_eq!(uncached.response_code(), ResponseCode::ServFail);
+    assert!(
+        uncached_time < Duration::from_secs(3),
+        "SERVFAIL took {uncached_time:?}"
+    );
+    assert_eq!(expired.response_code(), ResponseCode::ServFail);
+}
+
+#[test]
+fn floods_and_garbage_do_not_stop_dns() {
+    let ns = Netns::new();
+    let mut ferry = FerryNet::start(
+        &ns,
+        &[
+            "--configure",
+            "--dns-upstream",
+            "127.0.0.1:9",
+            "--dns-record",
+            "svc=10.0.2.77",
+        ],
+    );
+    let (answered, after) = ns.run_in(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_nonblocking(true).unwrap();
+        let q = query("svc.test.", RecordType::A, false).to_vec().unwrap();
+        let mut answered = 0;
+        let mut buf = [0u8; 1500];
+        let mut drain = |answered: &mut usize| {
+            while s.recv(&mut buf).is_ok() {
+                *answered += 1;
+            }
+        };
+        // A burst far above the per-source limit, with garbage mixed in.
+        for i in 0..20_000u32 {
+            if i % 4 == 0 {
+                let junk: Vec<u8> = (0..(i % 300)).map(|j| (i ^ j) as u8).collect();
+                let _ = s.send_to(&junk, dns());
+            } else {
+                let _ = s.send_to(&q, dns());
+            }
+            if i % 64 == 0 {
+                drain(&mut answered);
+            }
+        }
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            drain(&mut answered);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The bucket refills: a well-behaved query is answered again.
+        std::thread::sleep(Duration::from_millis(1500));
+        let after = udp_exchange(dns(), &query("svc.test.", RecordType::A, false)).unwrap();
+        (answered, after)
+    });
+    assert!(ferry.alive());
+    assert!(answered > 0);
+    // The flood was cut by the per-source limit (2000 q/s, burst 4000).
+    assert!(answered < 12_000, "answered {answered} of 20000: no rate limit?");
+    assert_eq!(first_a(&after), Some(Ipv4Addr::new(10, 0, 2, 77)));
+}
