@@ -54,7 +54,7 @@ impl Stack {
             let mut records = dns.records();
             records.unregister_owner(&Owner::Dhcp(mac));
             match records.register(hostname, ip, Owner::Dhcp(mac)) {
-                Ok(()) => tracing::info!(name = hostname, %ip, "registered DHCP host name"),
+                Ok(()) => tracing::debug!(name = hostname, %ip, "registered DHCP host name"),
                 Err(e) => tracing::debug!(error = %e, "DHCP host name not registered"),
             }
         }

@@ -36,7 +36,7 @@ const TIMER_TICK: Duration = Duration::from_millis(50);
 /// Attaches `port` to the stack and moves its frames until it closes.
 pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
     let id = stack.borrow_mut().add_port(port.clone());
-    tracing::info!(port = port.name(), "front end attached");
+    tracing::debug!(port = port.name(), "front end attached");
     let noop = std::task::Waker::noop();
     loop {
         let first = std::future::poll_fn(|cx| {
@@ -79,7 +79,7 @@ pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
         }
         st.switch.remove_port(id);
     }
-    tracing::info!(port = port.name(), "front end detached");
+    tracing::debug!(port = port.name(), "front end detached");
 }
 
 /// Drives smoltcp's timers (retransmissions, delayed FINs, timeouts).

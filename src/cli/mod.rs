@@ -2,7 +2,7 @@
 
 pub mod compat;
 mod guest;
-mod net;
+pub mod net;
 mod placeholder;
 mod run;
 mod version;

@@ -29,8 +29,12 @@ pub struct NetArgs {
     /// Network namespace to serve: a PID or a path such as /proc/PID/ns/net or
     /// /run/netns/NAME. Repeat to put several namespaces on one network; with
     /// --configure the Nth gets the Nth guest address.
-    #[arg(long, value_name = "PATH|PID", required = true)]
+    #[arg(long, value_name = "PATH|PID", required_unless_present = "listen_qemu")]
     pub netns: Vec<String>,
+    /// Accept QEMU `-netdev stream`/`-netdev socket` connections here
+    /// (unix://PATH or tcp://127.0.0.1:PORT; repeatable). Each connection is a guest.
+    #[arg(long = "listen-qemu", value_name = "ADDR")]
+    pub listen_qemu: Vec<ferry_net::frontend::listen::ListenAddr>,
     /// User namespace to join first, for an unprivileged ferry (a PID or a path).
     #[arg(long, value_name = "PATH|PID")]
     pub userns: Option<String>,
@@ -75,7 +79,7 @@ pub struct NetArgs {
 }
 
 /// DNS served on the gateway.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct DnsArgs {
     /// Do not serve DNS on the gateway (port 53 is then closed).
     #[arg(long)]
@@ -188,11 +192,88 @@ impl NetArgs {
     }
 }
 
+impl NetArgs {
+    /// The network of one `ferry run` VM: defaults, QEMU stream on `sock`.
+    pub fn for_vm(sock: PathBuf, dns: DnsArgs) -> NetArgs {
+        NetArgs {
+            netns: Vec::new(),
+            listen_qemu: vec![ferry_net::frontend::listen::ListenAddr::Unix(sock)],
+            userns: None,
+            tap: "tap0".into(),
+            configure: false,
+            mtu: 65520,
+            subnet: "10.0.2.0/24".into(),
+            gateway: None,
+            host_alias: None,
+            no_host_loopback: false,
+            guest_ip: None,
+            dhcp_leases: Vec::new(),
+            search: Vec::new(),
+            dns,
+            max_tcp_flows: 8192,
+            max_udp_flows: 4096,
+        }
+    }
+}
+
+/// Serves `args` on a background thread for the life of the process;
+/// returns once everything is bound, or the set-up error.
+pub fn spawn_background(args: NetArgs) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    raise_fd_limit(&cfg);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("ferry-net".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                match start(&args, cfg, false).await {
+                    Ok(_running) => {
+                        let _ = tx.send(Ok(()));
+                        std::future::pending::<()>().await
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .context("starting the network thread")?;
+    rx.recv().context("the network thread died during set-up")?
+}
+
 pub fn run(args: NetArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.config()?;
     if let Some(userns) = &args.userns {
         tap::join_user_namespace(&ns_path(userns, "user"))?;
     }
+    raise_fd_limit(&cfg);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        let mut running = start(&args, cfg, true).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = running.all_namespaces_gone() => eprintln!("ferry: every namespace went away; exiting"),
+        }
+        running.log_counters();
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn raise_fd_limit(cfg: &NetConfig) {
     match ferry_net::sys::raise_nofile_limit(None) {
         Ok(n) if (n as usize) < cfg.max_tcp_flows + cfg.max_udp_flows => tracing::warn!(
             limit = n,
@@ -201,15 +282,33 @@ pub fn run(args: NetArgs) -> anyhow::Result<ExitCode> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(args, cfg))
 }
 
-async fn serve(args: NetArgs, cfg: NetConfig) -> anyhow::Result<ExitCode> {
+/// A network being served on the current `LocalSet`.
+pub struct Running {
+    metrics: Arc<NetMetrics>,
+    dns: Option<Arc<ferry_dns::DnsServer>>,
+    namespaces: tokio::task::JoinSet<()>,
+    has_namespaces: bool,
+}
+
+impl Running {
+    /// Resolves when every namespace port has closed (never, if there were none).
+    pub async fn all_namespaces_gone(&mut self) {
+        if !self.has_namespaces {
+            std::future::pending::<()>().await;
+        }
+        while self.namespaces.join_next().await.is_some() {}
+    }
+
+    pub fn log_counters(&self) {
+        let dns = self.dns.as_ref().map(|d| d.metrics.render()).unwrap_or_default();
+        tracing::info!(counters = %self.metrics.render().replace('\n', " "), dns = %dns, "network stopped");
+    }
+}
+
+/// Sets up the stack, DNS, taps and listeners; returns once all are bound.
+pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Result<Running> {
     let metrics = Arc::new(NetMetrics::default());
     let stack = Stack::new(cfg.clone(), metrics.clone());
     let dns = args.dns.server(&cfg)?.map(Arc::new);
@@ -218,7 +317,20 @@ async fn serve(args: NetArgs, cfg: NetConfig) -> anyhow::Result<ExitCode> {
         tokio::task::spawn_local(listener);
     }
     stack.borrow_mut().dns = dns.clone();
-    let mut ports = tokio::task::JoinSet::new();
+    let describe = |what: &str, guest: String| {
+        if !announce {
+            tracing::debug!("network ready: {what}");
+            return;
+        }
+        eprintln!(
+            "ferry: network ready: {what}, gateway {}, host alias {}, guest {guest}, MTU {}, DNS {}",
+            cfg.gateway,
+            cfg.host_alias.map_or("disabled".to_string(), |a| a.to_string()),
+            cfg.mtu,
+            if dns.is_some() { "on" } else { "off" }
+        )
+    };
+    let mut namespaces = tokio::task::JoinSet::new();
     for (i, ns) in args.netns.iter().enumerate() {
         let netns = ns_path(ns, "net");
         let addr = Ipv4Addr::from(u32::from(cfg.first_guest) + u32::try_from(i).unwrap_or(0));
@@ -234,32 +346,24 @@ async fn serve(args: NetArgs, cfg: NetConfig) -> anyhow::Result<ExitCode> {
             configure,
         })
         .with_context(|| format!("creating tap {} in {}", args.tap, netns.display()))?;
-        ports.spawn_local(ferry_net::run_port(stack.clone(), Rc::new(tap)));
-        eprintln!(
-            "ferry: network ready: {} in {}, gateway {}, host alias {}, guest {}, MTU {}, DNS {}",
-            args.tap,
-            netns.display(),
-            cfg.gateway,
-            cfg.host_alias.map_or("disabled".to_string(), |a| a.to_string()),
-            if args.configure {
-                addr.to_string()
-            } else {
-                "by DHCP".to_string()
-            },
-            cfg.mtu,
-            if dns.is_some() { "on" } else { "off" }
-        );
+        namespaces.spawn_local(ferry_net::run_port(stack.clone(), Rc::new(tap)));
+        let guest = if args.configure {
+            addr.to_string()
+        } else {
+            "by DHCP".to_string()
+        };
+        describe(&format!("{} in {}", args.tap, netns.display()), guest);
+    }
+    for addr in &args.listen_qemu {
+        let accept = ferry_net::frontend::listen::qemu_stream(stack.clone(), addr.clone()).await?;
+        tokio::task::spawn_local(accept);
+        describe(&format!("QEMU stream on {addr}"), "by DHCP".to_string());
     }
     tokio::task::spawn_local(ferry_net::run_timers(stack.clone()));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = async { while ports.join_next().await.is_some() {} } => {
-            eprintln!("ferry: every namespace went away; exiting");
-        }
-    }
-    let dns_counters = dns.map(|d| d.metrics.render()).unwrap_or_default();
-    tracing::info!(counters = %metrics.render().replace('\n', " "), dns = %dns_counters, "network stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(Running {
+        metrics,
+        dns,
+        has_namespaces: !args.netns.is_empty(),
+        namespaces,
+    })
 }

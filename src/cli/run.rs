@@ -57,12 +57,38 @@ pub struct RunArgs {
     /// Kill the guest if it runs longer than this many seconds.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Run the guest without a network.
+    #[arg(long)]
+    pub no_net: bool,
+    #[command(flatten)]
+    pub dns: super::net::DnsArgs,
     /// QEMU binary.
     #[arg(long, env = "FERRY_QEMU", value_name = "PATH", default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
     /// The command to run in the guest [default: /bin/sh].
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// A private directory for this run's sockets, removed on drop.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn create() -> anyhow::Result<RunDir> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("ferry-run-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        Ok(RunDir(dir))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -91,7 +117,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for word in &args.append {
         line.raw(word);
     }
+    let _net_dir = if args.no_net {
+        None
+    } else {
+        let dir = RunDir::create()?;
+        let sock = dir.0.join("net.sock");
+        super::net::spawn_background(super::net::NetArgs::for_vm(sock.clone(), args.dns.clone()))?;
+        line.key("net", "dhcp");
+        Some((dir, sock))
+    };
     let mut qemu = QemuConfig::new(image.kernel.path.clone(), image.initrd.clone(), line.build()?);
+    if let Some((_, sock)) = &_net_dir {
+        qemu.device_args.extend(
+            [
+                "-netdev".to_string(),
+                format!("stream,id=net0,server=off,addr.type=unix,addr.path={}", sock.display()),
+                "-device".to_string(),
+                "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56".to_string(),
+            ]
+            .into_iter(),
+        );
+    }
     qemu.binary = args.qemu.clone();
     qemu.memory_mib = args.memory;
     qemu.cpus = args.cpus;

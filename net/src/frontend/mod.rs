@@ -1,5 +1,7 @@
 //! Front ends: how guest frames enter and leave ferry.
 
+pub mod listen;
+pub mod stream;
 #[cfg(target_os = "linux")]
 pub mod tap;
 

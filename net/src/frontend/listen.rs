@@ -1,0 +1,117 @@
+//! Listening sockets that turn each accepted connection into a switch port.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::net::{TcpListener, UnixListener};
+
+use super::stream::{StreamIo, StreamPort};
+use crate::stack::StackRef;
+
+/// Where QEMU stream clients connect: `unix://PATH` or `tcp://IP:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err(format!("{s:?}: unix:// needs a path"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(addr) = s.strip_prefix("tcp://") {
+            return addr
+                .parse()
+                .map(ListenAddr::Tcp)
+                .map_err(|_| format!("{s:?}: expected tcp://IP:PORT"));
+        }
+        Err(format!("{s:?}: expected unix://PATH or tcp://IP:PORT"))
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+            ListenAddr::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+/// Binds now (so errors reach the caller) and returns the accept loop.
+pub async fn qemu_stream(stack: StackRef, addr: ListenAddr) -> io::Result<impl std::future::Future<Output = ()>> {
+    let max_frame = stack.borrow().switch.rx.buf.len();
+    let listener = match &addr {
+        ListenAddr::Unix(path) => {
+            // A socket file left by an earlier run is replaced; anything else is not.
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                use std::os::unix::fs::FileTypeExt;
+                if meta.file_type().is_socket() {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            let l = UnixListener::bind(path)
+                .map_err(|e| io::Error::new(e.kind(), format!("listening on {}: {e}", path.display())))?;
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            Either::Unix(l)
+        }
+        ListenAddr::Tcp(a) => Either::Tcp(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("listening on {a}: {e}")))?,
+        ),
+    };
+    Ok(async move {
+        let mut n = 0u64;
+        loop {
+            n += 1;
+            match &listener {
+                Either::Unix(l) => match l.accept().await {
+                    Ok((conn, _)) => attach(&stack, conn, max_frame, format!("qemu:{addr}#{n}")),
+                    Err(e) => tracing::warn!(error = %e, "accept failed"),
+                },
+                Either::Tcp(l) => match l.accept().await {
+                    Ok((conn, peer)) => {
+                        let _ = conn.set_nodelay(true);
+                        attach(&stack, conn, max_frame, format!("qemu:{peer}"))
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accept failed"),
+                },
+            }
+        }
+    })
+}
+
+enum Either {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+fn attach<S: StreamIo + 'static>(stack: &StackRef, conn: S, max_frame: usize, name: String) {
+    let port = StreamPort::new(conn, max_frame, name);
+    tokio::task::spawn_local(port.clone().flush_task());
+    tokio::task::spawn_local(crate::run_port(stack.clone(), port));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listen_addresses() {
+        assert_eq!("unix:///run/x.sock".parse(), Ok(ListenAddr::Unix("/run/x.sock".into())));
+        assert_eq!(
+            "tcp://127.0.0.1:5000".parse(),
+            Ok(ListenAddr::Tcp("127.0.0.1:5000".parse().unwrap()))
+        );
+        assert!("unix://".parse::<ListenAddr>().is_err());
+        assert!("udp://x".parse::<ListenAddr>().is_err());
+    }
+}
