@@ -128,15 +128,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut qemu = QemuConfig::new(image.kernel.path.clone(), image.initrd.clone(), line.build()?);
     if let Some((_, sock)) = &_net_dir {
-        qemu.device_args.extend(
-            [
-                "-netdev".to_string(),
-                format!("stream,id=net0,server=off,addr.type=unix,addr.path={}", sock.display()),
-                "-device".to_string(),
-                "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56".to_string(),
-            ]
-            .into_iter(),
-        );
+        qemu.device_args.extend([
+            "-netdev".to_string(),
+            format!("stream,id=net0,server=off,addr.type=unix,addr.path={}", sock.display()),
+            "-device".to_string(),
+            "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56".to_string(),
+        ]);
     }
     qemu.binary = args.qemu.clone();
     qemu.memory_mib = args.memory;
