@@ -6,6 +6,7 @@
 //! current-thread runtime's `LocalSet`.
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod config;
 pub mod dhcp;
 pub mod frontend;

@@ -70,6 +70,9 @@ pub struct NetArgs {
     pub search: Vec<String>,
     #[command(flatten)]
     pub dns: DnsArgs,
+    /// Serve the control API (HTTP/1.1 + JSON) on this unix socket, mode 0600.
+    #[arg(long, value_name = "PATH")]
+    pub api: Option<PathBuf>,
     /// Most TCP flows at once; new connections are refused beyond it.
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_tcp_flows: usize,
@@ -210,6 +213,7 @@ impl NetArgs {
             dhcp_leases: Vec::new(),
             search: Vec::new(),
             dns,
+            api: None,
             max_tcp_flows: 8192,
             max_udp_flows: 4096,
         }
@@ -358,6 +362,9 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         let accept = ferry_net::frontend::listen::qemu_stream(stack.clone(), addr.clone()).await?;
         tokio::task::spawn_local(accept);
         describe(&format!("QEMU stream on {addr}"), "by DHCP".to_string());
+    }
+    if let Some(path) = &args.api {
+        tokio::task::spawn_local(ferry_net::api::bind(stack.clone(), path)?);
     }
     tokio::task::spawn_local(ferry_net::run_timers(stack.clone()));
     Ok(Running {
