@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns a bench raw.tsv into a section of docs/performance.md plus an SVG.
 
-usage: report.py SECTION RAW.tsv docs/performance.md
+usage: report.py SECTION RAW.tsv docs/performance.md [REFERENCE ...]
+(references default to veth and pasta; ratios are given to each present one)
 
 raw.tsv columns: backend, test, run, value, unit, extra. Medians over runs.
 The section between <!-- bench:SECTION:start --> and <!-- bench:SECTION:end -->
@@ -16,6 +17,7 @@ import statistics
 import sys
 
 section, raw_path, doc_path = sys.argv[1:4]
+refs = sys.argv[4:] or ["veth", "pasta"]
 rows = [l.rstrip("\n").split("\t") for l in open(raw_path) if l.strip()]
 values = collections.defaultdict(list)
 extra = {}
@@ -60,7 +62,7 @@ for b in backends:
             cell += " (%s)" % ex
         cells.append(cell)
     lines.append("| %s | %s |" % (b, " | ".join(cells)))
-for ref in ("veth", "pasta"):
+for ref in refs:
     if not any(b == ref for b in backends):
         continue
     lines.append("")
@@ -74,7 +76,7 @@ for ref in ("veth", "pasta"):
         lines.append("| %s | %s |" % (b, " | ".join(fmt(ratio(b, t, ref)) for t in tests)))
 
 # SVG: grouped bars, ratio to veth per test (or raw values without veth).
-ref = "veth" if "veth" in backends else None
+ref = next((r for r in refs if r in backends), None)
 shown = [b for b in backends if b != ref]
 colors = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 W, H, left, bottom, top = 760, 300, 50, 40, 30
@@ -83,7 +85,7 @@ bar = group * 0.8 / max(1, len(shown))
 vals = {(b, t): (ratio(b, t, ref) if ref else med.get((b, t), 0)) or 0 for b in shown for t in tests}
 ymax = max([1.0] + list(vals.values())) * 1.1
 svg = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">' % (W, H)]
-svg.append('<text x="%d" y="18" font-size="13">%s: ratio to %s (1.0 = the ceiling)</text>' % (left, section, ref or "absolute"))
+svg.append('<text x="%d" y="18" font-size="13">%s: ratio to %s (1.0 = %s)</text>' % (left, section, ref or "absolute", ref or "-"))
 y0 = H - bottom
 scale = (H - bottom - top) / ymax
 svg.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#888"/>' % (left, y0, W - 10, y0))

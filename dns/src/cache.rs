@@ -7,11 +7,15 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{DNSClass, RData, RecordType};
 
-/// (lower-case name, type, class)
-pub type Key = (String, RecordType, DNSClass);
+/// (lower-case name without trailing dot, type, class, client used EDNS)
+pub type Key = (String, RecordType, DNSClass, bool);
 
 struct Entry {
     message: Message,
+    /// The response encoded with id 0, for the wire-level fast path.
+    wire: Vec<u8>,
+    /// Where its TTLs are, and their values when stored.
+    ttls: Vec<(usize, u32)>,
     stored: Instant,
     ttl: u32,
 }
@@ -78,14 +82,47 @@ impl Cache {
                 }
             }
         }
+        let mut zero_id = message.clone();
+        zero_id.set_id(0);
+        let Ok(wire) = zero_id.to_vec() else { return };
+        let Some(ttls) = crate::wire::ttl_offsets(&wire) else {
+            return;
+        };
         self.entries.insert(
             key,
             Entry {
                 message: message.clone(),
+                wire,
+                ttls,
                 stored: now,
                 ttl,
             },
         );
+    }
+
+    /// Writes the cached response for `key` into `out` with `id`, the
+    /// client's RD bit and TTLs reduced by its age. False if absent, expired
+    /// or larger than `max` (then the caller takes the slow path).
+    pub fn get_wire(&mut self, key: &Key, id: u16, rd: bool, now: Instant, max: usize, out: &mut Vec<u8>) -> bool {
+        let Some(entry) = self.entries.get(key) else {
+            return false;
+        };
+        let age = u32::try_from(now.duration_since(entry.stored).as_secs()).unwrap_or(u32::MAX);
+        if age >= entry.ttl {
+            self.entries.remove(key);
+            return false;
+        }
+        if entry.wire.len() > max {
+            return false;
+        }
+        out.clear();
+        out.extend_from_slice(&entry.wire);
+        out[..2].copy_from_slice(&id.to_be_bytes());
+        out[2] = (out[2] & !0x01) | u8::from(rd);
+        for &(at, ttl) in &entry.ttls {
+            out[at..at + 4].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+        }
+        true
     }
 
     /// A copy of the cached response with TTLs reduced by its age, or None
@@ -130,11 +167,19 @@ mod tests {
     #[test]
     fn ttls_count_down_and_expire() {
         let mut c = Cache::new(10, 86400);
-        let key: Key = ("example.com.".into(), RecordType::A, DNSClass::IN);
+        let key: Key = ("example.com".into(), RecordType::A, DNSClass::IN, false);
         let t0 = Instant::now();
         c.insert(key.clone(), &answer(10), t0);
         let hit = c.get(&key, t0 + Duration::from_secs(4)).unwrap();
         assert_eq!(hit.answers()[0].ttl(), 6);
+        let mut wire = Vec::new();
+        assert!(c.get_wire(&key, 99, true, t0 + Duration::from_secs(5), 4096, &mut wire));
+        let parsed = Message::from_vec(&wire).unwrap();
+        assert_eq!(
+            (parsed.id(), parsed.recursion_desired(), parsed.answers()[0].ttl()),
+            (99, true, 5)
+        );
+        assert!(!c.get_wire(&key, 1, false, t0, 10, &mut wire), "too big for max");
         assert!(c.get(&key, t0 + Duration::from_secs(10)).is_none());
         assert!(c.is_empty());
     }
@@ -142,7 +187,7 @@ mod tests {
     #[test]
     fn servfail_and_zero_ttl_are_not_cached() {
         let mut c = Cache::new(10, 86400);
-        let key: Key = ("example.com.".into(), RecordType::A, DNSClass::IN);
+        let key: Key = ("example.com".into(), RecordType::A, DNSClass::IN, false);
         let mut fail = answer(10);
         fail.set_response_code(ResponseCode::ServFail);
         c.insert(key.clone(), &fail, Instant::now());
@@ -156,7 +201,7 @@ mod tests {
         let now = Instant::now();
         for i in 0..10 {
             c.insert(
-                (format!("n{i}."), RecordType::A, DNSClass::IN),
+                (format!("n{i}"), RecordType::A, DNSClass::IN, false),
                 &answer(100),
                 now + Duration::from_millis(i),
             );

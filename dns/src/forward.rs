@@ -97,7 +97,8 @@ async fn udp(upstream: SocketAddr, bytes: &[u8], query: &Message) -> io::Result<
     let socket = UdpSocket::bind(bind_for(upstream)).await?;
     socket.connect(upstream).await?;
     socket.send(bytes).await?;
-    let mut buf = vec![0u8; 65535];
+    // Upstream queries advertise MAX_UDP, so answers fit with room to spare.
+    let mut buf = [0u8; 2 * crate::server::MAX_UDP as usize];
     // Ignore stray datagrams that do not answer this query (bounded by the
     // caller's timeout).
     loop {

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod metrics;
 pub mod records;
 pub mod server;
+pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 

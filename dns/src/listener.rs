@@ -34,22 +34,42 @@ pub async fn bind(server: Arc<DnsServer>, addr: SocketAddr) -> io::Result<impl s
 async fn serve_udp(server: Arc<DnsServer>, socket: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 65535];
     loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+        if socket.readable().await.is_err() {
             continue;
-        };
-        match server.answer_now(&buf[..n], from.ip(), Transport::Udp) {
-            Step::Reply(reply) => {
-                let _ = socket.send_to(&reply, from).await;
-            }
-            Step::Forward(pending) => {
-                let (server, socket) = (server.clone(), socket.clone());
-                tokio::task::spawn_local(async move {
-                    let reply = server.finish(pending).await;
-                    let _ = socket.send_to(&reply, from).await;
-                });
-            }
-            Step::Drop => {}
         }
+        // Drain everything queued per wake-up: one readiness round trip per
+        // burst instead of per datagram.
+        loop {
+            let (n, from) = match socket.try_recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            match server.answer_now(&buf[..n], from.ip(), Transport::Udp) {
+                Step::Reply(reply) => send(&socket, reply, from),
+                Step::Forward(pending) => {
+                    let (server, socket) = (server.clone(), socket.clone());
+                    tokio::task::spawn_local(async move {
+                        let reply = server.finish(pending).await;
+                        let _ = socket.send_to(&reply, from).await;
+                    });
+                }
+                Step::Drop => {}
+            }
+        }
+    }
+}
+
+/// Sends now if the socket takes it, else from a task once it is writable.
+fn send(socket: &Arc<UdpSocket>, reply: Vec<u8>, to: SocketAddr) {
+    match socket.try_send_to(&reply, to) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let socket = socket.clone();
+            tokio::task::spawn_local(async move {
+                let _ = socket.send_to(&reply, to).await;
+            });
+        }
+        _ => {}
     }
 }
 

@@ -80,11 +80,19 @@ impl Records {
     /// The local zone `name` falls in, if any.
     pub fn zone_of(&self, name: &str) -> Option<&str> {
         let name = normalise(name);
+        self.zone_of_normalised(&name)
+    }
+
+    fn zone_of_normalised(&self, name: &str) -> Option<&str> {
+        let within = |z: &str| {
+            name == z
+                || (name.len() > z.len() && name.ends_with(z) && name.as_bytes()[name.len() - z.len() - 1] == b'.')
+        };
         self.zones
             .iter()
             .map(String::as_str)
             .chain(BUILTIN_ZONES.iter().copied())
-            .find(|z| name == *z || name.ends_with(&format!(".{z}")))
+            .find(|z| within(z))
     }
 
     /// Registers `label` in every local zone (`web` → `web.test`), replacing
@@ -119,14 +127,18 @@ impl Records {
     }
 
     pub fn lookup(&self, name: &str) -> Local {
-        let key = normalise(name);
-        if let Some(addr) = self.builtins.get(&key) {
+        self.lookup_normalised(&normalise(name))
+    }
+
+    /// `lookup` for a name already lower-case and without a trailing dot.
+    pub fn lookup_normalised(&self, key: &str) -> Local {
+        if let Some(addr) = self.builtins.get(key) {
             return Local::Address(*addr);
         }
-        if let Some((addr, _)) = self.names.get(&key) {
+        if let Some((addr, _)) = self.names.get(key) {
             return Local::Address(*addr);
         }
-        if self.zone_of(&key).is_some() {
+        if self.zone_of_normalised(key).is_some() {
             return Local::NxDomain;
         }
         Local::NotLocal

@@ -64,14 +64,14 @@ pub struct Pending {
 /// What to do with a message.
 pub enum Step {
     Reply(Vec<u8>),
-    Forward(Pending),
+    Forward(Box<Pending>),
     Drop,
 }
 
 /// Classic unextended DNS over UDP.
 const MIN_UDP: usize = 512;
 /// What we advertise and accept at most over UDP (the DNS flag day value).
-const MAX_UDP: u16 = 1232;
+pub const MAX_UDP: u16 = 1232;
 const CACHE_MAX_TTL: u32 = 86_400;
 
 struct RateLimiter {
@@ -146,6 +146,10 @@ impl DnsServer {
             DnsMetrics::inc(&m.rate_limited);
             return Step::Drop;
         }
+        if let Some(hit) = self.fast_cache_hit(packet, transport, now) {
+            DnsMetrics::inc(&m.cache_hits);
+            return Step::Reply(hit);
+        }
         let query = match Message::from_vec(packet) {
             Ok(q) => q,
             Err(_) => {
@@ -216,34 +220,51 @@ impl DnsServer {
                 ))
             }
             Local::NotLocal => {
-                let key: Key = (name.to_ascii_lowercase(), question.query_type(), question.query_class());
+                let key: Key = (records_key(&name), question.query_type(), question.query_class(), edns);
                 if let Some(mut cached) = lock(&self.cache).get(&key, now) {
                     DnsMetrics::inc(&m.cache_hits);
                     cached.set_id(query.id());
                     cached.set_recursion_desired(query.recursion_desired());
                     return encode(&cached, max_size).map_or(Step::Drop, Step::Reply);
                 }
-                Step::Forward(Pending {
+                Step::Forward(Box::new(Pending {
                     query,
                     key,
                     max_size,
                     edns,
-                })
+                }))
             }
         }
     }
 
+    /// A cache hit served without parsing or encoding a full message.
+    fn fast_cache_hit(&self, packet: &[u8], transport: Transport, now: Instant) -> Option<Vec<u8>> {
+        let q = crate::wire::question(packet)?;
+        if !matches!(self.records().lookup_normalised(&q.name), Local::NotLocal) {
+            return None;
+        }
+        let max = match transport {
+            Transport::Tcp => usize::from(u16::MAX),
+            Transport::Udp if q.edns => usize::from(q.udp_size.clamp(MIN_UDP as u16, MAX_UDP)),
+            Transport::Udp => MIN_UDP,
+        };
+        let key: Key = (q.name, RecordType::from(q.qtype), DNSClass::from(q.qclass), q.edns);
+        let mut out = Vec::new();
+        lock(&self.cache)
+            .get_wire(&key, q.id, q.rd, now, max, &mut out)
+            .then_some(out)
+    }
+
     /// Resolves a pending query upstream (SERVFAIL if that fails) and
     /// caches what may be cached.
-    pub async fn finish(&self, pending: Pending) -> Vec<u8> {
+    pub async fn finish(&self, pending: Box<Pending>) -> Vec<u8> {
         DnsMetrics::inc(&self.metrics.forwarded);
         let mut upstream_query = pending.query.clone();
-        if !pending.edns {
-            // Ask upstream for large answers anyway; we truncate for the client.
-            let mut edns = Edns::new();
-            edns.set_max_payload(MAX_UDP);
-            upstream_query.set_edns(edns);
-        }
+        // Ask upstream for answers up to MAX_UDP whatever the client said:
+        // we never send more over UDP, and bigger ones come over TCP.
+        let mut edns = upstream_query.extensions().clone().unwrap_or_default();
+        edns.set_max_payload(MAX_UDP);
+        upstream_query.set_edns(edns);
         match self.forwarder.forward(&upstream_query).await {
             Ok(mut resp) => {
                 if !pending.edns {
@@ -331,6 +352,11 @@ impl DnsServer {
         }
         encode(&resp, max).unwrap_or_default()
     }
+}
+
+/// The cache's form of a name: lower case, no trailing dot.
+fn records_key(name: &str) -> String {
+    crate::records::normalise(name)
 }
 
 /// Encodes `msg`; if it does not fit in `max` bytes, sends the header and

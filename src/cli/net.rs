@@ -321,6 +321,10 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         tokio::task::spawn_local(listener);
     }
     stack.borrow_mut().dns = dns.clone();
+    // Bound before "ready" is announced, so clients never race it.
+    if let Some(path) = &args.api {
+        tokio::task::spawn_local(ferry_net::api::bind(stack.clone(), path)?);
+    }
     let describe = |what: &str, guest: String| {
         if !announce {
             tracing::debug!("network ready: {what}");
@@ -362,9 +366,6 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         let accept = ferry_net::frontend::listen::qemu_stream(stack.clone(), addr.clone()).await?;
         tokio::task::spawn_local(accept);
         describe(&format!("QEMU stream on {addr}"), "by DHCP".to_string());
-    }
-    if let Some(path) = &args.api {
-        tokio::task::spawn_local(ferry_net::api::bind(stack.clone(), path)?);
     }
     tokio::task::spawn_local(ferry_net::run_timers(stack.clone()));
     Ok(Running {
