@@ -239,3 +239,18 @@ fn floods_and_garbage_do_not_stop_dns() {
     assert!(answered < 12_000, "answered {answered} of 20000: no rate limit?");
     assert_eq!(first_a(&after), Some(Ipv4Addr::new(10, 0, 2, 77)));
 }
+
+#[test]
+fn host_side_listener_answers_guest_names() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure", "--dns-listen", &listen, "--dns-record", "api=10.0.2.40", "--dns-upstream", "127.0.0.1:9"]);
+    let addr: SocketAddr = listen.parse().unwrap();
+    let udp = udp_exchange(addr, &query("api.test.", RecordType::A, false)).unwrap();
+    assert_eq!(first_a(&udp), Some(Ipv4Addr::new(10, 0, 2, 40)));
+    let tcp = tcp_exchange(addr, &query("host.docker.internal.", RecordType::A, false)).unwrap();
+    assert_eq!(first_a(&tcp), Some(Ipv4Addr::new(10, 0, 2, 254)));
+    let none = udp_exchange(addr, &query("nope.test.", RecordType::A, true)).unwrap();
+    assert_eq!(none.response_code(), ResponseCode::NXDomain);
+}
