@@ -242,10 +242,25 @@ fn floods_and_garbage_do_not_stop_dns() {
 
 #[test]
 fn host_side_listener_answers_guest_names() {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let listen = format!("127.0.0.1:{port}");
     let ns = Netns::new();
-    let _ferry = FerryNet::start(&ns, &["--configure", "--dns-listen", &listen, "--dns-record", "api=10.0.2.40", "--dns-upstream", "127.0.0.1:9"]);
+    let _ferry = FerryNet::start(
+        &ns,
+        &[
+            "--configure",
+            "--dns-listen",
+            &listen,
+            "--dns-record",
+            "api=10.0.2.40",
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ],
+    );
     let addr: SocketAddr = listen.parse().unwrap();
     let udp = udp_exchange(addr, &query("api.test.", RecordType::A, false)).unwrap();
     assert_eq!(first_a(&udp), Some(Ipv4Addr::new(10, 0, 2, 40)));

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod dhcp;
+pub mod forward;
 pub mod frontend;
 pub mod metrics;
 pub mod stack;

@@ -40,6 +40,7 @@ pub struct Stack {
     pub tcp: TcpNat,
     pub udp: UdpNat,
     pub icmp: IcmpNat,
+    pub fwd: crate::forward::Forwards,
     /// DNS on the gateway (None: port 53 is closed like any other).
     pub dns: Option<Arc<ferry_dns::DnsServer>>,
     /// Frames built outside smoltcp (DHCP, UDP, ICMP, RSTs) are built here.
@@ -77,6 +78,7 @@ impl Stack {
                 udp: UdpNat::default(),
                 icmp,
                 dns: None,
+                fwd: crate::forward::Forwards::default(),
                 scratch: vec![0; ETHERNET_HEADER_LEN + mtu],
                 timer: Rc::new(Notify::new()),
                 me: me.clone(),
@@ -271,6 +273,8 @@ impl Stack {
                     self.dhcp(src_mac, udp_payload);
                 } else if dst == self.cfg.gateway && udp.dst_port() == crate::dns::PORT && self.dns.is_some() {
                     self.dns_udp(src_mac, (src, udp.src_port()), udp_payload);
+                } else if dst == self.cfg.gateway && self.udp_forward_reply(udp.dst_port(), udp_payload) {
+                    // A reply through a UDP port forward.
                 } else {
                     let quote = &ip_bytes[..(header_len + 8).min(total)];
                     self.udp_from_guest(

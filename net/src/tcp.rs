@@ -38,6 +38,7 @@ pub struct TcpNat {
     /// Closed sockets kept for reuse: a fresh one costs zero-filling both
     /// of its buffers, which dominated short connections.
     spare: Vec<tcp::Socket<'static>>,
+    next_port: u16,
     limit_logged: bool,
 }
 
@@ -135,9 +136,46 @@ impl Stack {
         });
     }
 
-    /// Creates the smoltcp socket for `key` and replays its SYN into it.
-    fn tcp_accept(&mut self, key: FlowKey, syn_frame: &[u8], buffer: usize) -> Option<SocketHandle> {
-        let mut socket = match self.tcp.spare.iter().position(|s| s.recv_capacity() == buffer) {
+    /// Whether a gateway-side port is used by a TCP flow (port forwards
+    /// originate from the gateway).
+    pub fn tcp_port_in_use(&self, port: u16) -> bool {
+        self.tcp.flows.keys().any(|k| k.2 == self.cfg.gateway && k.3 == port)
+    }
+
+    /// Opens a TCP connection from the gateway to a guest (port forwards).
+    pub fn tcp_connect_to_guest(&mut self, guest: Ipv4Addr, port: u16) -> Option<(FlowKey, SocketHandle)> {
+        let local_port = self.ephemeral_port_for_tcp();
+        let mut socket = self.new_tcp_socket(self.cfg.tcp_buffer);
+        let remote = (smoltcp::wire::IpAddress::Ipv4(guest), port);
+        let local = (smoltcp::wire::IpAddress::Ipv4(self.cfg.gateway), local_port);
+        if let Err(e) = socket.connect(self.iface.context(), remote, local) {
+            tracing::debug!(error = %e, "connect to guest failed");
+            return None;
+        }
+        let handle = self.sockets.add(socket);
+        let key = (guest, port, self.cfg.gateway, local_port);
+        self.tcp.flows.insert(key, handle);
+        NetMetrics::inc(&self.metrics.tcp_flows_opened);
+        self.poll();
+        self.timer.notify_one();
+        Some((key, handle))
+    }
+
+    fn ephemeral_port_for_tcp(&mut self) -> u16 {
+        self.tcp.next_port = if self.tcp.next_port < 49152 {
+            49152
+        } else {
+            self.tcp.next_port.wrapping_add(1).max(49152)
+        };
+        while self.tcp_port_in_use(self.tcp.next_port) {
+            self.tcp.next_port = self.tcp.next_port.wrapping_add(1).max(49152);
+        }
+        self.tcp.next_port
+    }
+
+    /// A socket from the spare pool, or a new one.
+    fn new_tcp_socket(&mut self, buffer: usize) -> tcp::Socket<'static> {
+        match self.tcp.spare.iter().position(|s| s.recv_capacity() == buffer) {
             Some(i) => self.tcp.spare.swap_remove(i),
             None => {
                 let mut socket = tcp::Socket::new(
@@ -149,7 +187,12 @@ impl Stack {
                 socket.set_timeout(Some(smoltcp::time::Duration::from_secs(STALL_TIMEOUT.as_secs())));
                 socket
             }
-        };
+        }
+    }
+
+    /// Creates the smoltcp socket for `key` and replays its SYN into it.
+    fn tcp_accept(&mut self, key: FlowKey, syn_frame: &[u8], buffer: usize) -> Option<SocketHandle> {
+        let mut socket = self.new_tcp_socket(buffer);
         let endpoint = IpListenEndpoint {
             addr: Some(key.2.into()),
             port: key.3,
@@ -169,7 +212,7 @@ impl Stack {
     }
 
     /// Forgets a finished flow and keeps its socket for reuse.
-    fn tcp_release(&mut self, key: FlowKey, handle: SocketHandle) {
+    pub(crate) fn tcp_release(&mut self, key: FlowKey, handle: SocketHandle) {
         self.tcp.flows.remove(&key);
         let smoltcp::socket::Socket::Tcp(mut socket) = self.sockets.remove(handle);
         if self.tcp.spare.len() < MAX_SPARE {
@@ -249,6 +292,14 @@ impl Stack {
     }
 }
 
+/// Before the connection exists neither direction can have ended.
+fn handshaking(state: tcp::State) -> bool {
+    matches!(
+        state,
+        tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent
+    )
+}
+
 /// What one direction of the splice is doing.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -258,7 +309,7 @@ enum Dir {
 
 /// Moves bytes both ways until both directions are finished or either side
 /// fails. Returns when the flow can be forgotten.
-async fn splice(stack: &StackRef, handle: SocketHandle, host: TcpStream) {
+pub(crate) async fn splice(stack: &StackRef, handle: SocketHandle, host: TcpStream) {
     let host = Rc::new(host);
     let mut to_host = Dir::Open; // guest -> host
     let mut to_guest = Dir::Open; // host -> guest
@@ -304,7 +355,7 @@ async fn splice(stack: &StackRef, handle: SocketHandle, host: TcpStream) {
                         }
                         Poll::Pending => {}
                     }
-                } else if !socket.may_recv() && state != tcp::State::SynReceived && state != tcp::State::Listen {
+                } else if !socket.may_recv() && !handshaking(state) {
                     // The guest sent FIN and we delivered everything.
                     let _ = socket2::SockRef::from(&*host).shutdown(std::net::Shutdown::Write);
                     to_host = Dir::Done;
@@ -346,8 +397,7 @@ async fn splice(stack: &StackRef, handle: SocketHandle, host: TcpStream) {
                         }
                         Poll::Pending => {}
                     }
-                } else if !socket.may_send() && !matches!(socket.state(), tcp::State::SynReceived | tcp::State::Listen)
-                {
+                } else if !socket.may_send() && !handshaking(socket.state()) {
                     to_guest = Dir::Done;
                     progressed = true;
                 } else {

@@ -70,6 +70,13 @@ pub struct NetArgs {
     pub search: Vec<String>,
     #[command(flatten)]
     pub dns: DnsArgs,
+    /// Forward a host port to a guest, Docker style (repeatable):
+    /// [HOST_IP:]HOST_PORT[-END]:GUEST_PORT[-END][/tcp|/udp]; HOST_IP defaults to 127.0.0.1.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Guest the -p forwards go to: an IP or a registered name [default: the first guest address].
+    #[arg(long = "publish-to", value_name = "GUEST")]
+    pub publish_to: Option<String>,
     /// Serve the control API (HTTP/1.1 + JSON) on this unix socket, mode 0600.
     #[arg(long, value_name = "PATH")]
     pub api: Option<PathBuf>,
@@ -213,6 +220,8 @@ impl NetArgs {
             dhcp_leases: Vec::new(),
             search: Vec::new(),
             dns,
+            publish: Vec::new(),
+            publish_to: None,
             api: None,
             max_tcp_flows: 8192,
             max_udp_flows: 4096,
@@ -321,6 +330,15 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         tokio::task::spawn_local(listener);
     }
     stack.borrow_mut().dns = dns.clone();
+    let target = match &args.publish_to {
+        Some(g) => ferry_net::forward::GuestTarget::parse(g),
+        None => ferry_net::forward::GuestTarget::Ip(cfg.first_guest),
+    };
+    for publish in &args.publish {
+        for spec in ferry_net::forward::parse_publish(publish, &target)? {
+            stack.borrow_mut().add_forward(spec)?;
+        }
+    }
     // Bound before "ready" is announced, so clients never race it.
     if let Some(path) = &args.api {
         tokio::task::spawn_local(ferry_net::api::bind(stack.clone(), path)?);

@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// Kill the guest if it runs longer than this many seconds.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Forward a host port to the guest, Docker style (repeatable):
+    /// [HOST_IP:]HOST_PORT[-END]:GUEST_PORT[-END][/tcp|/udp].
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
     /// Run the guest without a network.
     #[arg(long)]
     pub no_net: bool,
@@ -92,6 +96,10 @@ impl Drop for RunDir {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !(args.no_net && !args.publish.is_empty()),
+        "-p needs the guest's network; drop --no-net"
+    );
     for kv in &args.env {
         anyhow::ensure!(
             kv.split_once('=').is_some_and(|(k, _)| !k.is_empty()),
@@ -122,7 +130,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         let dir = RunDir::create()?;
         let sock = dir.0.join("net.sock");
-        super::net::spawn_background(super::net::NetArgs::for_vm(sock.clone(), args.dns.clone()))?;
+        let mut net = super::net::NetArgs::for_vm(sock.clone(), args.dns.clone());
+        net.publish = args.publish.clone();
+        super::net::spawn_background(net)?;
         line.key("net", "dhcp");
         Some((dir, sock))
     };

@@ -6,6 +6,10 @@
 //!   GET    /dns/records              registered names
 //!   POST   /dns/records              {"name":"web","ip":"10.0.2.9"}
 //!   DELETE /dns/records/NAME         remove NAME from every zone
+//!   GET    /forwards                 port forwards
+//!   POST   /forwards                 {"publish":"8080:80/tcp","guest":"web"}
+//!   DELETE /forwards/PROTO/IP:PORT   remove a forward
+//!   gvproxy's /services/forwarder/expose, /unexpose (POST) and /all (GET)
 //!
 //! Errors are `{"error": "..."}` with a 4xx status; a bad request never
 //! affects the daemon.
@@ -20,6 +24,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
 
+use std::net::SocketAddr;
+
+use crate::forward::{parse_publish, ForwardSpec, GuestTarget, Proto};
 use crate::stack::StackRef;
 use http::{error, HttpError, Request};
 
@@ -146,11 +153,121 @@ fn handle(stack: &StackRef, req: &Request) -> Result<(u16, Value), HttpError> {
                 n => Ok((200, json!({ "removed": n }))),
             }
         }
-        (_, "/health" | "/stats" | "/leases" | "/dns/records") => {
+        ("GET", "/forwards") => Ok((
+            200,
+            Value::Array(stack.borrow().list_forwards().iter().map(forward_json).collect()),
+        )),
+        ("POST", "/forwards") => {
+            let body = parse_json(req)?;
+            let publish = body
+                .get("publish")
+                .and_then(Value::as_str)
+                .ok_or_else(|| error(400, "missing string field \"publish\""))?;
+            let guest = match body.get("guest").and_then(Value::as_str) {
+                Some(g) => GuestTarget::parse(g),
+                None => GuestTarget::Ip(stack.borrow().cfg.first_guest),
+            };
+            let specs = parse_publish(publish, &guest).map_err(|e| error(400, e.to_string()))?;
+            add_all(stack, &specs)?;
+            Ok((201, Value::Array(specs.iter().map(forward_json).collect())))
+        }
+        ("DELETE", p) if p.starts_with("/forwards/") => {
+            let rest = &p["/forwards/".len()..];
+            let (proto, host) = rest
+                .split_once('/')
+                .ok_or_else(|| error(400, "expected /forwards/PROTO/IP:PORT"))?;
+            let proto = Proto::parse(proto).ok_or_else(|| error(400, format!("unknown protocol {proto:?}")))?;
+            let host: SocketAddr = host
+                .parse()
+                .map_err(|_| error(400, format!("{host:?} is not IP:PORT")))?;
+            if stack.borrow_mut().remove_forward(proto, host) {
+                Ok((200, json!({ "removed": format!("{host}/{}", proto.as_str()) })))
+            } else {
+                Err(error(404, format!("no forward on {host}/{}", proto.as_str())))
+            }
+        }
+        ("GET", "/services/forwarder/all") => {
+            let all: Vec<Value> = stack
+                .borrow()
+                .list_forwards()
+                .iter()
+                .map(|f| json!({ "local": f.host.to_string(), "remote": format!("{}:{}", f.guest, f.guest_port), "protocol": f.proto.as_str() }))
+                .collect();
+            Ok((200, Value::Array(all)))
+        }
+        ("POST", "/services/forwarder/expose") => {
+            let (proto, local, body) = gvproxy_fields(req)?;
+            let remote = body
+                .get("remote")
+                .and_then(Value::as_str)
+                .ok_or_else(|| error(400, "missing \"remote\""))?;
+            let (guest, port) = remote
+                .rsplit_once(':')
+                .ok_or_else(|| error(400, "remote must be HOST:PORT"))?;
+            let guest_port: u16 = port.parse().map_err(|_| error(400, "bad remote port"))?;
+            add_all(
+                stack,
+                &[ForwardSpec {
+                    proto,
+                    host: local,
+                    guest: GuestTarget::parse(guest),
+                    guest_port,
+                }],
+            )?;
+            Ok((200, json!({})))
+        }
+        ("POST", "/services/forwarder/unexpose") => {
+            let (proto, local, _) = gvproxy_fields(req)?;
+            if stack.borrow_mut().remove_forward(proto, local) {
+                Ok((200, json!({})))
+            } else {
+                Err(error(404, format!("no forward on {local}")))
+            }
+        }
+        (_, "/health" | "/stats" | "/leases" | "/dns/records" | "/forwards") => {
             Err(error(405, format!("{} not allowed on {path}", req.method)))
         }
         _ => Err(error(404, format!("no such endpoint {path}"))),
     }
+}
+
+fn forward_json(f: &ForwardSpec) -> Value {
+    json!({ "proto": f.proto.as_str(), "host": f.host.to_string(), "guest": f.guest.to_string(), "guest_port": f.guest_port })
+}
+
+/// Adds every spec, or none: a failure undoes the ones already added.
+fn add_all(stack: &StackRef, specs: &[ForwardSpec]) -> Result<(), HttpError> {
+    let mut st = stack.borrow_mut();
+    for (i, spec) in specs.iter().enumerate() {
+        if let Err(e) = st.add_forward(spec.clone()) {
+            for done in &specs[..i] {
+                st.remove_forward(done.proto, done.host);
+            }
+            return Err(error(409, e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// gvproxy's {"local": "IP:PORT", "protocol": "tcp"|"udp"} (protocol defaults to tcp).
+fn gvproxy_fields(req: &Request) -> Result<(Proto, SocketAddr, Value), HttpError> {
+    let body = parse_json(req)?;
+    let local = body
+        .get("local")
+        .and_then(Value::as_str)
+        .ok_or_else(|| error(400, "missing \"local\""))?;
+    // gvproxy accepts ":PORT" for all addresses.
+    let local = if local.starts_with(':') {
+        format!("0.0.0.0{local}")
+    } else {
+        local.to_string()
+    };
+    let local: SocketAddr = local
+        .parse()
+        .map_err(|_| error(400, format!("\"local\" {local:?} is not IP:PORT")))?;
+    let p = body.get("protocol").and_then(Value::as_str).unwrap_or("tcp");
+    let proto = Proto::parse(p).ok_or_else(|| error(400, format!("unknown protocol {p:?}")))?;
+    Ok((proto, local, body))
 }
 
 fn dns_of(stack: &StackRef) -> Result<std::sync::Arc<ferry_dns::DnsServer>, HttpError> {

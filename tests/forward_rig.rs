@@ -1,0 +1,293 @@
+//! Host -> guest port forwards, into namespaces and into a QEMU guest.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::netns::{FerryNet, Netns, Pattern};
+use common::{require_tool, Ferry};
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A TCP echo server inside the namespace on `port`, serving `conns` connections.
+fn ns_echo_server(ns: &Netns, port: u16, conns: usize) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(path).unwrap();
+        // SAFETY: setns(2) on an fd we hold; affects only this thread.
+        unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        for conn in l.incoming().take(conns) {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+}
+
+/// Connects through a forward, sends `len` patterned bytes and checks the echo.
+fn echo_through(addr: SocketAddr, len: usize) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut data = vec![0u8; len];
+    Pattern::new(len as u64).fill(&mut data);
+    let mut w = s.try_clone()?;
+    let sender = std::thread::spawn(move || {
+        w.write_all(&data)?;
+        w.shutdown(std::net::Shutdown::Write)?;
+        Ok::<_, std::io::Error>(data)
+    });
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)?;
+    let sent = sender.join().unwrap()?;
+    assert!(
+        got == sent,
+        "echo through the forward differs ({} vs {} bytes)",
+        got.len(),
+        sent.len()
+    );
+    Ok(())
+}
+
+fn curl(sock: &std::path::Path, args: &[&str]) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn tcp_and_udp_forwards_into_a_namespace() {
+    let ns = Netns::new();
+    let (tp, up) = (free_port(), free_port());
+    let tcp_spec = format!("{tp}:7000");
+    let udp_spec = format!("127.0.0.1:{up}:7001/udp");
+    let _ferry = FerryNet::start(
+        &ns,
+        &[
+            "--configure",
+            "-p",
+            &tcp_spec,
+            "-p",
+            &udp_spec,
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ],
+    );
+    ns_echo_server(&ns, 7000, 3);
+    echo_through(format!("127.0.0.1:{tp}").parse().unwrap(), 10 << 20).unwrap();
+    echo_through(format!("127.0.0.1:{tp}").parse().unwrap(), 1).unwrap();
+    // UDP echo inside the namespace.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(path).unwrap();
+        // SAFETY: setns(2) on an fd we hold; affects only this thread.
+        unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        let s = UdpSocket::bind("0.0.0.0:7001").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        for _ in 0..10 {
+            let Ok((n, from)) = s.recv_from(&mut buf) else { break };
+            s.send_to(&buf[..n], from).unwrap();
+        }
+    });
+    rx.recv().unwrap();
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 2048];
+    for i in 0..5u8 {
+        let msg = [i; 700];
+        c.send_to(&msg, ("127.0.0.1", up)).unwrap();
+        let n = c.recv(&mut buf).expect("UDP echo through the forward");
+        assert_eq!(&buf[..n], &msg);
+    }
+}
+
+#[test]
+fn forwards_change_live_through_the_api() {
+    require_tool("curl", "curl");
+    let ns = Netns::new();
+    let sock = std::env::temp_dir().join(format!("ferry-fwd-api-{}.sock", std::process::id()));
+    let _ferry = FerryNet::start(
+        &ns,
+        &[
+            "--configure",
+            "--api",
+            sock.to_str().unwrap(),
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ],
+    );
+    ns_echo_server(&ns, 7100, 4);
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "nothing forwarded yet"
+    );
+
+    let body = format!(r#"{{"publish":"{port}:7100"}}"#);
+    let (code, v) = curl(&sock, &["-X", "POST", "-d", &body, "http://ferry/forwards"]);
+    assert_eq!(code, 201, "{v}");
+    echo_through(addr, 4096).unwrap();
+    let (_, list) = curl(&sock, &["http://ferry/forwards"]);
+    assert_eq!(list[0]["host"], addr.to_string());
+    // A second forward on the same port is a conflict that names the port.
+    let (code, v) = curl(&sock, &["-X", "POST", "-d", &body, "http://ferry/forwards"]);
+    assert_eq!(code, 409);
+    assert!(v["error"].as_str().unwrap().contains(&port.to_string()), "{v}");
+    let (code, _) = curl(&sock, &["-X", "DELETE", &format!("http://ferry/forwards/tcp/{addr}")]);
+    assert_eq!(code, 200);
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "forward still open after DELETE"
+    );
+
+    // gvproxy's API shapes.
+    let gv = free_port();
+    let expose = format!(r#"{{"local":"127.0.0.1:{gv}","remote":"10.0.2.2:7100","protocol":"tcp"}}"#);
+    let (code, _) = curl(
+        &sock,
+        &["-X", "POST", "-d", &expose, "http://ferry/services/forwarder/expose"],
+    );
+    assert_eq!(code, 200);
+    let (_, all) = curl(&sock, &["http://ferry/services/forwarder/all"]);
+    assert_eq!(all[0]["local"], format!("127.0.0.1:{gv}"));
+    assert_eq!(all[0]["remote"], "10.0.2.2:7100");
+    assert_eq!(all[0]["protocol"], "tcp");
+    echo_through(format!("127.0.0.1:{gv}").parse().unwrap(), 1000).unwrap();
+    let unexpose = format!(r#"{{"local":"127.0.0.1:{gv}","protocol":"tcp"}}"#);
+    let (code, _) = curl(
+        &sock,
+        &[
+            "-X",
+            "POST",
+            "-d",
+            &unexpose,
+            "http://ferry/services/forwarder/unexpose",
+        ],
+    );
+    assert_eq!(code, 200);
+    std::fs::remove_file(&sock).ok();
+}
+
+#[test]
+fn a_forward_to_a_named_guest_waits_for_it() {
+    require_tool("curl", "curl");
+    let ns = Netns::new();
+    let sock = std::env::temp_dir().join(format!("ferry-fwd-wait-{}.sock", std::process::id()));
+    let port = free_port();
+    let spec = format!("{port}:7200");
+    let _ferry = FerryNet::start(
+        &ns,
+        &[
+            "--configure",
+            "--api",
+            sock.to_str().unwrap(),
+            "-p",
+            &spec,
+            "--publish-to",
+            "late",
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ],
+    );
+    ns_echo_server(&ns, 7200, 1);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = std::thread::spawn(move || echo_through(addr, 2048));
+    // The name appears a second later; the waiting connection then goes through.
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, _) = curl(
+        &sock,
+        &[
+            "-X",
+            "POST",
+            "-d",
+            r#"{"name":"late","ip":"10.0.2.2"}"#,
+            "http://ferry/dns/records",
+        ],
+    );
+    assert_eq!(code, 201);
+    client
+        .join()
+        .unwrap()
+        .expect("connection waited for the guest and went through");
+    std::fs::remove_file(&sock).ok();
+}
+
+#[test]
+fn a_port_in_use_is_named_in_the_error() {
+    let ns = Netns::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Ferry::new([
+        "net",
+        "--netns",
+        ns.path().to_str().unwrap(),
+        "-p",
+        &format!("{port}:80"),
+    ])
+    .timeout(Duration::from_secs(20))
+    .output();
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains(&format!("127.0.0.1:{port}/tcp")), "{}", out.stderr);
+    let out = Ferry::new(["net", "--netns", ns.path().to_str().unwrap(), "-p", "80:80/sctp"]).output();
+    assert!(out.stderr.contains("expected [HOST_IP:]HOST_PORT"), "{}", out.stderr);
+}
+
+#[test]
+fn ferry_run_publishes_a_guest_web_server() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let port = free_port();
+    let mut running = Ferry::new([
+        "run",
+        "-p",
+        &format!("{port}:80"),
+        "--",
+        "sh",
+        "-c",
+        "mkdir /www && echo served-from-the-guest > /www/index.html && httpd -p 80 -h /www && sleep 60",
+    ])
+    .spawn();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let body = loop {
+        let got = (|| {
+            let mut s =
+                TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut r = String::new();
+            s.read_to_string(&mut r)?;
+            Ok::<_, std::io::Error>(r)
+        })();
+        match got {
+            Ok(r) if r.contains("served-from-the-guest") => break r,
+            _ if Instant::now() > deadline => panic!("guest web server never reachable through -p: {got:?}"),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    assert!(body.starts_with("HTTP/1.") && body.contains(" 200 "), "{body}");
+    let _ = running.child.kill();
+}
