@@ -51,6 +51,7 @@ pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
             Ok(0) => break,
             Ok(n) => st.ingress(id, n),
             Err(e) => {
+                NetMetrics::inc(&st.metrics.port_errors);
                 tracing::warn!(port = port.name(), error = %e, "front end failed; detaching it");
                 break;
             }

@@ -61,6 +61,8 @@ metrics! {
     drop_tx_failed,
     /// Dropped: addressed somewhere the NAT does not go (gateway ports, loopback, in-subnet unknowns).
     drop_no_route,
+    /// Front ends detached because of a protocol error (e.g. a bad stream length prefix).
+    port_errors,
 }
 
 impl NetMetrics {

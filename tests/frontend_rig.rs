@@ -1,0 +1,157 @@
+//! VM front ends driven at the socket level: framing, bad input, and
+//! several guests on one ferry.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::netns::{FerryNet, Netns};
+use serde_json::Value;
+
+const GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x01];
+
+fn tmp(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("ferry-fe-{tag}-{}", std::process::id()))
+}
+
+/// An ARP request from `mac`/`ip` for the gateway.
+fn arp_request(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
+    [
+        &[0xff; 6][..],
+        &mac,
+        &[0x08, 0x06],
+        &[0, 1, 8, 0, 6, 4, 0, 1],
+        &mac,
+        &ip,
+        &[0; 6],
+        &[10, 0, 2, 1],
+    ]
+    .concat()
+}
+
+fn is_arp_reply_to(frame: &[u8], mac: [u8; 6]) -> bool {
+    frame.len() >= 42
+        && frame[..6] == mac
+        && frame[6..12] == GATEWAY_MAC
+        && frame[12..14] == [0x08, 0x06]
+        && frame[20..22] == [0, 2]
+}
+
+fn stats(api: &std::path::Path) -> Value {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "--unix-socket"])
+        .arg(api)
+        .arg("http://ferry/stats")
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Sends one length-prefixed frame.
+fn send_frame(s: &mut UnixStream, frame: &[u8]) {
+    s.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(frame).unwrap();
+}
+
+/// Reads frames until one satisfies `want` (bounded by the read timeout).
+fn await_frame(s: &mut UnixStream, want: impl Fn(&[u8]) -> bool) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..50 {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).is_err() {
+            return false;
+        }
+        let mut f = vec![0u8; u32::from_be_bytes(len) as usize];
+        if s.read_exact(&mut f).is_err() {
+            return false;
+        }
+        if want(&f) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn qemu_stream_framing_and_bad_input() {
+    let ns = Netns::new();
+    let (sock, api) = (tmp("stream.sock"), tmp("api.sock"));
+    let listen = format!("unix://{}", sock.display());
+    let _ferry = FerryNet::start(
+        &ns,
+        &[
+            "--configure",
+            "--listen-qemu",
+            &listen,
+            "--api",
+            api.to_str().unwrap(),
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ],
+    );
+
+    // A well-behaved guest, attached all along.
+    let good_mac = [0x02, 0, 0, 0, 0, 0x10];
+    let mut good = UnixStream::connect(&sock).unwrap();
+    send_frame(&mut good, &arp_request(good_mac, [10, 0, 2, 10]));
+    assert!(
+        await_frame(&mut good, |f| is_arp_reply_to(f, good_mac)),
+        "no ARP reply over the stream"
+    );
+
+    // Bad clients, one per way of breaking the framing.
+    let bad_inputs: Vec<Vec<u8>> = vec![
+        vec![0, 0, 0, 0],                                     // zero-length frame
+        vec![0x7f, 0xff, 0xff, 0xff],                         // absurd length
+        [&100_000u32.to_be_bytes()[..], &[0u8; 64]].concat(), // over the MTU
+        [&60u32.to_be_bytes()[..], &[1u8; 10]].concat(),      // half a frame, then gone
+        vec![0, 0],                                           // half a length prefix, then gone
+    ];
+    for bad in &bad_inputs {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let _ = s.write_all(bad);
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let s = stats(&api);
+    assert!(
+        s["port_errors"].as_u64().unwrap() >= 3,
+        "bad length prefixes not counted: {s}"
+    );
+
+    // The good guest is unaffected, and so is the namespace's tap.
+    let good_mac2 = [0x02, 0, 0, 0, 0, 0x11];
+    send_frame(&mut good, &arp_request(good_mac2, [10, 0, 2, 11]));
+    assert!(
+        await_frame(&mut good, |f| is_arp_reply_to(f, good_mac2)),
+        "good guest stopped being served"
+    );
+    let ping = ns.command(
+        &["busybox", "ping", "-c", "1", "-W", "3", "10.0.2.1"],
+        Duration::from_secs(10),
+    );
+    assert!(ping.status.success());
+    std::fs::remove_file(&api).ok();
+}
+
+#[test]
+fn two_guests_on_one_switch_reach_each_other() {
+    let (a, b) = (Netns::new(), Netns::new());
+    let pb = b.path().display().to_string();
+    let _ferry = FerryNet::start(&a, &["--configure", "--netns", &pb, "--dns-upstream", "127.0.0.1:9"]);
+    // --configure gives the second namespace the second guest address.
+    let ping = a.command(
+        &["busybox", "ping", "-c", "2", "-W", "3", "10.0.2.3"],
+        Duration::from_secs(15),
+    );
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+    let ping = b.command(
+        &["busybox", "ping", "-c", "2", "-W", "3", "10.0.2.2"],
+        Duration::from_secs(15),
+    );
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+}
