@@ -155,3 +155,43 @@ fn two_guests_on_one_switch_reach_each_other() {
     );
     assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
 }
+
+#[test]
+fn vfkit_unixgram_greeting_frames_and_junk() {
+    use std::os::unix::net::UnixDatagram;
+    let ns = Netns::new();
+    let (sock, client_path) = (tmp("vfkit.sock"), tmp("vfkit-client.sock"));
+    let listen = format!("unixgram://{}", sock.display());
+    let _ferry = FerryNet::start(
+        &ns,
+        &[
+            "--configure",
+            "--listen-vfkit",
+            &listen,
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ],
+    );
+    let _ = std::fs::remove_file(&client_path);
+    let c = UnixDatagram::bind(&client_path).unwrap();
+    c.connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.send(b"VFKT").unwrap();
+    // Junk that must be dropped without harm: empty, tiny, garbage.
+    c.send(&[]).unwrap();
+    c.send(&[1, 2, 3]).unwrap();
+    c.send(&[0xab; 1500]).unwrap();
+    let mac = [0x02, 0, 0, 0, 0, 0x20];
+    c.send(&arp_request(mac, [10, 0, 2, 20])).unwrap();
+    let mut buf = [0u8; 65536];
+    let mut answered = false;
+    for _ in 0..20 {
+        let Ok(n) = c.recv(&mut buf) else { break };
+        if is_arp_reply_to(&buf[..n], mac) {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "no ARP reply over the vfkit socket");
+    std::fs::remove_file(&client_path).ok();
+}

@@ -29,12 +29,16 @@ pub struct NetArgs {
     /// Network namespace to serve: a PID or a path such as /proc/PID/ns/net or
     /// /run/netns/NAME. Repeat to put several namespaces on one network; with
     /// --configure the Nth gets the Nth guest address.
-    #[arg(long, value_name = "PATH|PID", required_unless_present = "listen_qemu")]
+    #[arg(long, value_name = "PATH|PID", required_unless_present_any = ["listen_qemu", "listen_vfkit"])]
     pub netns: Vec<String>,
     /// Accept QEMU `-netdev stream`/`-netdev socket` connections here
     /// (unix://PATH or tcp://127.0.0.1:PORT; repeatable). Each connection is a guest.
     #[arg(long = "listen-qemu", value_name = "ADDR")]
     pub listen_qemu: Vec<ferry_net::frontend::listen::ListenAddr>,
+    /// Serve a vfkit / Virtualization.framework VM on this unix datagram
+    /// socket (unixgram://PATH; repeatable): one frame per datagram.
+    #[arg(long = "listen-vfkit", value_name = "ADDR", value_parser = parse_unixgram)]
+    pub listen_vfkit: Vec<PathBuf>,
     /// User namespace to join first, for an unprivileged ferry (a PID or a path).
     #[arg(long, value_name = "PATH|PID")]
     pub userns: Option<String>,
@@ -160,6 +164,13 @@ impl DnsArgs {
     }
 }
 
+fn parse_unixgram(s: &str) -> Result<PathBuf, String> {
+    match s.strip_prefix("unixgram://") {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => Err(format!("{s:?}: expected unixgram://PATH")),
+    }
+}
+
 fn ns_path(arg: &str, kind: &str) -> PathBuf {
     if arg.bytes().all(|b| b.is_ascii_digit()) {
         PathBuf::from(format!("/proc/{arg}/ns/{kind}"))
@@ -208,6 +219,7 @@ impl NetArgs {
         NetArgs {
             netns: Vec::new(),
             listen_qemu: vec![ferry_net::frontend::listen::ListenAddr::Unix(sock)],
+            listen_vfkit: Vec::new(),
             userns: None,
             tap: "tap0".into(),
             configure: false,
@@ -384,6 +396,14 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         let accept = ferry_net::frontend::listen::qemu_stream(stack.clone(), addr.clone()).await?;
         tokio::task::spawn_local(accept);
         describe(&format!("QEMU stream on {addr}"), "by DHCP".to_string());
+    }
+    for path in &args.listen_vfkit {
+        let port = ferry_net::frontend::unixgram::Unixgram::bind(path)?;
+        tokio::task::spawn_local(ferry_net::run_port(stack.clone(), Rc::new(port)));
+        describe(
+            &format!("vfkit on unixgram://{}", path.display()),
+            "by DHCP".to_string(),
+        );
     }
     tokio::task::spawn_local(ferry_net::run_timers(stack.clone()));
     Ok(Running {

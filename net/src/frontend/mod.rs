@@ -4,6 +4,7 @@ pub mod listen;
 pub mod stream;
 #[cfg(target_os = "linux")]
 pub mod tap;
+pub mod unixgram;
 
 use std::io;
 use std::task::{Context, Poll};
