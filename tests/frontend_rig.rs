@@ -195,3 +195,49 @@ fn vfkit_unixgram_greeting_frames_and_junk() {
     assert!(answered, "no ARP reply over the vfkit socket");
     std::fs::remove_file(&client_path).ok();
 }
+
+#[test]
+fn pcap_capture_is_readable() {
+    let ns = Netns::new();
+    let pcap = tmp("capture.pcap");
+    let ferry = FerryNet::start(
+        &ns,
+        &[
+            "--configure",
+            "--pcap",
+            pcap.to_str().unwrap(),
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ],
+    );
+    let ping = ns.command(
+        &["busybox", "ping", "-c", "2", "-W", "3", "10.0.2.1"],
+        Duration::from_secs(10),
+    );
+    assert!(ping.status.success());
+    drop(ferry);
+    let data = std::fs::read(&pcap).unwrap();
+    std::fs::remove_file(&pcap).ok();
+    assert_eq!(&data[..4], &0xa1b2c3d4u32.to_le_bytes());
+    assert_eq!(
+        u32::from_le_bytes(data[20..24].try_into().unwrap()),
+        1,
+        "link type Ethernet"
+    );
+    // Walk the records: well-formed, with echo requests in and replies out.
+    let (mut at, mut requests, mut replies) = (24, 0, 0);
+    while at < data.len() {
+        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &data[at + 16..at + 16 + len];
+        if frame.len() >= 35 && frame[12..14] == [8, 0] && frame[23] == 1 {
+            match frame[34] {
+                8 => requests += 1,
+                0 => replies += 1,
+                _ => {}
+            }
+        }
+        at += 16 + len;
+    }
+    assert_eq!(at, data.len(), "truncated record");
+    assert!(requests >= 2 && replies >= 2, "requests {requests}, replies {replies}");
+}

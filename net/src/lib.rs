@@ -12,6 +12,7 @@ pub mod dhcp;
 pub mod forward;
 pub mod frontend;
 pub mod metrics;
+pub mod pcap;
 pub mod stack;
 pub mod switch;
 pub mod sys;

@@ -144,6 +144,9 @@ impl Stack {
             return;
         }
         let buf = std::mem::take(&mut self.switch.rx.buf);
+        if let Some(pcap) = &self.switch.tx.pcap {
+            pcap.borrow_mut().record(&buf[..len]);
+        }
         self.dispatch(port, &buf[..len]);
         self.switch.rx.buf = buf;
         // Hand smoltcp what dispatch queued for it (at most one packet).

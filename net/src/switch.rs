@@ -40,6 +40,8 @@ pub struct TxSide {
     pub gateway_mac: Mac,
     buf: Vec<u8>,
     pub metrics: Arc<NetMetrics>,
+    /// Capture of every frame in and out (`--pcap`).
+    pub pcap: Option<std::cell::RefCell<crate::pcap::PcapWriter>>,
 }
 
 impl TxSide {
@@ -71,6 +73,9 @@ impl TxSide {
     }
 
     fn send_to(&self, port: &Rc<dyn Frontend>, frame: &[u8]) {
+        if let Some(pcap) = &self.pcap {
+            pcap.borrow_mut().record(frame);
+        }
         match port.send(frame) {
             Ok(()) => {
                 NetMetrics::inc(&self.metrics.tx_frames);
@@ -121,6 +126,7 @@ impl Switch {
                 gateway_mac,
                 buf: vec![0; ETHERNET_HEADER_LEN + mtu],
                 metrics,
+                pcap: None,
             },
             mtu,
         }

@@ -81,6 +81,9 @@ pub struct NetArgs {
     /// Guest the -p forwards go to: an IP or a registered name [default: the first guest address].
     #[arg(long = "publish-to", value_name = "GUEST")]
     pub publish_to: Option<String>,
+    /// Capture every frame to and from the guests into FILE (pcap format).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
     /// Serve the control API (HTTP/1.1 + JSON) on this unix socket, mode 0600.
     #[arg(long, value_name = "PATH")]
     pub api: Option<PathBuf>,
@@ -234,6 +237,7 @@ impl NetArgs {
             dns,
             publish: Vec::new(),
             publish_to: None,
+            pcap: None,
             api: None,
             max_tcp_flows: 8192,
             max_udp_flows: 4096,
@@ -342,6 +346,9 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         tokio::task::spawn_local(listener);
     }
     stack.borrow_mut().dns = dns.clone();
+    if let Some(path) = &args.pcap {
+        stack.borrow_mut().switch.tx.pcap = Some(std::cell::RefCell::new(ferry_net::pcap::PcapWriter::create(path)?));
+    }
     let target = match &args.publish_to {
         Some(g) => ferry_net::forward::GuestTarget::parse(g),
         None => ferry_net::forward::GuestTarget::Ip(cfg.first_guest),

@@ -61,6 +61,9 @@ pub struct RunArgs {
     /// [HOST_IP:]HOST_PORT[-END]:GUEST_PORT[-END][/tcp|/udp].
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<String>,
+    /// Capture the guest's network traffic into FILE (pcap format).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
     /// Run the guest without a network.
     #[arg(long)]
     pub no_net: bool,
@@ -132,6 +135,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let sock = dir.0.join("net.sock");
         let mut net = super::net::NetArgs::for_vm(sock.clone(), args.dns.clone());
         net.publish = args.publish.clone();
+        net.pcap = args.pcap.clone();
         super::net::spawn_background(net)?;
         line.key("net", "dhcp");
         Some((dir, sock))
