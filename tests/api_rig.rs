@@ -5,8 +5,7 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::dns::{first_a, query, udp_exchange};
@@ -16,17 +15,8 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use serde_json::Value;
 
-fn curl(sock: &Path, args: &[&str]) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "10", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    let value = serde_json::from_str(body).unwrap_or_else(|e| panic!("non-JSON reply {body:?}: {e}"));
-    (code.parse().unwrap(), value)
+fn curl(sock: &std::path::Path, args: &[&str]) -> (u16, Value) {
+    common::api_curl(sock, args)
 }
 
 fn api_path(tag: &str) -> PathBuf {

@@ -20,32 +20,8 @@ fn dns() -> SocketAddr {
 
 /// Runs busybox udhcpc in `ns` with a host name; returns the leased address.
 fn dhcp(ns: &Netns, hostname: &str) -> String {
-    assert!(ns
-        .command(&["ip", "link", "set", "tap0", "up"], Duration::from_secs(5))
-        .status
-        .success());
-    let out = ns.command(
-        &[
-            "busybox",
-            "udhcpc",
-            "-i",
-            "tap0",
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            "5",
-            "-T",
-            "1",
-            "-x",
-            &format!("hostname:{hostname}"),
-            "-s",
-            "/bin/true",
-        ],
-        Duration::from_secs(30),
-    );
-    assert!(out.status.success(), "udhcpc: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let (ok, text) = ns.udhcpc(hostname, "/bin/true");
+    assert!(ok, "udhcpc: {text}");
     let ip = text
         .split("lease of ")
         .nth(1)

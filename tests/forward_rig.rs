@@ -4,7 +4,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::netns::{FerryNet, Netns, Pattern};
@@ -65,15 +64,7 @@ fn echo_through(addr: SocketAddr, len: usize) -> std::io::Result<()> {
 }
 
 fn curl(sock: &std::path::Path, args: &[&str]) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "10", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(sock)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+    common::api_curl(sock, args)
 }
 
 #[test]

@@ -6,7 +6,6 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::netns::{FerryNet, Netns};
@@ -42,13 +41,7 @@ fn is_arp_reply_to(frame: &[u8], mac: [u8; 6]) -> bool {
 }
 
 fn stats(api: &std::path::Path) -> Value {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "--unix-socket"])
-        .arg(api)
-        .arg("http://ferry/stats")
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::api_curl(api, &["http://ferry/stats"]).1
 }
 
 /// Sends one length-prefixed frame.

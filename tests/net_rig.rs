@@ -37,35 +37,9 @@ fn dhcp_lease_from_busybox_udhcpc() {
     let script = std::env::temp_dir().join(format!("ferry-udhcpc-{}.sh", std::process::id()));
     std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu search=$search domain=$domain lease=$lease\"\nexit 0\n").unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let up = ns.command(&["ip", "link", "set", "tap0", "up"], Duration::from_secs(10));
-    assert!(up.status.success());
-    let out = ns.command(
-        &[
-            "busybox",
-            "udhcpc",
-            "-i",
-            "tap0",
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            "5",
-            "-T",
-            "1",
-            "-x",
-            "hostname:web",
-            "-s",
-            script.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
+    let (ok, stdout) = ns.udhcpc("web", script.to_str().unwrap());
     std::fs::remove_file(&script).unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "udhcpc failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(ok, "udhcpc failed: {stdout}");
     let lease = stdout.lines().find(|l| l.starts_with("lease ")).expect("no lease line");
     for want in [
         "ip=10.0.2.2 ",

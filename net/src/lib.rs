@@ -70,18 +70,9 @@ pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
     {
         // The guests behind this port are gone: so are their names.
         let mut st = stack.borrow_mut();
-        let macs: Vec<_> = st
-            .switch
-            .tx
-            .mac_port
-            .iter()
-            .filter(|(_, p)| **p == id)
-            .map(|(m, _)| *m)
-            .collect();
-        for mac in macs {
+        for mac in st.switch.remove_port(id) {
             st.dns_forget(mac);
         }
-        st.switch.remove_port(id);
     }
     tracing::debug!(port = port.name(), "front end detached");
 }

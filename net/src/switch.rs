@@ -141,8 +141,8 @@ impl Switch {
         self.tx.ports.len() - 1
     }
 
-    /// Detaches a port and forgets the guests behind it.
-    pub fn remove_port(&mut self, id: PortId) {
+    /// Detaches a port and forgets the guests behind it; returns their MACs.
+    pub fn remove_port(&mut self, id: PortId) -> Vec<Mac> {
         if let Some(slot) = self.tx.ports.get_mut(id) {
             *slot = None;
         }
@@ -153,10 +153,11 @@ impl Switch {
             .filter(|(_, p)| **p == id)
             .map(|(m, _)| *m)
             .collect();
-        for mac in gone {
-            self.tx.mac_port.remove(&mac);
-            self.tx.neighbors.retain(|_, m| *m != mac);
+        for mac in &gone {
+            self.tx.mac_port.remove(mac);
+            self.tx.neighbors.retain(|_, m| m != mac);
         }
+        gone
     }
 }
 

@@ -39,3 +39,17 @@ pub fn async_fd<T: OwnsFd>(inner: T) -> std::io::Result<tokio::io::unix::AsyncFd
 pub trait OwnsFd: std::os::fd::AsRawFd {}
 impl OwnsFd for std::os::fd::OwnedFd {}
 impl OwnsFd for socket2::Socket {}
+
+/// Removes a socket file left at `path` by an earlier run (anything that is
+/// not a socket is left alone, so bind then fails with a clear error).
+pub fn remove_stale_socket(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Restricts a socket file to its owner.
+pub fn owner_only(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+}

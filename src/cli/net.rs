@@ -362,19 +362,8 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
     if let Some(path) = &args.api {
         tokio::task::spawn_local(ferry_net::api::bind(stack.clone(), path)?);
     }
-    let describe = |what: &str, guest: String| {
-        if !announce {
-            tracing::debug!("network ready: {what}");
-            return;
-        }
-        eprintln!(
-            "ferry: network ready: {what}, gateway {}, host alias {}, guest {guest}, MTU {}, DNS {}",
-            cfg.gateway,
-            cfg.host_alias.map_or("disabled".to_string(), |a| a.to_string()),
-            cfg.mtu,
-            if dns.is_some() { "on" } else { "off" }
-        )
-    };
+    // Announced once everything is bound, so "ready" means ready.
+    let mut ready: Vec<(String, String)> = Vec::new();
     let mut namespaces = tokio::task::JoinSet::new();
     for (i, ns) in args.netns.iter().enumerate() {
         let netns = ns_path(ns, "net");
@@ -397,19 +386,29 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         } else {
             "by DHCP".to_string()
         };
-        describe(&format!("{} in {}", args.tap, netns.display()), guest);
+        ready.push((format!("{} in {}", args.tap, netns.display()), guest));
     }
     for addr in &args.listen_qemu {
         let accept = ferry_net::frontend::listen::qemu_stream(stack.clone(), addr.clone()).await?;
         tokio::task::spawn_local(accept);
-        describe(&format!("QEMU stream on {addr}"), "by DHCP".to_string());
+        ready.push((format!("QEMU stream on {addr}"), "by DHCP".to_string()));
     }
     for path in &args.listen_vfkit {
         let port = ferry_net::frontend::unixgram::Unixgram::bind(path)?;
         tokio::task::spawn_local(ferry_net::run_port(stack.clone(), Rc::new(port)));
-        describe(
-            &format!("vfkit on unixgram://{}", path.display()),
-            "by DHCP".to_string(),
+        ready.push((format!("vfkit on unixgram://{}", path.display()), "by DHCP".to_string()));
+    }
+    for (what, guest) in ready {
+        if !announce {
+            tracing::debug!("network ready: {what}");
+            continue;
+        }
+        eprintln!(
+            "ferry: network ready: {what}, gateway {}, host alias {}, guest {guest}, MTU {}, DNS {}",
+            cfg.gateway,
+            cfg.host_alias.map_or("disabled".to_string(), |a| a.to_string()),
+            cfg.mtu,
+            if dns.is_some() { "on" } else { "off" }
         );
     }
     tokio::task::spawn_local(ferry_net::run_timers(stack.clone()));

@@ -178,3 +178,19 @@ pub fn process_alive(pid: u32) -> bool {
 }
 pub mod dns;
 pub mod netns;
+
+/// A request to ferry's control API with curl: (HTTP status, JSON body or Null).
+pub fn api_curl(sock: &Path, args: &[&str]) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').expect("curl status line");
+    (
+        code.parse().expect("HTTP status"),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}

@@ -107,6 +107,22 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Brings tap0 up and runs busybox udhcpc on it with `hostname` and the
+    /// lease script `script`; returns udhcpc's output (stdout + stderr).
+    pub fn udhcpc(&self, hostname: &str, script: &str) -> (bool, String) {
+        let up = self.command(&["ip", "link", "set", "tap0", "up"], Duration::from_secs(10));
+        assert!(up.status.success(), "ip link set tap0 up failed");
+        let host = format!("hostname:{hostname}");
+        let args = [
+            "busybox", "udhcpc", "-i", "tap0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-x", &host, "-s", script,
+        ];
+        let out = self.command(&args, Duration::from_secs(30));
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = self.holder.kill();

@@ -35,15 +35,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `path` (replacing a stale socket) and returns the serving loop.
 pub fn bind(stack: StackRef, path: &Path) -> io::Result<impl std::future::Future<Output = ()>> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    crate::sys::remove_stale_socket(path);
     let listener = UnixListener::bind(path)
         .map_err(|e| io::Error::new(e.kind(), format!("API socket {}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    crate::sys::owner_only(path)?;
     Ok(async move {
         loop {
             let Ok((conn, _)) = listener.accept().await else {

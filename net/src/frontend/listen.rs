@@ -51,15 +51,10 @@ pub async fn qemu_stream(stack: StackRef, addr: ListenAddr) -> io::Result<impl s
     let listener = match &addr {
         ListenAddr::Unix(path) => {
             // A socket file left by an earlier run is replaced; anything else is not.
-            if let Ok(meta) = std::fs::symlink_metadata(path) {
-                use std::os::unix::fs::FileTypeExt;
-                if meta.file_type().is_socket() {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
+            crate::sys::remove_stale_socket(path);
             let l = UnixListener::bind(path)
                 .map_err(|e| io::Error::new(e.kind(), format!("listening on {}: {e}", path.display())))?;
-            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            crate::sys::owner_only(path)?;
             Either::Unix(l)
         }
         ListenAddr::Tcp(a) => Either::Tcp(

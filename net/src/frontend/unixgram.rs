@@ -25,15 +25,10 @@ pub struct Unixgram {
 impl Unixgram {
     /// Binds `path` (replacing a stale socket file). Call inside a runtime.
     pub fn bind(path: &std::path::Path) -> io::Result<Unixgram> {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
-            if meta.file_type().is_socket() {
-                let _ = std::fs::remove_file(path);
-            }
-        }
+        crate::sys::remove_stale_socket(path);
         let socket = UnixDatagram::bind(path)
             .map_err(|e| io::Error::new(e.kind(), format!("listening on unixgram {}: {e}", path.display())))?;
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        crate::sys::owner_only(path)?;
         Ok(Unixgram {
             socket,
             peer: RefCell::new(None),
