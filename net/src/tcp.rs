@@ -182,7 +182,10 @@ impl Stack {
                     tcp::SocketBuffer::new(vec![0; buffer]),
                     tcp::SocketBuffer::new(vec![0; buffer]),
                 );
-                socket.set_ack_delay(None);
+                // A short delayed ACK lets the ACK ride on the reply in
+                // request/response traffic; bulk transfers still ACK every
+                // second segment at once.
+                socket.set_ack_delay(Some(smoltcp::time::Duration::from_millis(1)));
                 socket.set_nagle_enabled(false);
                 socket.set_timeout(Some(smoltcp::time::Duration::from_secs(STALL_TIMEOUT.as_secs())));
                 socket
