@@ -96,7 +96,8 @@ setup() {
 		PIDS+=($!)
 		wait_for "[ -s $OUT/pasta.pid ]" || { log "pasta did not come up"; return 1; }
 		# The pid file may name a short-lived parent: take the running pasta.
-		BPID=$(pgrep -n -x pasta || pgrep -n -x passt || cat "$OUT/pasta.pid")
+		# Debian runs pasta.avx2 where the CPU has it.
+		BPID=$(pgrep -n -x pasta.avx2 || pgrep -n -x pasta || cat "$OUT/pasta.pid")
 		ADDR=10.0.2.2 ;;
 	slirp1500 | slirp65520)
 		timeout "$MAXLIFE" slirp4netns --configure --mtu="${1#slirp}" --netns-type=path "/run/netns/$CNS" tap0 \

@@ -458,3 +458,36 @@ fn works_from_an_unprivileged_user_namespace() {
     });
     assert_eq!(got, "hi nobody");
 }
+
+/// Echo beyond the gateway goes through unprivileged ICMP sockets: a real
+/// reply when `net.ipv4.ping_group_range` admits ferry's group, otherwise no
+/// reply at all (never a forged one) and a log line saying how to allow it.
+#[test]
+fn ping_through_the_host_alias_is_real_or_absent() {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap();
+    let mut it = range.split_whitespace().map(|v| v.parse::<i64>().unwrap());
+    let (lo, hi) = (it.next().unwrap(), it.next().unwrap());
+    // SAFETY: getegid(2) has no arguments and cannot fail.
+    let gid = i64::from(unsafe { libc::getegid() });
+    let allowed = lo <= gid && gid <= hi;
+    let ns = Netns::new();
+    let ferry = FerryNet::start(&ns, &["--configure"]);
+    let out = ns.command(
+        &["busybox", "ping", "-c", "2", "-W", "2", HOST_ALIAS],
+        Duration::from_secs(15),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if allowed {
+        assert!(out.status.success() && text.contains("2 packets received"), "{text}");
+    } else {
+        assert!(
+            !out.status.success() && text.contains("0 packets received"),
+            "a reply was forged: {text}"
+        );
+        let log: Vec<String> = ferry.log.try_iter().collect();
+        assert!(
+            log.iter().any(|l| l.contains("ping_group_range")),
+            "no hint logged: {log:?}"
+        );
+    }
+}
