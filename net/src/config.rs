@@ -40,8 +40,10 @@ pub enum ConfigError {
 pub struct NetConfig {
     pub subnet: Ipv4Addr,
     pub prefix: u8,
-    /// ferry's own address: router, DHCP server and DNS server.
+    /// ferry's own address: router and DHCP server.
     pub gateway: Ipv4Addr,
+    /// Where DNS is served (the gateway, or slirp4netns's .3).
+    pub dns_addr: Ipv4Addr,
     /// Reaches the host's 127.0.0.1 (None: `--no-host-loopback`).
     pub host_alias: Option<Ipv4Addr>,
     /// The first address handed out by DHCP.
@@ -66,6 +68,7 @@ impl Default for NetConfig {
             subnet: Ipv4Addr::new(10, 0, 2, 0),
             prefix: 24,
             gateway: Ipv4Addr::new(10, 0, 2, 1),
+            dns_addr: Ipv4Addr::new(10, 0, 2, 1),
             host_alias: Some(Ipv4Addr::new(10, 0, 2, 254)),
             first_guest: Ipv4Addr::new(10, 0, 2, 2),
             gateway_mac: [0x52, 0x55, 0x0a, 0x00, 0x02, 0x01],
@@ -117,6 +120,7 @@ impl NetConfig {
             subnet,
             prefix,
             gateway: Ipv4Addr::from(base + 1),
+            dns_addr: Ipv4Addr::from(base + 1),
             first_guest: Ipv4Addr::from(base + 2),
             host_alias: Some(Ipv4Addr::from(broadcast - 1)),
             ..NetConfig::default()
@@ -160,7 +164,9 @@ impl NetConfig {
         }
         for (i, (a, x)) in roles.iter().enumerate() {
             for (b, y) in &roles[i + 1..] {
-                if x == y {
+                // slirp4netns's plan reaches the host through the gateway itself.
+                let gateway_is_host = *a == "gateway" && *b == "host alias";
+                if x == y && !gateway_is_host {
                     return Err(ConfigError::Clash { a, b, addr: *x });
                 }
             }
@@ -209,10 +215,16 @@ mod tests {
         };
         assert!(matches!(c.validate(), Err(ConfigError::OutsideSubnet { .. })));
         let c = NetConfig {
-            host_alias: Some(Ipv4Addr::new(10, 0, 2, 1)),
+            host_alias: Some(Ipv4Addr::new(10, 0, 2, 2)),
             ..NetConfig::default()
         };
         assert!(matches!(c.validate(), Err(ConfigError::Clash { .. })));
+        // slirp4netns's plan: the gateway is also the way to the host.
+        let c = NetConfig {
+            host_alias: Some(Ipv4Addr::new(10, 0, 2, 1)),
+            ..NetConfig::default()
+        };
+        c.validate().unwrap();
         let c = NetConfig {
             mtu: 70000,
             ..NetConfig::default()

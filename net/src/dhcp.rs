@@ -154,6 +154,7 @@ impl DhcpServer {
 
     fn reserved(cfg: &NetConfig, ip: Ipv4Addr, mac: &Mac) -> bool {
         ip == cfg.gateway
+            || ip == cfg.dns_addr
             || Some(ip) == cfg.host_alias
             || ip == cfg.subnet
             || ip == cfg.broadcast()
@@ -287,7 +288,7 @@ fn encode_reply(cfg: &NetConfig, req: &Request<'_>, kind: u8, yiaddr: Ipv4Addr, 
         }
         w.put(1, &cfg.netmask().octets())?;
         w.put(3, &cfg.gateway.octets())?;
-        w.put(6, &cfg.gateway.octets())?;
+        w.put(6, &cfg.dns_addr.octets())?;
         w.put(28, &cfg.broadcast().octets())?;
         w.put(26, &u16::try_from(cfg.mtu).unwrap_or(1500).to_be_bytes())?;
         if let Some(first) = cfg.search_domains.first() {

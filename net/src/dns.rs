@@ -40,7 +40,7 @@ impl Stack {
         let addrs = Addrs {
             src_mac: self.cfg.gateway_mac,
             dst_mac: guest_mac,
-            src_ip: self.cfg.gateway,
+            src_ip: self.cfg.dns_addr,
             dst_ip: to.0,
         };
         if let Some(len) = wire::udp_frame(&mut self.scratch, &addrs, PORT, to.1, reply) {

@@ -211,7 +211,9 @@ impl Stack {
             return;
         }
         self.learn(source_protocol_addr, src_mac);
-        let ours = target_protocol_addr == self.cfg.gateway || Some(target_protocol_addr) == self.cfg.host_alias;
+        let ours = target_protocol_addr == self.cfg.gateway
+            || target_protocol_addr == self.cfg.dns_addr
+            || Some(target_protocol_addr) == self.cfg.host_alias;
         if operation != ArpOperation::Request || !ours {
             return;
         }
@@ -232,7 +234,8 @@ impl Stack {
     }
 
     fn learn(&mut self, ip: Ipv4Addr, mac: Mac) {
-        if self.cfg.contains(ip) && ip != self.cfg.gateway && Some(ip) != self.cfg.host_alias {
+        if self.cfg.contains(ip) && ip != self.cfg.gateway && ip != self.cfg.dns_addr && Some(ip) != self.cfg.host_alias
+        {
             self.switch.tx.neighbors.insert(ip, mac);
         }
     }
@@ -274,7 +277,7 @@ impl Stack {
                 let udp_payload = &udp.payload()[..usize::from(udp.len()).saturating_sub(8).min(udp.payload().len())];
                 if udp.dst_port() == dhcp::SERVER_PORT {
                     self.dhcp(src_mac, udp_payload);
-                } else if dst == self.cfg.gateway && udp.dst_port() == crate::dns::PORT && self.dns.is_some() {
+                } else if dst == self.cfg.dns_addr && udp.dst_port() == crate::dns::PORT && self.dns.is_some() {
                     self.dns_udp(src_mac, (src, udp.src_port()), udp_payload);
                 } else if dst == self.cfg.gateway && self.udp_forward_reply(udp.dst_port(), udp_payload) {
                     // A reply through a UDP port forward.

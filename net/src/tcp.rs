@@ -75,7 +75,7 @@ impl Stack {
             // A retransmitted SYN while the host connect is in flight.
             return;
         }
-        if key.2 == self.cfg.gateway && key.3 == crate::dns::PORT && self.dns.is_some() {
+        if key.2 == self.cfg.dns_addr && key.3 == crate::dns::PORT && self.dns.is_some() {
             self.tcp_local_service(key, frame);
             return;
         }

@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
+use clap::Parser;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tool {
     Slirp4netns,
@@ -22,11 +24,30 @@ pub fn tool_for_argv0(argv0: &OsString) -> Option<Tool> {
     }
 }
 
-pub fn run(tool: Tool, _args: &[OsString]) -> ExitCode {
-    let (name, missing) = match tool {
-        Tool::Slirp4netns => ("slirp4netns", "the slirp4netns front end (issue 4)"),
-        Tool::Gvproxy => ("gvproxy", "the gvproxy front end (issue 4)"),
-        Tool::Virtiofsd => ("virtiofsd", "the virtiofsd front end (issue 6)"),
+pub fn run(tool: Tool, args: &[OsString]) -> ExitCode {
+    match tool {
+        Tool::Slirp4netns => run_slirp4netns(args),
+        Tool::Gvproxy => super::placeholder::not_implemented("ferry as gvproxy", "the gvproxy command line (issue 4)"),
+        Tool::Virtiofsd => {
+            super::placeholder::not_implemented("ferry as virtiofsd", "the virtiofsd front end (issue 6)")
+        }
+    }
+}
+
+fn run_slirp4netns(args: &[OsString]) -> ExitCode {
+    let argv = std::iter::once(OsString::from("slirp4netns")).chain(args.iter().cloned());
+    let parsed = match super::slirp::SlirpArgs::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
+        }
     };
-    super::placeholder::not_implemented(&format!("ferry as {name}"), missing)
+    match super::slirp::run(parsed) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("slirp4netns (ferry): error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -5,6 +5,7 @@ mod guest;
 pub mod net;
 mod placeholder;
 mod run;
+pub mod slirp;
 mod version;
 
 use std::process::ExitCode;
@@ -45,6 +46,12 @@ pub enum Command {
     /// Guest image tools: build the initramfs, find the kernel.
     #[command(subcommand)]
     Guest(guest::GuestCommand),
+    /// Run as slirp4netns, with its command line (also: invoke ferry through a link named slirp4netns).
+    #[command(name = "slirp4netns", disable_help_flag = true, disable_version_flag = true)]
+    Slirp4netns {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Print version and build information.
     Version,
 }
@@ -58,6 +65,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             "the vhost-user-fs backend (issue 6)",
         )),
         Command::Guest(cmd) => guest::run(cmd),
+        Command::Slirp4netns { args } => Ok(compat::run(compat::Tool::Slirp4netns, &args)),
         Command::Version => {
             version::print();
             Ok(ExitCode::SUCCESS)

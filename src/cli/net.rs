@@ -87,6 +87,12 @@ pub struct NetArgs {
     /// Serve the control API (HTTP/1.1 + JSON) on this unix socket, mode 0600.
     #[arg(long, value_name = "PATH")]
     pub api: Option<PathBuf>,
+    /// slirp4netns's API socket protocol on this path (set by the slirp4netns front end).
+    #[arg(skip)]
+    pub slirp_api: Option<PathBuf>,
+    /// Where DNS is served [default: the gateway] (slirp4netns uses .3).
+    #[arg(skip)]
+    pub dns_addr: Option<Ipv4Addr>,
     /// Most TCP flows at once; new connections are refused beyond it.
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_tcp_flows: usize,
@@ -96,7 +102,7 @@ pub struct NetArgs {
 }
 
 /// DNS served on the gateway.
-#[derive(Clone, Debug, Args)]
+#[derive(Clone, Debug, Default, Args)]
 pub struct DnsArgs {
     /// Do not serve DNS on the gateway (port 53 is then closed).
     #[arg(long)]
@@ -201,6 +207,9 @@ impl NetArgs {
         if let Some(ip) = self.guest_ip {
             cfg.first_guest = ip;
         }
+        if let Some(ip) = self.dns_addr {
+            cfg.dns_addr = ip;
+        }
         for lease in &self.dhcp_leases {
             cfg.static_leases.push(NetConfig::parse_lease(lease)?);
         }
@@ -239,6 +248,8 @@ impl NetArgs {
             publish_to: None,
             pcap: None,
             api: None,
+            slirp_api: None,
+            dns_addr: None,
             max_tcp_flows: 8192,
             max_udp_flows: 4096,
         }
@@ -279,6 +290,16 @@ pub fn spawn_background(args: NetArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: NetArgs) -> anyhow::Result<ExitCode> {
+    run_until(args, |_| Ok(()), None)
+}
+
+/// Serves `args` until SIGINT/SIGTERM, `exit` is notified, or every
+/// namespace is gone; `ready` runs once everything is bound.
+pub fn run_until(
+    args: NetArgs,
+    ready: impl FnOnce(&Running) -> anyhow::Result<()>,
+    exit: Option<Arc<tokio::sync::Notify>>,
+) -> anyhow::Result<ExitCode> {
     let cfg = args.config()?;
     if let Some(userns) = &args.userns {
         tap::join_user_namespace(&ns_path(userns, "user"))?;
@@ -291,10 +312,18 @@ pub fn run(args: NetArgs) -> anyhow::Result<ExitCode> {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
         let mut running = start(&args, cfg, true).await?;
+        ready(&running)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let exit_requested = async {
+            match &exit {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = exit_requested => {}
             _ = running.all_namespaces_gone() => eprintln!("ferry: every namespace went away; exiting"),
         }
         running.log_counters();
@@ -361,6 +390,9 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
     // Bound before "ready" is announced, so clients never race it.
     if let Some(path) = &args.api {
         tokio::task::spawn_local(ferry_net::api::bind(stack.clone(), path)?);
+    }
+    if let Some(path) = &args.slirp_api {
+        tokio::task::spawn_local(ferry_net::api::slirp::bind(stack.clone(), path)?);
     }
     // Announced once everything is bound, so "ready" means ready.
     let mut ready: Vec<(String, String)> = Vec::new();

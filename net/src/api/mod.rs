@@ -15,6 +15,7 @@
 //! affects the daemon.
 
 mod http;
+pub mod slirp;
 
 use std::io;
 use std::net::Ipv4Addr;
