@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // Multi-call: invoked through a link named after a tool we replace.
     if let Some(tool) = args.first().and_then(cli::compat::tool_for_argv0) {
-        logging::init(&logging::LogOptions::default());
+        // Each front end sets up logging itself (gvproxy has -debug/-log-file).
         return cli::compat::run(tool, &args[1..]);
     }
     let cli = cli::Cli::parse_from(args);

@@ -24,10 +24,21 @@ pub fn tool_for_argv0(argv0: &OsString) -> Option<Tool> {
     }
 }
 
+/// Entry from argv[0]: sets up logging, then runs the tool.
 pub fn run(tool: Tool, args: &[OsString]) -> ExitCode {
+    if tool == Tool::Gvproxy {
+        // gvproxy configures its own logging (-debug, -log-file).
+        return super::gvproxy::run(args);
+    }
+    crate::logging::init(&crate::logging::LogOptions::default());
+    run_after_logging(tool, args)
+}
+
+/// Entry from `ferry slirp4netns|gvproxy ...`, where logging is set up.
+pub fn run_after_logging(tool: Tool, args: &[OsString]) -> ExitCode {
     match tool {
         Tool::Slirp4netns => run_slirp4netns(args),
-        Tool::Gvproxy => super::placeholder::not_implemented("ferry as gvproxy", "the gvproxy command line (issue 4)"),
+        Tool::Gvproxy => super::gvproxy::run(args),
         Tool::Virtiofsd => {
             super::placeholder::not_implemented("ferry as virtiofsd", "the virtiofsd front end (issue 6)")
         }

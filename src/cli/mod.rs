@@ -2,6 +2,7 @@
 
 pub mod compat;
 mod guest;
+mod gvproxy;
 pub mod net;
 mod placeholder;
 mod run;
@@ -52,6 +53,12 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Run as gvproxy, with its command line (also: invoke ferry through a link named gvproxy).
+    #[command(name = "gvproxy", disable_help_flag = true, disable_version_flag = true)]
+    Gvproxy {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Print version and build information.
     Version,
 }
@@ -65,7 +72,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             "the vhost-user-fs backend (issue 6)",
         )),
         Command::Guest(cmd) => guest::run(cmd),
-        Command::Slirp4netns { args } => Ok(compat::run(compat::Tool::Slirp4netns, &args)),
+        Command::Slirp4netns { args } => Ok(compat::run_after_logging(compat::Tool::Slirp4netns, &args)),
+        Command::Gvproxy { args } => Ok(compat::run_after_logging(compat::Tool::Gvproxy, &args)),
         Command::Version => {
             version::print();
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,142 @@
+//! ferry as gvproxy: Go-style flags, gvproxy's address plan and static
+//! lease, the ssh-port forward, pid and log files, the forwarder API.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::{api_curl, Ferry};
+
+const GVPROXY_MAC: [u8; 6] = [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee];
+
+/// A DHCPDISCOVER from `mac`, as an Ethernet frame (UDP checksum 0 = none).
+fn dhcp_discover(mac: [u8; 6]) -> Vec<u8> {
+    let mut dhcp = vec![0u8; 240];
+    dhcp[..3].copy_from_slice(&[1, 1, 6]);
+    dhcp[4..8].copy_from_slice(&[9, 9, 9, 9]);
+    dhcp[28..34].copy_from_slice(&mac);
+    dhcp[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    dhcp.extend_from_slice(&[53, 1, 1, 255]);
+    let udp = [
+        &[0u8, 68, 0, 67][..],
+        &((8 + dhcp.len()) as u16).to_be_bytes(),
+        &[0, 0],
+        &dhcp,
+    ]
+    .concat();
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255];
+    ip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+    let mut sum: u32 = ip.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    [&[0xff; 6][..], &mac, &[0x08, 0x00], &ip, &udp].concat()
+}
+
+fn wait_for(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn driven_like_podman_machine() {
+    let dir = std::env::temp_dir().join(format!("ferry-gvproxy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("gvproxy");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ferry"), &link).unwrap();
+    let (api, qemu, pid, log) = (
+        dir.join("api.sock"),
+        dir.join("qemu.sock"),
+        dir.join("gv.pid"),
+        dir.join("gv.log"),
+    );
+    let ssh = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let args = [
+        "-listen".to_string(),
+        format!("unix://{}", api.display()),
+        format!("-listen-qemu=unix://{}", qemu.display()),
+        "-ssh-port".into(),
+        ssh.to_string(),
+        "-pid-file".into(),
+        pid.display().to_string(),
+        "-log-file".into(),
+        log.display().to_string(),
+        "-debug".into(),
+        "-mtu".into(),
+        "1500".into(),
+    ];
+    let mut running = Ferry::with_binary(&link, &args).spawn();
+    wait_for(&api);
+    wait_for(&qemu);
+    assert_eq!(
+        std::fs::read_to_string(&pid).unwrap().trim(),
+        running.child.id().to_string()
+    );
+
+    let (code, all) = api_curl(&api, &["http://gvproxy/services/forwarder/all"]);
+    assert_eq!(code, 200);
+    assert_eq!(all[0]["local"], format!("127.0.0.1:{ssh}"));
+    assert_eq!(all[0]["remote"], "192.168.127.2:22");
+
+    // gvproxy's static lease over the QEMU stream.
+    let mut s = UnixStream::connect(&qemu).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let frame = dhcp_discover(GVPROXY_MAC);
+    s.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(&frame).unwrap();
+    let offer = loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).expect("no DHCP reply");
+        let mut f = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut f).unwrap();
+        if f.len() > 42 + 240 && f[12..14] == [8, 0] && f[23] == 17 && f[34..36] == [0, 67] {
+            break f;
+        }
+    };
+    let dhcp = &offer[42..];
+    assert_eq!(&dhcp[16..20], &[192, 168, 127, 2], "yiaddr");
+    assert_eq!(&dhcp[20..24], &[192, 168, 127, 1], "server");
+
+    // SIGTERM: clean exit, pid file removed, the log file has our debug lines.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!pid.exists(), "pid file left behind");
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("DEBUG"), "no debug output in -log-file: {log_text:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn unsupported_gvproxy_options_say_so() {
+    let out = Ferry::new([
+        "gvproxy",
+        "-listen-qemu",
+        "unix:///tmp/x.sock",
+        "-forward-sock",
+        "/a",
+        "-forward-dest",
+        "/b",
+    ])
+    .output();
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("not supported by ferry yet"), "{}", out.stderr);
+    let out = Ferry::new(["gvproxy", "-mtu", "1500"]).output();
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("-listen-qemu or -listen-vfkit"), "{}", out.stderr);
+}
