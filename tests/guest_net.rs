@@ -70,3 +70,42 @@ fn no_net_means_no_nic() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.stdout.trim(), "lo");
 }
+
+/// Two QEMU guests on one `ferry net`: the second finds the first by name,
+/// pings it and fetches a page from its web server.
+#[test]
+fn two_guests_on_one_ferry_reach_each_other() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let ns = common::netns::Netns::new();
+    let sock = std::env::temp_dir().join(format!("ferry-two-guests-{}.sock", std::process::id()));
+    let listen = format!("unix://{}", sock.display());
+    let _net = common::netns::FerryNet::start(&ns, &["--listen-qemu", &listen, "--dns-upstream", "127.0.0.1:9"]);
+    let server = Ferry::new([
+        "run",
+        "--network",
+        &listen,
+        "--name",
+        "alpha",
+        "--",
+        "sh",
+        "-c",
+        "mkdir /www && echo from-alpha > /www/index.html && httpd -p 80 -h /www && sleep 90",
+    ])
+    .spawn();
+    let client = Ferry::new([
+        "run", "--network", &listen, "--name", "beta", "--", "sh", "-c",
+        "for i in $(seq 1 120); do wget -q -O - http://alpha.test/ 2>/dev/null && ping -c 1 -W 2 alpha.test >/dev/null && echo pinged && exit 0; sleep 0.5; done; exit 1",
+    ])
+    .timeout(std::time::Duration::from_secs(150))
+    .output();
+    drop(server);
+    std::fs::remove_file(&sock).ok();
+    assert_eq!(
+        client.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        client.stdout,
+        client.stderr
+    );
+    assert_eq!(client.stdout, "from-alpha\npinged\n");
+}

@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// Capture the guest's network traffic into FILE (pcap format).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Attach to a running `ferry net --listen-qemu unix://PATH` instead of
+    /// starting a network for this VM (several VMs then share it).
+    #[arg(long, value_name = "unix://PATH")]
+    pub network: Option<String>,
     /// Run the guest without a network.
     #[arg(long)]
     pub no_net: bool,
@@ -75,6 +79,22 @@ pub struct RunArgs {
     /// The command to run in the guest [default: /bin/sh].
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// A MAC for this VM: QEMU's locally administered 52:54:00 prefix and
+/// three bytes from the process id and clock, so VMs sharing one network
+/// (`--network`) do not collide.
+fn guest_mac() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let x = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
+    format!(
+        "52:54:00:{:02x}:{:02x}:{:02x}",
+        (x >> 16) & 0xff,
+        (x >> 8) & 0xff,
+        x & 0xff
+    )
 }
 
 /// A private directory for this run's sockets, removed on drop.
@@ -128,8 +148,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for word in &args.append {
         line.raw(word);
     }
+    let shared = match &args.network {
+        Some(n) => {
+            let path = n.strip_prefix("unix://").filter(|p| !p.is_empty());
+            let path = path.with_context(|| format!("--network {n:?}: expected unix://PATH"))?;
+            anyhow::ensure!(
+                args.publish.is_empty(),
+                "-p with --network: add forwards on the shared network (its -p or API)"
+            );
+            anyhow::ensure!(
+                std::path::Path::new(path).exists(),
+                "--network {n}: no such socket; start `ferry net --listen-qemu {n}` first"
+            );
+            Some(PathBuf::from(path))
+        }
+        None => None,
+    };
     let _net_dir = if args.no_net {
         None
+    } else if let Some(sock) = shared {
+        line.key("net", "dhcp");
+        Some((None, sock))
     } else {
         let dir = RunDir::create()?;
         let sock = dir.0.join("net.sock");
@@ -138,7 +177,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         net.pcap = args.pcap.clone();
         super::net::spawn_background(net)?;
         line.key("net", "dhcp");
-        Some((dir, sock))
+        Some((Some(dir), sock))
     };
     let mut qemu = QemuConfig::new(image.kernel.path.clone(), image.initrd.clone(), line.build()?);
     if let Some((_, sock)) = &_net_dir {
@@ -146,7 +185,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "-netdev".to_string(),
             format!("stream,id=net0,server=off,addr.type=unix,addr.path={}", sock.display()),
             "-device".to_string(),
-            "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56".to_string(),
+            format!("virtio-net-pci,netdev=net0,mac={}", guest_mac()),
         ]);
     }
     qemu.binary = args.qemu.clone();
