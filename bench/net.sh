@@ -7,6 +7,12 @@
 #   pasta       pasta tap path (MTU 65520); gateway -> host 127.0.0.1
 #   slirp1500   slirp4netns --mtu=1500;  10.0.2.2 -> host 127.0.0.1
 #   slirp65520  slirp4netns --mtu=65520
+# Port-forward backends (client on the host's loopback, servers in the
+# namespace, through each tool's forwarder), run with SECTION=net-fwd:
+#   ferry-fwd        ferry net -p
+#   pasta-fwd        pasta -t/-u (same port both sides: pasta 2023-03 passes
+#                    no UDP through a remapped splice port)
+#   slirp65520-fwd   slirp4netns add_hostfwd over its API socket
 # Tests: tcp (ns->host) and tcpR (host->ns) iperf3 Gbit/s; udp iperf3 at a
 # fixed offered rate (UDP_RATE, received Gbit/s and loss); rr (1 connection
 # request/response, req/s and p99 us); crr (8 connections, one TCP connect per
@@ -29,7 +35,8 @@ RUNS=${RUNS:-1}
 UDP_RATE=${UDP_RATE:-1G}
 BACKENDS=${*:-"veth ferry pasta slirp1500 slirp65520"}
 OUT=${OUT:-$ROOT/target/bench/net-$(date +%Y%m%d-%H%M%S)}
-IPORT=25301 RPORT=25302
+IPORT=25301 RPORT=25302 FIPORT=15301 FRPORT=15302
+SECTION=${SECTION:-net}
 POLL_IDLE=${POLL_IDLE:-1}
 mkdir -p "$OUT"
 RAW=$OUT/raw.tsv
@@ -74,9 +81,38 @@ wait_for() { local i; for i in $(seq 1 100); do eval "$1" && return 0; sleep 0.0
 # Sets CNS (client namespace), SNS (server namespace, empty = host), ADDR
 # (what the client dials), BIND (where servers listen), BPID (backend pid).
 setup() {
-	CNS=ferrybench-$1 SNS="" BIND=127.0.0.1 BPID=""
+	CNS=ferrybench-$1 SNS="" BIND=127.0.0.1 BPID="" TIPORT=$IPORT TRPORT=$RPORT
 	mkns "$CNS" || return 1
 	case $1 in
+	ferry-fwd)
+		SNS=$CNS CNS="" BIND=0.0.0.0 ADDR=127.0.0.1 TIPORT=$FIPORT TRPORT=$FRPORT
+		timeout "$MAXLIFE" "$FERRY" net --netns "/run/netns/$SNS" --configure --mtu 65520 \
+			-p "$FIPORT:$IPORT" -p "$FRPORT:$RPORT" -p "$FIPORT:$IPORT/udp" 2>"$OUT/ferry.log" &
+		PIDS+=($!)
+		wait_for "grep -q 'network ready' $OUT/ferry.log" || { log "ferry did not come up"; return 1; }
+		BPID=$(pgrep -n -P "${PIDS[-1]}") ;;
+	pasta-fwd)
+		SNS=$CNS CNS="" BIND=0.0.0.0 ADDR=127.0.0.1
+		timeout "$MAXLIFE" pasta -f -q --runas 0 --config-net --netns "$SNS" -a 10.0.2.100 -n 24 -g 10.0.2.2 \
+			-P "$OUT/pasta.pid" -t "$IPORT,$RPORT" -u "$IPORT" -T none -U none >"$OUT/pasta.log" 2>&1 &
+		PIDS+=($!)
+		wait_for "[ -s $OUT/pasta.pid ]" || { log "pasta did not come up"; return 1; }
+		BPID=$(pgrep -n -x pasta.avx2 || pgrep -n -x pasta || cat "$OUT/pasta.pid") ;;
+	slirp65520-fwd)
+		SNS=$CNS CNS="" BIND=0.0.0.0 ADDR=127.0.0.1 TIPORT=$FIPORT TRPORT=$FRPORT
+		local sock=$OUT/slirp.sock
+		timeout "$MAXLIFE" slirp4netns --configure --mtu=65520 --api-socket "$sock" --netns-type=path "/run/netns/$SNS" tap0 \
+			>"$OUT/$1.log" 2>&1 &
+		PIDS+=($!)
+		wait_for "[ -S $sock ] && ip -n $SNS -4 addr show tap0 2>/dev/null | grep -q 10.0.2.100" || { log "slirp4netns did not come up"; return 1; }
+		BPID=$(pgrep -n -x slirp4netns)
+		local proto host guest
+		for spec in "tcp $FIPORT $IPORT" "tcp $FRPORT $RPORT" "udp $FIPORT $IPORT"; do
+			read -r proto host guest <<<"$spec"
+			python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode()); s.shutdown(socket.SHUT_WR); r=s.recv(4096).decode(); sys.exit(0 if "return" in r else 1)' \
+				"$sock" "{\"execute\":\"add_hostfwd\",\"arguments\":{\"proto\":\"$proto\",\"host_addr\":\"127.0.0.1\",\"host_port\":$host,\"guest_addr\":\"10.0.2.100\",\"guest_port\":$guest}}" \
+				|| { log "add_hostfwd failed"; return 1; }
+		done ;;
 	veth)
 		SNS=ferrybench-veth-srv
 		mkns "$SNS" || return 1
@@ -119,18 +155,19 @@ setup() {
 record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$B" "$1" "$RUN" "$2" "$3" "$4" >>"$RAW"; } # test run value unit extra
 
 run_tests() {
-	local c=(ip netns exec "$CNS") j t0 t1 cpu
+	local c=() j t0 t1 cpu
+	[ -n "$CNS" ] && c=(ip netns exec "$CNS")
 	for dir in tcp tcpR; do
 		local r=(); [ $dir = tcpR ] && r=(-R)
 		t0=$(cpu_ticks "$BPID")
-		j=$(timeout $((DUR + 20)) "${c[@]}" iperf3 -c "$ADDR" -p $IPORT -t "$DUR" -J "${r[@]}" 2>/dev/null)
+		j=$(timeout $((DUR + 20)) "${c[@]}" iperf3 -c "$ADDR" -p "$TIPORT" -t "$DUR" -J "${r[@]}" 2>/dev/null)
 		t1=$(cpu_ticks "$BPID")
 		cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$HZ" -v d="$DUR" 'BEGIN{printf "%.2f", (b-a)/hz/d}')
 		record $dir "$(echo "$j" | python3 -c 'import json,sys
 try: print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))
 except Exception: print("0")')" Gbit/s "cpu=$cpu"
 	done
-	j=$(timeout $((DUR + 20)) "${c[@]}" iperf3 -c "$ADDR" -p $IPORT -t "$DUR" -u -b "$UDP_RATE" -l 1400 -J 2>/dev/null)
+	j=$(timeout $((DUR + 20)) "${c[@]}" iperf3 -c "$ADDR" -p "$TIPORT" -t "$DUR" -u -b "$UDP_RATE" -l 1400 -J 2>/dev/null)
 	record udp "$(echo "$j" | python3 -c 'import json,sys
 try:
   s=json.load(sys.stdin)["end"]["sum"]; print("%.2f" % (s["bits_per_second"]*(1-s["lost_percent"]/100)/1e9))
@@ -138,9 +175,9 @@ except Exception: print("0")')" Gbit/s "loss=$(echo "$j" | python3 -c 'import js
 try: print("%.1f%%" % json.load(sys.stdin)["end"]["sum"]["lost_percent"])
 except Exception: print("-")')"
 	local out
-	out=$(timeout $((DUR + 20)) "${c[@]}" "$NETPERF" rr "$ADDR:$RPORT" 1 "$DUR")
+	out=$(timeout $((DUR + 20)) "${c[@]}" "$NETPERF" rr "$ADDR:$TRPORT" 1 "$DUR")
 	record rr "$(echo "$out" | sed -n 's/.*rate=\([0-9]*\).*/\1/p')" req/s "p99=$(echo "$out" | sed -n 's/.*p99_us=\([0-9]*\).*/\1/p')us"
-	out=$(timeout $((DUR + 20)) "${c[@]}" "$NETPERF" crr "$ADDR:$RPORT" 8 "$DUR")
+	out=$(timeout $((DUR + 20)) "${c[@]}" "$NETPERF" crr "$ADDR:$TRPORT" 8 "$DUR")
 	record crr "$(echo "$out" | sed -n 's/.*rate=\([0-9]*\).*/\1/p')" conn/s "errors=$(echo "$out" | sed -n 's/.*errors=\([0-9]*\).*/\1/p')"
 }
 
@@ -153,4 +190,5 @@ for RUN in $(seq 1 "$RUNS"); do
 	done
 done
 log "raw results: $RAW"
-POLL_IDLE=$POLL_IDLE python3 bench/report.py net "$RAW" docs/performance.md
+if [ "$SECTION" = net-fwd ]; then REFS="veth pasta-fwd"; else REFS="veth pasta"; fi
+POLL_IDLE=$POLL_IDLE python3 bench/report.py "$SECTION" "$RAW" docs/performance.md $REFS

@@ -152,6 +152,7 @@ pub struct Forwards {
 const GUEST_WAIT: Duration = Duration::from_secs(30);
 const UDP_IDLE: Duration = Duration::from_secs(60);
 const FIRST_EPHEMERAL: u16 = 49152;
+const UDP_RCVBUF: usize = 4 << 20;
 
 impl Stack {
     pub fn list_forwards(&self) -> Vec<ForwardSpec> {
@@ -183,6 +184,8 @@ impl Stack {
             Proto::Udp => {
                 let s = std::net::UdpSocket::bind(spec.host).map_err(bind_err)?;
                 s.set_nonblocking(true).map_err(bind_err)?;
+                // Room for bursts while the loop is busy elsewhere.
+                let _ = socket2::SockRef::from(&s).set_recv_buffer_size(UDP_RCVBUF);
                 let s = Rc::new(UdpSocket::from_std(s).map_err(bind_err)?);
                 tokio::task::spawn_local(udp_loop(stack, s, spec.clone()))
             }
@@ -369,11 +372,18 @@ async fn tcp_forward_conn(stack: Weak<std::cell::RefCell<Stack>>, conn: TcpStrea
 async fn udp_loop(stack: Weak<std::cell::RefCell<Stack>>, socket: Rc<UdpSocket>, spec: ForwardSpec) {
     let mut buf = vec![0u8; 65535];
     loop {
-        let Ok((n, client)) = socket.recv_from(&mut buf).await else {
+        if socket.readable().await.is_err() {
             continue;
-        };
+        }
         let Some(stack) = stack.upgrade() else { return };
-        stack.borrow_mut().udp_from_host(&spec, &socket, client, &buf[..n]);
+        let mut st = stack.borrow_mut();
+        // Drain what is queued: one wake-up per burst, not per datagram.
+        loop {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, client)) => st.udp_from_host(&spec, &socket, client, &buf[..n]),
+                Err(_) => break,
+            }
+        }
     }
 }
 
