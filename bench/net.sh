@@ -97,7 +97,7 @@ setup() {
 			-P "$OUT/pasta.pid" -t "$IPORT,$RPORT" -u "$IPORT" -T none -U none >"$OUT/pasta.log" 2>&1 &
 		PIDS+=($!)
 		wait_for "[ -s $OUT/pasta.pid ]" || { log "pasta did not come up"; return 1; }
-		BPID=$(pgrep -n -x pasta.avx2 || pgrep -n -x pasta || cat "$OUT/pasta.pid") ;;
+		BPID=$(pgrep -n -x 'passt.avx2|passt|pasta.avx2|pasta' || cat "$OUT/pasta.pid") ;;
 	slirp65520-fwd)
 		SNS=$CNS CNS="" BIND=0.0.0.0 ADDR=127.0.0.1 TIPORT=$FIPORT TRPORT=$FRPORT
 		local sock=$OUT/slirp.sock
@@ -133,7 +133,7 @@ setup() {
 		wait_for "[ -s $OUT/pasta.pid ]" || { log "pasta did not come up"; return 1; }
 		# The pid file may name a short-lived parent: take the running pasta.
 		# Debian runs pasta.avx2 where the CPU has it.
-		BPID=$(pgrep -n -x pasta.avx2 || pgrep -n -x pasta || cat "$OUT/pasta.pid")
+		BPID=$(pgrep -n -x 'passt.avx2|passt|pasta.avx2|pasta' || cat "$OUT/pasta.pid")
 		ADDR=10.0.2.2 ;;
 	slirp1500 | slirp65520)
 		timeout "$MAXLIFE" slirp4netns --configure --mtu="${1#slirp}" --netns-type=path "/run/netns/$CNS" tap0 \

@@ -378,11 +378,8 @@ async fn udp_loop(stack: Weak<std::cell::RefCell<Stack>>, socket: Rc<UdpSocket>,
         let Some(stack) = stack.upgrade() else { return };
         let mut st = stack.borrow_mut();
         // Drain what is queued: one wake-up per burst, not per datagram.
-        loop {
-            match socket.try_recv_from(&mut buf) {
-                Ok((n, client)) => st.udp_from_host(&spec, &socket, client, &buf[..n]),
-                Err(_) => break,
-            }
+        while let Ok((n, client)) = socket.try_recv_from(&mut buf) {
+            st.udp_from_host(&spec, &socket, client, &buf[..n]);
         }
     }
 }
