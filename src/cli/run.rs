@@ -205,6 +205,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
 
     tracing::debug!(kernel = %image.kernel.release, accel = qemu.accel.as_str(), "booting guest");
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let speed = if qemu.accel == ferry_vmm::Accel::Tcg {
+            " (software emulation: a few seconds)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "ferry: booting kernel {} under {}{speed}...",
+            image.kernel.release,
+            qemu.accel.as_str()
+        );
+    }
     let mut vm = qemu.spawn()?;
     let stdout = std::io::stdout();
     let exit = vm
