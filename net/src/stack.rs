@@ -136,11 +136,10 @@ impl Stack {
 
     /// Processes the frame a front end just read into `switch.rx.buf[..len]`.
     pub fn ingress(&mut self, port: PortId, len: usize) {
-        let m = self.metrics.clone();
-        NetMetrics::inc(&m.rx_frames);
-        NetMetrics::add(&m.rx_bytes, len as u64);
+        NetMetrics::inc(&self.metrics.rx_frames);
+        NetMetrics::add(&self.metrics.rx_bytes, len as u64);
         if len > self.switch.rx.buf.len() {
-            NetMetrics::inc(&m.drop_oversized);
+            NetMetrics::inc(&self.metrics.drop_oversized);
             return;
         }
         let buf = std::mem::take(&mut self.switch.rx.buf);
@@ -158,15 +157,14 @@ impl Stack {
     }
 
     fn dispatch(&mut self, port: PortId, frame: &[u8]) {
-        let m = self.metrics.clone();
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
-            NetMetrics::inc(&m.drop_malformed);
+            NetMetrics::inc(&self.metrics.drop_malformed);
             return;
         };
         let src: Mac = eth.src_addr().0;
         let dst: Mac = eth.dst_addr().0;
         if is_multicast(&src) || src == self.cfg.gateway_mac {
-            NetMetrics::inc(&m.drop_malformed);
+            NetMetrics::inc(&self.metrics.drop_malformed);
             return;
         }
         self.switch.tx.mac_port.insert(src, port);
@@ -176,7 +174,7 @@ impl Stack {
                 self.switch.tx.send_frame(frame, Some(port));
             } else {
                 if self.switch.tx.mac_port.contains_key(&dst) {
-                    NetMetrics::inc(&m.switched_frames);
+                    NetMetrics::inc(&self.metrics.switched_frames);
                 }
                 self.switch.tx.send_frame(frame, Some(port));
                 return;
@@ -185,7 +183,7 @@ impl Stack {
         match eth.ethertype() {
             EthernetProtocol::Arp => self.arp(src, eth.payload()),
             EthernetProtocol::Ipv4 => self.ipv4(src, frame),
-            _ => NetMetrics::inc(&m.drop_unsupported),
+            _ => NetMetrics::inc(&self.metrics.drop_unsupported),
         }
     }
 
@@ -241,18 +239,17 @@ impl Stack {
     }
 
     fn ipv4(&mut self, src_mac: Mac, frame: &[u8]) {
-        let m = self.metrics.clone();
         let ip_bytes = &frame[ETHERNET_HEADER_LEN..];
         let Ok(ip) = Ipv4Packet::new_checked(ip_bytes) else {
-            NetMetrics::inc(&m.drop_malformed);
+            NetMetrics::inc(&self.metrics.drop_malformed);
             return;
         };
         if !ip.verify_checksum() {
-            NetMetrics::inc(&m.drop_bad_checksum);
+            NetMetrics::inc(&self.metrics.drop_bad_checksum);
             return;
         }
         if ip.more_frags() || ip.frag_offset() != 0 {
-            NetMetrics::inc(&m.drop_unsupported);
+            NetMetrics::inc(&self.metrics.drop_unsupported);
             return;
         }
         let total = usize::from(ip.total_len());
@@ -266,12 +263,12 @@ impl Stack {
         match ip.next_header() {
             IpProtocol::Udp => {
                 let Ok(udp) = UdpPacket::new_checked(payload) else {
-                    NetMetrics::inc(&m.drop_malformed);
+                    NetMetrics::inc(&self.metrics.drop_malformed);
                     return;
                 };
                 // A zero UDP checksum means "none" over IPv4.
                 if udp.checksum() != 0 && !udp.verify_checksum(&s, &d) {
-                    NetMetrics::inc(&m.drop_bad_checksum);
+                    NetMetrics::inc(&self.metrics.drop_bad_checksum);
                     return;
                 }
                 let udp_payload = &udp.payload()[..usize::from(udp.len()).saturating_sub(8).min(udp.payload().len())];
@@ -294,11 +291,11 @@ impl Stack {
             }
             IpProtocol::Tcp => {
                 let Ok(tcp) = TcpPacket::new_checked(payload) else {
-                    NetMetrics::inc(&m.drop_malformed);
+                    NetMetrics::inc(&self.metrics.drop_malformed);
                     return;
                 };
                 if !tcp.verify_checksum(&s, &d) {
-                    NetMetrics::inc(&m.drop_bad_checksum);
+                    NetMetrics::inc(&self.metrics.drop_bad_checksum);
                     return;
                 }
                 if tcp.syn() && !tcp.ack() && !self.tcp_flow_exists(src, tcp.src_port(), dst, tcp.dst_port()) {
@@ -315,13 +312,13 @@ impl Stack {
                     if wire::checksum(payload) == 0 {
                         self.switch.rx.pending = Some(start..start + total);
                     } else {
-                        NetMetrics::inc(&m.drop_bad_checksum);
+                        NetMetrics::inc(&self.metrics.drop_bad_checksum);
                     }
                 } else {
                     self.icmp_from_guest(src_mac, src, dst, payload);
                 }
             }
-            _ => NetMetrics::inc(&m.drop_unsupported),
+            _ => NetMetrics::inc(&self.metrics.drop_unsupported),
         }
     }
 

@@ -303,6 +303,13 @@ fn handshaking(state: tcp::State) -> bool {
     )
 }
 
+/// A host-side error ends the flow: RST to the guest, both directions done.
+fn abort_both(socket: &mut tcp::Socket<'_>, to_host: &mut Dir, to_guest: &mut Dir) {
+    socket.abort();
+    *to_host = Dir::Done;
+    *to_guest = Dir::Done;
+}
+
 /// What one direction of the splice is doing.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dir {
@@ -344,18 +351,12 @@ pub(crate) async fn splice(stack: &StackRef, handle: SocketHandle, host: TcpStre
                                 Ok(Ok(n)) if n > 0 => progressed = true,
                                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => progressed = true,
                                 Ok(Err(_)) | Ok(Ok(_)) | Err(_) => {
-                                    socket.abort();
-                                    to_host = Dir::Done;
-                                    to_guest = Dir::Done;
+                                    abort_both(socket, &mut to_host, &mut to_guest);
                                     progressed = true;
                                 }
                             }
                         }
-                        Poll::Ready(Err(_)) => {
-                            socket.abort();
-                            to_host = Dir::Done;
-                            to_guest = Dir::Done;
-                        }
+                        Poll::Ready(Err(_)) => abort_both(socket, &mut to_host, &mut to_guest),
                         Poll::Pending => {}
                     }
                 } else if !socket.may_recv() && !handshaking(state) {
@@ -386,18 +387,12 @@ pub(crate) async fn splice(stack: &StackRef, handle: SocketHandle, host: TcpStre
                                 Ok(Ok(_)) => progressed = true,
                                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => progressed = true,
                                 Ok(Err(_)) | Err(_) => {
-                                    socket.abort();
-                                    to_guest = Dir::Done;
-                                    to_host = Dir::Done;
+                                    abort_both(socket, &mut to_host, &mut to_guest);
                                     progressed = true;
                                 }
                             }
                         }
-                        Poll::Ready(Err(_)) => {
-                            socket.abort();
-                            to_guest = Dir::Done;
-                            to_host = Dir::Done;
-                        }
+                        Poll::Ready(Err(_)) => abort_both(socket, &mut to_host, &mut to_guest),
                         Poll::Pending => {}
                     }
                 } else if !socket.may_send() && !handshaking(socket.state()) {
