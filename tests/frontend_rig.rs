@@ -234,3 +234,83 @@ fn pcap_capture_is_readable() {
     assert_eq!(at, data.len(), "truncated record");
     assert!(requests >= 2 && replies >= 2, "requests {requests}, replies {replies}");
 }
+
+/// One vhost-user control message: header (request, flags, size) + body.
+fn vhost_msg(request: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&request.to_le_bytes());
+    m.extend_from_slice(&1u32.to_le_bytes());
+    m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Whether ferry closed the connection (EOF) within a few seconds.
+fn closed_by_peer(s: &mut UnixStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn vhost_user_control_socket_survives_bad_input() {
+    let ns = Netns::new();
+    let sock = tmp("vhost-user-bad");
+    let mut ferry = FerryNet::start(
+        &ns,
+        &[
+            "--listen-vhost-user",
+            sock.to_str().unwrap(),
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ],
+    );
+    // An oversized body, a ring that does not exist, a memory table whose
+    // descriptors are missing, a ring started before any memory: each closes
+    // that connection.
+    let set_vring_num_7 = [7u32.to_le_bytes(), 256u32.to_le_bytes()].concat();
+    let mem_table = [1u32.to_le_bytes().to_vec(), vec![0; 4], vec![0; 32]].concat();
+    let bad: [Vec<u8>; 3] = [
+        [
+            &8u32.to_le_bytes()[..],
+            &1u32.to_le_bytes(),
+            &(1u32 << 30).to_le_bytes(),
+        ]
+        .concat(),
+        vhost_msg(8, &set_vring_num_7),
+        vhost_msg(5, &mem_table),
+    ];
+    for msg in bad {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.write_all(&msg).unwrap();
+        assert!(closed_by_peer(&mut s), "ferry kept a connection after {msg:?}");
+    }
+    // A header cut short by a client that goes away.
+    {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.write_all(&[1, 0, 0]).unwrap();
+    }
+    // Still serving: GET_FEATURES answers with VERSION_1, MRG_RXBUF and the
+    // protocol-features bit.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(&vhost_msg(1, &[])).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = [0u8; 20];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(u32::from_le_bytes(reply[..4].try_into().unwrap()), 1);
+    assert_eq!(u32::from_le_bytes(reply[4..8].try_into().unwrap()), 0x5, "reply flags");
+    let features = u64::from_le_bytes(reply[12..].try_into().unwrap());
+    for bit in [32, 30, 15] {
+        assert!(
+            features & (1 << bit) != 0,
+            "feature bit {bit} missing from {features:#x}"
+        );
+    }
+    assert!(ferry.alive());
+}

@@ -109,3 +109,98 @@ fn two_guests_on_one_ferry_reach_each_other() {
     );
     assert_eq!(client.stdout, "from-alpha\npinged\n");
 }
+
+/// A guest on `ferry net --listen-vhost-user` (QEMU `-netdev vhost-user`):
+/// ferry works the guest's virtqueues itself. DHCP, DNS, 24 MiB from a host
+/// service by the host alias (checked by sha256), and a host client
+/// reaching the guest's web server through `-p`.
+#[test]
+fn vhost_user_guest_gets_a_lease_and_moves_data_both_ways() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    use sha2::Digest;
+    let ns = common::netns::Netns::new();
+    let sock = std::env::temp_dir().join(format!("ferry-vhost-user-{}.sock", std::process::id()));
+    let forward = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let spec = format!("127.0.0.1:{forward}:80");
+    let mut net = common::netns::FerryNet::start(
+        &ns,
+        &[
+            "--listen-vhost-user",
+            sock.to_str().unwrap(),
+            "-p",
+            &spec,
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ],
+    );
+    // A host service with 24 MiB of patterned data.
+    let mut data = vec![0u8; 24 << 20];
+    common::netns::Pattern::new(7).fill(&mut data);
+    let want = format!("{:x}", sha2::Sha256::digest(&data));
+    let data = std::sync::Arc::new(data);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(2) {
+            let Ok(mut c) = conn else { continue };
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                let _ = c.read(&mut buf);
+                let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+                let _ = c.write_all(&data);
+            });
+        }
+    });
+    let script = format!(
+        "ip -4 -o addr show eth0 | awk '{{print \"addr\", $4}}'; \
+         nslookup vm.test 2>&1 | grep -A1 'Name:' | tail -1; \
+         wget -q -O - http://host.container.internal:{port}/ | sha256sum | cut -d' ' -f1; \
+         mkdir /www && echo served-over-vhost-user > /www/index.html && httpd -p 80 -h /www && echo httpd-up; \
+         sleep 60"
+    );
+    let mut guest = Ferry::new([
+        "run",
+        "--network",
+        &format!("vhost-user://{}", sock.display()),
+        "--name",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ])
+    .timeout(std::time::Duration::from_secs(150))
+    .spawn();
+    // Reach the guest's server through the forward once it is up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let page = loop {
+        let got = std::net::TcpStream::connect(("127.0.0.1", forward))
+            .ok()
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+                write!(c, "GET / HTTP/1.0\r\n\r\n").ok()?;
+                let mut s = String::new();
+                c.read_to_string(&mut s).ok()?;
+                s.contains("served-over-vhost-user").then_some(s)
+            });
+        if let Some(page) = got {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest's web server never answered through -p"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(page.ends_with("served-over-vhost-user\n"), "{page}");
+    let stdout = guest.kill_and_collect();
+    assert!(stdout.contains("addr 10.0.2.2/24"), "no DHCP lease:\n{stdout}");
+    assert!(stdout.contains("Address: 10.0.2.2"), "vm.test:\n{stdout}");
+    assert!(stdout.contains(&want), "data from the host arrived damaged:\n{stdout}");
+    assert!(net.alive(), "ferry net died");
+    std::fs::remove_file(&sock).ok();
+}

@@ -16,6 +16,7 @@ pub mod pcap;
 pub mod stack;
 pub mod switch;
 pub mod sys;
+pub mod virtio;
 pub mod wire;
 
 mod dns;

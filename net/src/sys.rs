@@ -53,3 +53,95 @@ pub fn remove_stale_socket(path: &std::path::Path) {
 pub fn owner_only(path: &std::path::Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
 }
+
+/// Puts a descriptor into non-blocking mode.
+pub fn set_nonblocking(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl(2) on a descriptor the caller owns; F_GETFL takes no pointer.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above; F_SETFL takes an integer.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads an eventfd's 8-byte counter (resetting it).
+pub fn read_counter(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<u64> {
+    let mut value = [0u8; 8];
+    // SAFETY: `value` is a valid, writable 8-byte buffer for read(2).
+    let n = unsafe { libc::read(fd.as_raw_fd(), value.as_mut_ptr().cast(), value.len()) };
+    match n {
+        8 => Ok(u64::from_ne_bytes(value)),
+        n if n < 0 => Err(std::io::Error::last_os_error()),
+        _ => Err(std::io::ErrorKind::UnexpectedEof.into()),
+    }
+}
+
+/// Most descriptors one message may carry (vhost-user's limit is 8).
+const MAX_PASSED_FDS: usize = 8;
+
+/// Receives up to `buf.len()` bytes and the descriptors passed with them
+/// (SCM_RIGHTS). Descriptors beyond [`MAX_PASSED_FDS`] are closed.
+pub fn recv_with_fds(
+    sock: &impl std::os::fd::AsRawFd,
+    buf: &mut [u8],
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+) -> std::io::Result<usize> {
+    use std::os::fd::FromRawFd;
+    const SPACE: usize = 8 * std::mem::size_of::<libc::c_int>() + 64;
+    let mut control = [0u64; SPACE / 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (over `buf`) and `control`, both
+        // alive and writable for the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // SAFETY: `msg` was filled by recvmsg; the CMSG_* macros walk the
+    // control buffer within msg_controllen.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is non-null and inside the control buffer.
+        let hdr = unsafe { &*cmsg };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a pure computation.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = (hdr.cmsg_len as usize).saturating_sub(header) / std::mem::size_of::<libc::c_int>();
+            // SAFETY: the data of an SCM_RIGHTS message is `count` ints.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<libc::c_int>();
+            for i in 0..count {
+                // SAFETY: `i < count`, within the message's data; unaligned
+                // read because CMSG_DATA need not be int-aligned.
+                let raw = unsafe { data.add(i).read_unaligned() };
+                // SAFETY: the kernel just installed `raw` in this process
+                // for us; nothing else owns it.
+                let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+                if fds.len() < MAX_PASSED_FDS {
+                    fds.push(fd);
+                }
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    Ok(n)
+}

@@ -29,7 +29,7 @@ pub struct NetArgs {
     /// Network namespace to serve: a PID or a path such as /proc/PID/ns/net or
     /// /run/netns/NAME. Repeat to put several namespaces on one network; with
     /// --configure the Nth gets the Nth guest address.
-    #[arg(long, value_name = "PATH|PID", required_unless_present_any = ["listen_qemu", "listen_vfkit"])]
+    #[arg(long, value_name = "PATH|PID", required_unless_present_any = ["listen_qemu", "listen_vfkit", "listen_vhost_user"])]
     pub netns: Vec<String>,
     /// Accept QEMU `-netdev stream`/`-netdev socket` connections here
     /// (unix://PATH or tcp://127.0.0.1:PORT; repeatable). Each connection is a guest.
@@ -39,6 +39,11 @@ pub struct NetArgs {
     /// socket (unixgram://PATH; repeatable): one frame per datagram.
     #[arg(long = "listen-vfkit", value_name = "ADDR", value_parser = parse_unixgram)]
     pub listen_vfkit: Vec<PathBuf>,
+    /// Serve a QEMU `-netdev vhost-user` guest on this unix socket (repeatable;
+    /// one guest per socket). QEMU needs shared guest memory:
+    /// `-object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem`.
+    #[arg(long = "listen-vhost-user", value_name = "PATH")]
+    pub listen_vhost_user: Vec<PathBuf>,
     /// User namespace to join first, for an unprivileged ferry (a PID or a path).
     #[arg(long, value_name = "PATH|PID")]
     pub userns: Option<String>,
@@ -232,6 +237,7 @@ impl NetArgs {
             netns: Vec::new(),
             listen_qemu: vec![ferry_net::frontend::listen::ListenAddr::Unix(sock)],
             listen_vfkit: Vec::new(),
+            listen_vhost_user: Vec::new(),
             userns: None,
             tap: "tap0".into(),
             configure: false,
@@ -430,6 +436,10 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         tokio::task::spawn_local(ferry_net::run_port(stack.clone(), Rc::new(port)));
         ready.push((format!("vfkit on unixgram://{}", path.display()), "by DHCP".to_string()));
     }
+    for path in &args.listen_vhost_user {
+        listen_vhost_user(&stack, path)?;
+        ready.push((format!("vhost-user on {}", path.display()), "by DHCP".to_string()));
+    }
     for (what, guest) in ready {
         if !announce {
             tracing::debug!("network ready: {what}");
@@ -450,4 +460,19 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         has_namespaces: !args.netns.is_empty(),
         namespaces,
     })
+}
+
+#[cfg(target_os = "linux")]
+fn listen_vhost_user(stack: &ferry_net::StackRef, path: &std::path::Path) -> anyhow::Result<()> {
+    let accept = ferry_net::frontend::vhost_user::serve(stack.clone(), path)?;
+    tokio::task::spawn_local(accept);
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn listen_vhost_user(_stack: &ferry_net::StackRef, path: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "--listen-vhost-user {}: vhost-user needs Linux; use --listen-qemu or --listen-vfkit here",
+        path.display()
+    )
 }

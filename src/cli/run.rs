@@ -64,9 +64,10 @@ pub struct RunArgs {
     /// Capture the guest's network traffic into FILE (pcap format).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
-    /// Attach to a running `ferry net --listen-qemu unix://PATH` instead of
-    /// starting a network for this VM (several VMs then share it).
-    #[arg(long, value_name = "unix://PATH")]
+    /// Attach to a running `ferry net` instead of starting a network for this
+    /// VM (several VMs then share it): unix://PATH for its --listen-qemu
+    /// socket, vhost-user://PATH for a --listen-vhost-user socket.
+    #[arg(long, value_name = "unix://PATH|vhost-user://PATH")]
     pub network: Option<String>,
     /// Run the guest without a network.
     #[arg(long)]
@@ -150,25 +151,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let shared = match &args.network {
         Some(n) => {
-            let path = n.strip_prefix("unix://").filter(|p| !p.is_empty());
-            let path = path.with_context(|| format!("--network {n:?}: expected unix://PATH"))?;
+            let (attach, path) = if let Some(p) = n.strip_prefix("vhost-user://") {
+                (NetAttach::VhostUser, p)
+            } else {
+                (NetAttach::Stream, n.strip_prefix("unix://").unwrap_or(""))
+            };
+            anyhow::ensure!(
+                !path.is_empty(),
+                "--network {n:?}: expected unix://PATH or vhost-user://PATH"
+            );
             anyhow::ensure!(
                 args.publish.is_empty(),
                 "-p with --network: add forwards on the shared network (its -p or API)"
             );
             anyhow::ensure!(
                 std::path::Path::new(path).exists(),
-                "--network {n}: no such socket; start `ferry net --listen-qemu {n}` first"
+                "--network {n}: no such socket; start `ferry net --listen-qemu {n}` (or --listen-vhost-user) first"
             );
-            Some(PathBuf::from(path))
+            Some((attach, PathBuf::from(path)))
         }
         None => None,
     };
     let _net_dir = if args.no_net {
         None
-    } else if let Some(sock) = shared {
+    } else if let Some((attach, sock)) = shared {
         line.key("net", "dhcp");
-        Some((None, sock))
+        Some((None, attach, sock))
     } else {
         let dir = RunDir::create()?;
         let sock = dir.0.join("net.sock");
@@ -177,17 +185,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         net.pcap = args.pcap.clone();
         super::net::spawn_background(net)?;
         line.key("net", "dhcp");
-        Some((Some(dir), sock))
+        Some((Some(dir), NetAttach::Stream, sock))
     };
     let mut qemu = QemuConfig::new(image.kernel.path.clone(), image.initrd.clone(), line.build()?);
-    if let Some((_, sock)) = &_net_dir {
-        qemu.device_args.extend([
-            "-netdev".to_string(),
-            format!("stream,id=net0,server=off,addr.type=unix,addr.path={}", sock.display()),
-            "-device".to_string(),
-            format!("virtio-net-pci,netdev=net0,mac={}", guest_mac()),
-        ]);
-    }
     qemu.binary = args.qemu.clone();
     qemu.memory_mib = args.memory;
     qemu.cpus = args.cpus;
@@ -203,6 +203,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     qemu.accel = accel::resolve(choice, &cache_file, || accel::probe_kvm(&probe), &mut |l| {
         eprintln!("ferry: {l}")
     });
+    // The NIC is added after the probe, which must not take the network's
+    // connection (a vhost-user socket serves one guest).
+    if let Some((_, attach, sock)) = &_net_dir {
+        let tcg = qemu.accel == ferry_vmm::Accel::Tcg;
+        qemu.device_args.extend(attach.qemu_args(sock, &guest_mac(), tcg));
+    }
 
     tracing::debug!(kernel = %image.kernel.release, accel = qemu.accel.as_str(), "booting guest");
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -245,4 +251,42 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("ferry: the guest could not run the command ({kind} failed; see the message above)");
     }
     Ok(ExitCode::from(u8::try_from(exit.code).unwrap_or(255)))
+}
+
+/// How QEMU's NIC reaches ferry's network.
+#[derive(Clone, Copy, Debug)]
+enum NetAttach {
+    /// `-netdev stream`: frames with a length prefix over a unix socket.
+    Stream,
+    /// `-netdev vhost-user`: ferry works the guest's virtqueues itself.
+    VhostUser,
+}
+
+impl NetAttach {
+    fn qemu_args(self, sock: &std::path::Path, mac: &str, tcg: bool) -> Vec<String> {
+        let netdev = match self {
+            NetAttach::Stream => vec![
+                "-netdev".to_string(),
+                format!("stream,id=net0,server=off,addr.type=unix,addr.path={}", sock.display()),
+            ],
+            NetAttach::VhostUser => vec![
+                "-chardev".to_string(),
+                format!("socket,id=net0chr,path={}", sock.display()),
+                "-netdev".to_string(),
+                "vhost-user,id=net0,chardev=net0chr".to_string(),
+            ],
+        };
+        // QEMU 7.2 under TCG crashes wiring MSI-X vectors to a vhost
+        // back end (no irqfd): use legacy interrupts there.
+        let vectors = if tcg && matches!(self, NetAttach::VhostUser) {
+            ",vectors=0"
+        } else {
+            ""
+        };
+        let device = [
+            "-device".to_string(),
+            format!("virtio-net-pci,netdev=net0,mac={mac}{vectors}"),
+        ];
+        netdev.into_iter().chain(device).collect()
+    }
 }

@@ -68,6 +68,22 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// Kills the process group and returns what it printed on stdout.
+    #[allow(dead_code)]
+    pub fn kill_and_collect(&mut self) -> String {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child's process group; no memory involved.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+        let mut s = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
 impl Ferry {
     pub fn new<I, S>(args: I) -> Ferry
     where

@@ -5,6 +5,8 @@ pub mod stream;
 #[cfg(target_os = "linux")]
 pub mod tap;
 pub mod unixgram;
+#[cfg(target_os = "linux")]
+pub mod vhost_user;
 
 use std::io;
 use std::task::{Context, Poll};
