@@ -1,1 +1,15 @@
-//! placeholder
+//! ferry's file sharing: a virtio-fs device serving a host directory with
+//! fuse-backend-rs's passthrough file system, behind a vhost-user socket
+//! (a drop-in for virtiofsd). The request loop ([`device`]) knows nothing
+//! of the transport, so the built-in VMM can run it over virtio-mmio.
+
+pub mod options;
+
+#[cfg(target_os = "linux")]
+pub mod device;
+#[cfg(target_os = "linux")]
+pub mod sandbox;
+#[cfg(target_os = "linux")]
+pub mod vhost_user;
+
+pub use options::{CacheMode, FsOptions, InodeFileHandles, SandboxMode};

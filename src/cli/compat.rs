@@ -26,9 +26,11 @@ pub fn tool_for_argv0(argv0: &OsString) -> Option<Tool> {
 
 /// Entry from argv[0]: sets up logging, then runs the tool.
 pub fn run(tool: Tool, args: &[OsString]) -> ExitCode {
-    if tool == Tool::Gvproxy {
-        // gvproxy configures its own logging (-debug, -log-file).
-        return super::gvproxy::run(args);
+    match tool {
+        // These configure their own logging (-debug/-log-file, --log-level/-d).
+        Tool::Gvproxy => return super::gvproxy::run(args),
+        Tool::Virtiofsd => return super::fs::run(args, false),
+        Tool::Slirp4netns => {}
     }
     crate::logging::init(&crate::logging::LogOptions::default());
     run_after_logging(tool, args)
@@ -39,9 +41,7 @@ pub fn run_after_logging(tool: Tool, args: &[OsString]) -> ExitCode {
     match tool {
         Tool::Slirp4netns => run_slirp4netns(args),
         Tool::Gvproxy => super::gvproxy::run(args),
-        Tool::Virtiofsd => {
-            super::placeholder::not_implemented("ferry as virtiofsd", "the virtiofsd front end (issue 6)")
-        }
+        Tool::Virtiofsd => super::fs::run(args, true),
     }
 }
 

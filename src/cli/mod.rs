@@ -1,10 +1,10 @@
 //! The command-line interface: one module per subcommand.
 
 pub mod compat;
+mod fs;
 mod guest;
 mod gvproxy;
 pub mod net;
-mod placeholder;
 mod run;
 pub mod slirp;
 mod version;
@@ -42,8 +42,13 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run the userspace network (NAT, DHCP, DNS) for a namespace or VM.
     Net(net::NetArgs),
-    /// Serve a host directory to a guest over vhost-user-fs (virtiofsd-compatible).
-    Fs(placeholder::PlaceholderArgs),
+    /// Serve a host directory to a guest over vhost-user-fs, with virtiofsd's
+    /// command line (`ferry fs --help`; also: a link named virtiofsd).
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Fs {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Guest image tools: build the initramfs, find the kernel.
     #[command(subcommand)]
     Guest(guest::GuestCommand),
@@ -67,10 +72,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run::run(args),
         Command::Net(args) => net::run(args),
-        Command::Fs(_) => Ok(placeholder::not_implemented(
-            "ferry fs",
-            "the vhost-user-fs backend (issue 6)",
-        )),
+        Command::Fs { args } => Ok(fs::run(&args, true)),
         Command::Guest(cmd) => guest::run(cmd),
         Command::Slirp4netns { args } => Ok(compat::run_after_logging(compat::Tool::Slirp4netns, &args)),
         Command::Gvproxy { args } => Ok(compat::run_after_logging(compat::Tool::Gvproxy, &args)),

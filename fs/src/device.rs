@@ -1,0 +1,88 @@
+//! The virtio-fs request loop: FUSE requests from a virtqueue answered by
+//! fuse-backend-rs's passthrough file system. Transport-independent: the
+//! caller owns the queue and the guest memory (vhost-user here, virtio-mmio
+//! in the built-in VMM).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use crate::options::{CacheMode, FsOptions, InodeFileHandles};
+
+/// One share's file system and FUSE server.
+pub struct FsDevice {
+    server: Server<Arc<PassthroughFs>>,
+}
+
+impl FsDevice {
+    /// Opens `root` (the shared directory as this process now sees it,
+    /// after any sandboxing) with the share's options.
+    pub fn new(root: &std::path::Path, opts: &FsOptions) -> io::Result<FsDevice> {
+        let (attr, entry) = match opts.cache {
+            CacheMode::Never => (Duration::ZERO, Duration::ZERO),
+            CacheMode::Auto => (Duration::from_secs(1), Duration::from_secs(1)),
+            CacheMode::Always | CacheMode::Metadata => (Duration::from_secs(86400), Duration::from_secs(86400)),
+        };
+        let cfg = Config {
+            root_dir: root
+                .to_str()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shared directory is not UTF-8"))?
+                .to_string(),
+            cache_policy: match opts.cache {
+                CacheMode::Never => CachePolicy::Never,
+                CacheMode::Auto => CachePolicy::Auto,
+                CacheMode::Always => CachePolicy::Always,
+                CacheMode::Metadata => CachePolicy::Metadata,
+            },
+            attr_timeout: attr,
+            entry_timeout: entry,
+            writeback: opts.writeback,
+            xattr: opts.xattr || opts.posix_acl,
+            do_import: true,
+            inode_file_handles: opts.inode_file_handles != InodeFileHandles::Never,
+            allow_direct_io: opts.allow_direct_io,
+            ..Config::default()
+        };
+        let fs = PassthroughFs::<()>::new(cfg)?;
+        fs.import()?;
+        Ok(FsDevice {
+            server: Server::new(Arc::new(fs)),
+        })
+    }
+
+    /// Answers every request waiting in `queue`. Returns whether any buffer
+    /// was used (the caller then decides about an interrupt). A malformed
+    /// chain or request gets an empty reply; it never stops the loop.
+    pub fn process_queue(&self, queue: &mut Queue, mem: &GuestMemoryMmap) -> io::Result<bool> {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let reader = Reader::from_descriptor_chain(mem, chain.clone());
+            let writer = VirtioFsWriter::new(mem, chain);
+            let len = match (reader, writer) {
+                (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "FUSE request failed");
+                        0
+                    }
+                },
+                _ => {
+                    tracing::debug!("malformed virtio-fs descriptor chain");
+                    0
+                }
+            };
+            queue
+                .add_used(mem, head, u32::try_from(len).unwrap_or(0))
+                .map_err(|e| io::Error::other(format!("returning a buffer to the guest: {e}")))?;
+            used = true;
+        }
+        Ok(used)
+    }
+}

@@ -1,0 +1,105 @@
+//! Confining the server to the shared directory, as virtiofsd's
+//! `--sandbox` modes do. Must run before any thread is started: a mount
+//! namespace applies to the calling thread and the threads it creates.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::options::SandboxMode;
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+fn check(what: &str, rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+    }
+}
+
+fn mount(src: Option<&CString>, target: &CString, flags: libc::c_ulong) -> libc::c_int {
+    let src = src.map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: every pointer is a valid NUL-terminated string or null, as
+    // mount(2) allows for a bind/remount/propagation change.
+    unsafe { libc::mount(src, target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) }
+}
+
+/// Confines this process to `dir` and returns the path under which the
+/// share is now seen. `readonly` makes the share's mount read-only, so the
+/// host kernel itself refuses every write (namespace mode only).
+pub fn enter(mode: SandboxMode, dir: &Path, readonly: bool) -> io::Result<PathBuf> {
+    if readonly && mode != SandboxMode::Namespace {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--readonly needs --sandbox namespace (the read-only mount lives in ferry's own mount namespace)",
+        ));
+    }
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| io::Error::new(e.kind(), format!("shared directory {}: {e}", dir.display())))?;
+    if !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("shared directory {} is not a directory", dir.display()),
+        ));
+    }
+    let c = cstr(&dir)?;
+    match mode {
+        SandboxMode::None => Ok(dir),
+        SandboxMode::Chroot => {
+            // SAFETY: chroot(2)/chdir(2) with a valid NUL-terminated path.
+            check(
+                "chroot into the shared directory (needs root; try --sandbox none)",
+                unsafe { libc::chroot(c.as_ptr()) },
+            )?;
+            // SAFETY: as above.
+            check("chdir /", unsafe { libc::chdir(c"/".as_ptr()) })?;
+            Ok(PathBuf::from("/"))
+        }
+        SandboxMode::Namespace => {
+            // SAFETY: unshare(2) takes only flags.
+            check(
+                "a new mount namespace (needs root or CAP_SYS_ADMIN; try --sandbox chroot or none)",
+                unsafe { libc::unshare(libc::CLONE_NEWNS) },
+            )?;
+            let root = c"/".to_owned();
+            // Keep our mounts from propagating back to the host.
+            check(
+                "making mounts private",
+                mount(None, &root, libc::MS_REC | libc::MS_PRIVATE),
+            )?;
+            check(
+                "bind-mounting the shared directory",
+                mount(Some(&c), &c, libc::MS_BIND | libc::MS_REC),
+            )?;
+            if readonly {
+                check(
+                    "making the share read-only",
+                    mount(None, &c, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY),
+                )?;
+            }
+            // SAFETY: chdir(2) with a valid path.
+            check("chdir into the share", unsafe { libc::chdir(c.as_ptr()) })?;
+            let dot = c".";
+            // SAFETY: pivot_root(2) through syscall(2) with two valid paths:
+            // the share becomes "/", the old root is stacked on it...
+            check("pivot_root into the share", unsafe {
+                libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int
+            })?;
+            // ...and is then detached, leaving nothing outside the share.
+            // SAFETY: umount2(2) with a valid path.
+            check("detaching the old root", unsafe {
+                libc::umount2(dot.as_ptr(), libc::MNT_DETACH)
+            })?;
+            // SAFETY: chdir(2) with a valid path.
+            check("chdir /", unsafe { libc::chdir(c"/".as_ptr()) })?;
+            Ok(PathBuf::from("/"))
+        }
+    }
+}
