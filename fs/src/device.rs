@@ -21,8 +21,8 @@ pub struct FsDevice {
 }
 
 impl FsDevice {
-    /// Opens `root` (the shared directory as this process now sees it,
-    /// after any sandboxing) with the share's options.
+    /// Serves `root`: the shared directory as this process will see it when
+    /// the guest's INIT arrives (after any sandboxing).
     pub fn new(root: &std::path::Path, opts: &FsOptions) -> io::Result<FsDevice> {
         let (attr, entry) = match opts.cache {
             CacheMode::Never => (Duration::ZERO, Duration::ZERO),
@@ -49,8 +49,9 @@ impl FsDevice {
             allow_direct_io: opts.allow_direct_io,
             ..Config::default()
         };
+        // The root is opened by the guest's FUSE INIT (`do_import`), after
+        // the caller has confined the process.
         let fs = PassthroughFs::<()>::new(cfg)?;
-        fs.import()?;
         Ok(FsDevice {
             server: Server::new(Arc::new(fs)),
         })
@@ -67,7 +68,10 @@ impl FsDevice {
             let writer = VirtioFsWriter::new(mem, chain);
             let len = match (reader, writer) {
                 (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
-                    Ok(n) => n,
+                    Ok(n) => {
+                        tracing::debug!(reply = n, "FUSE request answered");
+                        n
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "FUSE request failed");
                         0

@@ -30,10 +30,64 @@ fn mount(src: Option<&CString>, target: &CString, flags: libc::c_ulong) -> libc:
     unsafe { libc::mount(src, target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) }
 }
 
-/// Confines this process to `dir` and returns the path under which the
-/// share is now seen. `readonly` makes the share's mount read-only, so the
-/// host kernel itself refuses every write (namespace mode only).
-pub fn enter(mode: SandboxMode, dir: &Path, readonly: bool) -> io::Result<PathBuf> {
+/// A sandbox half set up: the share's mounts are in place, the process is
+/// not yet confined. Create the file system now (it keeps a descriptor of
+/// `/proc/self/fd`), then call [`Prepared::confine`]; it opens its root,
+/// [`Prepared::root`], when the guest's FUSE INIT arrives.
+pub struct Prepared {
+    mode: SandboxMode,
+    dir: PathBuf,
+}
+
+impl Prepared {
+    /// Where the share will be seen once confined ("/" unless mode none).
+    pub fn root(&self) -> PathBuf {
+        match self.mode {
+            SandboxMode::None => self.dir.clone(),
+            SandboxMode::Chroot | SandboxMode::Namespace => PathBuf::from("/"),
+        }
+    }
+
+    /// Leaves only the share visible to this process.
+    pub fn confine(self) -> io::Result<()> {
+        let c = cstr(&self.dir)?;
+        match self.mode {
+            SandboxMode::None => Ok(()),
+            SandboxMode::Chroot => {
+                // SAFETY: chroot(2) with a valid NUL-terminated path.
+                check(
+                    "chroot into the shared directory (needs root; try --sandbox none)",
+                    unsafe { libc::chroot(c.as_ptr()) },
+                )?;
+                // SAFETY: chdir(2) with a valid path.
+                check("chdir /", unsafe { libc::chdir(c"/".as_ptr()) })
+            }
+            SandboxMode::Namespace => {
+                // SAFETY: chdir(2) with a valid path.
+                check("chdir into the share", unsafe { libc::chdir(c.as_ptr()) })?;
+                let dot = c".";
+                // SAFETY: pivot_root(2) through syscall(2) with two valid
+                // paths: the share becomes "/", the old root is stacked on it...
+                check("pivot_root into the share", unsafe {
+                    libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int
+                })?;
+                // ...and is then detached, leaving nothing outside the share.
+                // Descriptors opened before (the share, /proc/self/fd) stay valid.
+                // SAFETY: umount2(2) with a valid path.
+                check("detaching the old root", unsafe {
+                    libc::umount2(dot.as_ptr(), libc::MNT_DETACH)
+                })?;
+                // SAFETY: chdir(2) with a valid path.
+                check("chdir /", unsafe { libc::chdir(c"/".as_ptr()) })
+            }
+        }
+    }
+}
+
+/// First half of confining this process to `dir`: in namespace mode, a
+/// private mount namespace with the share bind-mounted on itself, read-only
+/// when `readonly` (so the host kernel itself refuses every write).
+pub fn prepare(mode: SandboxMode, dir: &Path, readonly: bool) -> io::Result<Prepared> {
     if readonly && mode != SandboxMode::Namespace {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -49,57 +103,29 @@ pub fn enter(mode: SandboxMode, dir: &Path, readonly: bool) -> io::Result<PathBu
             format!("shared directory {} is not a directory", dir.display()),
         ));
     }
-    let c = cstr(&dir)?;
-    match mode {
-        SandboxMode::None => Ok(dir),
-        SandboxMode::Chroot => {
-            // SAFETY: chroot(2)/chdir(2) with a valid NUL-terminated path.
+    if mode == SandboxMode::Namespace {
+        let c = cstr(&dir)?;
+        // SAFETY: unshare(2) takes only flags.
+        check(
+            "a new mount namespace (needs root or CAP_SYS_ADMIN; try --sandbox chroot or none)",
+            unsafe { libc::unshare(libc::CLONE_NEWNS) },
+        )?;
+        let root = c"/".to_owned();
+        // Keep our mounts from propagating back to the host.
+        check(
+            "making mounts private",
+            mount(None, &root, libc::MS_REC | libc::MS_PRIVATE),
+        )?;
+        check(
+            "bind-mounting the shared directory",
+            mount(Some(&c), &c, libc::MS_BIND | libc::MS_REC),
+        )?;
+        if readonly {
             check(
-                "chroot into the shared directory (needs root; try --sandbox none)",
-                unsafe { libc::chroot(c.as_ptr()) },
+                "making the share read-only",
+                mount(None, &c, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY),
             )?;
-            // SAFETY: as above.
-            check("chdir /", unsafe { libc::chdir(c"/".as_ptr()) })?;
-            Ok(PathBuf::from("/"))
-        }
-        SandboxMode::Namespace => {
-            // SAFETY: unshare(2) takes only flags.
-            check(
-                "a new mount namespace (needs root or CAP_SYS_ADMIN; try --sandbox chroot or none)",
-                unsafe { libc::unshare(libc::CLONE_NEWNS) },
-            )?;
-            let root = c"/".to_owned();
-            // Keep our mounts from propagating back to the host.
-            check(
-                "making mounts private",
-                mount(None, &root, libc::MS_REC | libc::MS_PRIVATE),
-            )?;
-            check(
-                "bind-mounting the shared directory",
-                mount(Some(&c), &c, libc::MS_BIND | libc::MS_REC),
-            )?;
-            if readonly {
-                check(
-                    "making the share read-only",
-                    mount(None, &c, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY),
-                )?;
-            }
-            // SAFETY: chdir(2) with a valid path.
-            check("chdir into the share", unsafe { libc::chdir(c.as_ptr()) })?;
-            let dot = c".";
-            // SAFETY: pivot_root(2) through syscall(2) with two valid paths:
-            // the share becomes "/", the old root is stacked on it...
-            check("pivot_root into the share", unsafe {
-                libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int
-            })?;
-            // ...and is then detached, leaving nothing outside the share.
-            // SAFETY: umount2(2) with a valid path.
-            check("detaching the old root", unsafe {
-                libc::umount2(dot.as_ptr(), libc::MNT_DETACH)
-            })?;
-            // SAFETY: chdir(2) with a valid path.
-            check("chdir /", unsafe { libc::chdir(c"/".as_ptr()) })?;
-            Ok(PathBuf::from("/"))
         }
     }
+    Ok(Prepared { mode, dir })
 }

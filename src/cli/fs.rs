@@ -204,9 +204,10 @@ fn serve(a: FsArgs) -> anyhow::Result<()> {
         set_group(path, group)?;
     }
     let _ = ferry_net::sys::raise_nofile_limit(opts.rlimit_nofile);
-    let root = ferry_fs::sandbox::enter(opts.sandbox, &dir, opts.readonly)?;
-    let device = ferry_fs::device::FsDevice::new(&root, &opts)
+    let sandbox = ferry_fs::sandbox::prepare(opts.sandbox, &dir, opts.readonly)?;
+    let device = ferry_fs::device::FsDevice::new(&sandbox.root(), &opts)
         .with_context(|| format!("opening the shared directory {}", dir.display()))?;
+    sandbox.confine()?;
     tracing::info!(dir = %dir.display(), sandbox = ?opts.sandbox, "waiting for the vhost-user front end");
     ferry_fs::vhost_user::serve(&mut listener, device, opts.request_queues)?;
     Ok(())

@@ -6,6 +6,7 @@ mod guest;
 mod gvproxy;
 pub mod net;
 mod run;
+mod share;
 pub mod slirp;
 mod version;
 

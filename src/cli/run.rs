@@ -24,6 +24,7 @@ Examples:
   ferry run -- uname -r
   ferry run --name web -e GREETING=hi -w /tmp -- sh -c 'echo $GREETING from $(hostname)'
   ferry run --memory 1024 --cpus 2 --timeout 60 -- sh -c 'nproc; free -m'
+  ferry run -v .:/src -w /src -- ls
 
 The exit code is the guest command's; 125 means the guest could not start it
 (bad configuration or a failed mount), 127 that the command was not found.";
@@ -54,6 +55,10 @@ pub struct RunArgs {
     /// Extra raw kernel command-line words (repeatable), e.g. `ferry.net=dhcp`.
     #[arg(long, value_name = "WORDS")]
     pub append: Vec<String>,
+    /// Share a host directory into the guest over virtio-fs (repeatable):
+    /// HOST_DIR:GUEST_PATH[:ro].
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
+    pub volume: Vec<super::share::Volume>,
     /// Kill the guest if it runs longer than this many seconds.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -102,11 +107,11 @@ fn guest_mac() -> String {
 struct RunDir(PathBuf);
 
 impl RunDir {
-    fn create() -> anyhow::Result<RunDir> {
+    fn create(what: &str) -> anyhow::Result<RunDir> {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
-        let dir = base.join(format!("ferry-run-{}", std::process::id()));
+        let dir = base.join(format!("ferry-run-{}-{what}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         Ok(RunDir(dir))
@@ -178,7 +183,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         line.key("net", "dhcp");
         Some((None, attach, sock))
     } else {
-        let dir = RunDir::create()?;
+        let dir = RunDir::create("net")?;
         let sock = dir.0.join("net.sock");
         let mut net = super::net::NetArgs::for_vm(sock.clone(), args.dns.clone());
         net.publish = args.publish.clone();
@@ -187,6 +192,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         line.key("net", "dhcp");
         Some((Some(dir), NetAttach::Stream, sock))
     };
+    // Shares: one `ferry fs` each, mounted by guest-init.
+    let share_dir = if args.volume.is_empty() {
+        None
+    } else {
+        Some(RunDir::create("fs")?)
+    };
+    let mut shares = Vec::new();
+    for (n, vol) in args.volume.iter().enumerate() {
+        let dir = share_dir
+            .as_ref()
+            .map(|d| d.0.as_path())
+            .unwrap_or(std::path::Path::new("/"));
+        let server = super::share::ShareServer::start(vol, n, dir)?;
+        let ro = if vol.read_only { ":ro" } else { "" };
+        line.key("mount", &format!("{}:{}{ro}", server.tag, vol.guest));
+        shares.push(server);
+    }
     let mut qemu = QemuConfig::new(image.kernel.path.clone(), image.initrd.clone(), line.build()?);
     qemu.binary = args.qemu.clone();
     qemu.memory_mib = args.memory;
@@ -208,6 +230,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some((_, attach, sock)) = &_net_dir {
         let tcg = qemu.accel == ferry_vmm::Accel::Tcg;
         qemu.device_args.extend(attach.qemu_args(sock, &guest_mac(), tcg));
+    }
+    for share in &shares {
+        qemu.device_args
+            .extend(share.qemu_args(qemu.accel == ferry_vmm::Accel::Tcg));
     }
 
     tracing::debug!(kernel = %image.kernel.release, accel = qemu.accel.as_str(), "booting guest");

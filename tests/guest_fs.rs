@@ -1,0 +1,132 @@
+//! A real Debian-kernel guest under QEMU mounting host directories through
+//! `ferry run -v` (ferry fs as the vhost-user-fs device, the kernel's own
+//! virtiofs driver in the guest).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{require_tool, Ferry};
+use sha2::Digest;
+
+fn share_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-guest-fs-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn sha(data: &[u8]) -> String {
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+#[test]
+fn guest_reads_and_writes_a_shared_directory() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let dir = share_dir("rw");
+    // 100 MiB from the host, and a directory of 10,000 entries.
+    let mut big = vec![0u8; 100 << 20];
+    common::netns::Pattern::new(3).fill(&mut big);
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    std::fs::create_dir(dir.join("many")).unwrap();
+    for i in 0..10_000 {
+        std::fs::write(dir.join("many").join(format!("f{i}")), b"").unwrap();
+    }
+    std::fs::write(dir.join("append.txt"), "one\n").unwrap();
+    std::fs::write(dir.join("trunc.txt"), "0123456789").unwrap();
+    let script = "cd /mnt/s && \
+        sha256sum big.bin | cut -d' ' -f1 && \
+        ls many | wc -l && \
+        echo two >> append.txt && \
+        truncate -s 4 trunc.txt && \
+        echo created > new.txt && cat new.txt && \
+        mv new.txt renamed.txt && \
+        ln renamed.txt hard.txt && ln -s renamed.txt sym.txt && readlink sym.txt && \
+        chmod 600 renamed.txt && chown 1234:5678 hard.txt && \
+        stat -c '%a %u %g %h' renamed.txt && \
+        mkdir -p sub/deeper && rmdir sub/deeper && \
+        rm many/f0 && \
+        dd if=/dev/urandom of=fromguest.bin bs=1M count=100 2>/dev/null && \
+        sha256sum fromguest.bin | cut -d' ' -f1";
+    let out = Ferry::new([
+        "run",
+        "--no-net",
+        "--memory",
+        "768",
+        "-v",
+        &format!("{}:/mnt/s", dir.display()),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+    .timeout(std::time::Duration::from_secs(240))
+    .output();
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], sha(&big), "100 MiB host -> guest");
+    assert_eq!(lines[1], "10000");
+    assert_eq!(lines[2], "created");
+    assert_eq!(lines[3], "renamed.txt");
+    assert_eq!(lines[4], "600 1234 5678 2");
+    // And the host sees exactly what the guest did.
+    assert_eq!(std::fs::read_to_string(dir.join("append.txt")).unwrap(), "one\ntwo\n");
+    assert_eq!(std::fs::read_to_string(dir.join("trunc.txt")).unwrap(), "0123");
+    assert!(!dir.join("new.txt").exists());
+    assert_eq!(std::fs::read_to_string(dir.join("hard.txt")).unwrap(), "created\n");
+    assert_eq!(
+        std::fs::read_link(dir.join("sym.txt")).unwrap(),
+        PathBuf::from("renamed.txt")
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir.join("renamed.txt")).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid(), meta.gid(), meta.nlink()),
+        (0o600, 1234, 5678, 2)
+    );
+    assert!(!dir.join("many/f0").exists());
+    let from_guest = std::fs::read(dir.join("fromguest.bin")).unwrap();
+    assert_eq!(from_guest.len(), 100 << 20);
+    assert_eq!(lines[5], sha(&from_guest), "100 MiB guest -> host");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn read_only_share_refuses_writes_and_nothing_changes() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let dir = share_dir("ro");
+    std::fs::write(dir.join("keep.txt"), "original\n").unwrap();
+    let script = "cat /mnt/r/keep.txt; \
+        echo x > /mnt/r/keep.txt 2>&1; echo write=$?; \
+        touch /mnt/r/new 2>&1; echo create=$?; \
+        rm -f /mnt/r/keep.txt 2>&1; echo rm=$?; \
+        ls /mnt/r";
+    let out = Ferry::new([
+        "run",
+        "--no-net",
+        "-v",
+        &format!("{}:/mnt/r:ro", dir.display()),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+    .output();
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let o = &out.stdout;
+    assert!(o.starts_with("original\n"), "{o}");
+    assert!(o.contains("Read-only file system"), "no EROFS:\n{o}");
+    for op in ["write=1", "create=1", "rm=1"] {
+        assert!(o.contains(op), "{op} missing:\n{o}");
+    }
+    assert_eq!(std::fs::read_to_string(dir.join("keep.txt")).unwrap(), "original\n");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn missing_share_directory_is_a_clear_error() {
+    let out = Ferry::new(["run", "--no-net", "-v", "/nonexistent/ferry-share:/mnt", "--", "true"]).output();
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("/nonexistent/ferry-share"), "{}", out.stderr);
+}
