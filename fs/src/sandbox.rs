@@ -55,10 +55,8 @@ impl Prepared {
             SandboxMode::None => Ok(()),
             SandboxMode::Chroot => {
                 // SAFETY: chroot(2) with a valid NUL-terminated path.
-                check(
-                    "chroot into the shared directory (needs root; try --sandbox none)",
-                    unsafe { libc::chroot(c.as_ptr()) },
-                )?;
+                let rc = unsafe { libc::chroot(c.as_ptr()) };
+                check("chroot into the shared directory (needs root; try --sandbox none)", rc)?;
                 // SAFETY: chdir(2) with a valid path.
                 check("chdir /", unsafe { libc::chdir(c"/".as_ptr()) })
             }
@@ -106,9 +104,10 @@ pub fn prepare(mode: SandboxMode, dir: &Path, readonly: bool) -> io::Result<Prep
     if mode == SandboxMode::Namespace {
         let c = cstr(&dir)?;
         // SAFETY: unshare(2) takes only flags.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNS) };
         check(
             "a new mount namespace (needs root or CAP_SYS_ADMIN; try --sandbox chroot or none)",
-            unsafe { libc::unshare(libc::CLONE_NEWNS) },
+            rc,
         )?;
         let root = c"/".to_owned();
         // Keep our mounts from propagating back to the host.
