@@ -204,3 +204,27 @@ fn vhost_user_guest_gets_a_lease_and_moves_data_both_ways() {
     assert!(net.alive(), "ferry net died");
     std::fs::remove_file(&sock).ok();
 }
+
+/// A guest on `ferry net --listen-vfkit` (one frame per unix datagram, as
+/// vfkit/Virtualization.framework send them), driven by QEMU's dgram
+/// netdev: DHCP, DNS and HTTP to a host service by the host alias.
+#[test]
+fn datagram_guest_gets_a_lease_and_reaches_the_host() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let ns = common::netns::Netns::new();
+    let sock = std::env::temp_dir().join(format!("ferry-vfkit-guest-{}.sock", std::process::id()));
+    let listen = format!("unixgram://{}", sock.display());
+    let _net = common::netns::FerryNet::start(&ns, &["--listen-vfkit", &listen, "--dns-upstream", "127.0.0.1:9"]);
+    let port = http_server("hello over datagrams\n");
+    let script = format!(
+        "ip -4 -o addr show eth0 | awk '{{print \"addr\", $4}}'; \
+         nslookup dg.test 2>&1 | grep -A1 'Name:' | tail -1; \
+         wget -q -O - http://host.container.internal:{port}/"
+    );
+    let out = Ferry::new(["run", "--network", &listen, "--name", "dg", "--", "sh", "-c", &script]).output();
+    std::fs::remove_file(&sock).ok();
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("addr 10.0.2.2/24"), "{}", out.stdout);
+    assert!(out.stdout.contains("Address: 10.0.2.2"), "{}", out.stdout);
+    assert!(out.stdout.ends_with("hello over datagrams\n"), "{}", out.stdout);
+}

@@ -71,8 +71,9 @@ pub struct RunArgs {
     pub pcap: Option<PathBuf>,
     /// Attach to a running `ferry net` instead of starting a network for this
     /// VM (several VMs then share it): unix://PATH for its --listen-qemu
-    /// socket, vhost-user://PATH for a --listen-vhost-user socket.
-    #[arg(long, value_name = "unix://PATH|vhost-user://PATH")]
+    /// socket, vhost-user://PATH for a --listen-vhost-user socket,
+    /// unixgram://PATH for a --listen-vfkit socket (QEMU's dgram netdev).
+    #[arg(long, value_name = "unix://PATH|vhost-user://PATH|unixgram://PATH")]
     pub network: Option<String>,
     /// Run the guest without a network.
     #[arg(long)]
@@ -158,12 +159,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(n) => {
             let (attach, path) = if let Some(p) = n.strip_prefix("vhost-user://") {
                 (NetAttach::VhostUser, p)
+            } else if let Some(p) = n.strip_prefix("unixgram://") {
+                (NetAttach::Datagram, p)
             } else {
                 (NetAttach::Stream, n.strip_prefix("unix://").unwrap_or(""))
             };
             anyhow::ensure!(
                 !path.is_empty(),
-                "--network {n:?}: expected unix://PATH or vhost-user://PATH"
+                "--network {n:?}: expected unix://PATH, vhost-user://PATH or unixgram://PATH"
             );
             anyhow::ensure!(
                 args.publish.is_empty(),
@@ -231,6 +234,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let tcg = qemu.accel == ferry_vmm::Accel::Tcg;
         qemu.device_args.extend(attach.qemu_args(sock, &guest_mac(), tcg));
     }
+    let _dgram_cleanup = DgramCleanup;
     for share in &shares {
         qemu.device_args
             .extend(share.qemu_args(qemu.accel == ferry_vmm::Accel::Tcg));
@@ -286,6 +290,8 @@ enum NetAttach {
     Stream,
     /// `-netdev vhost-user`: ferry works the guest's virtqueues itself.
     VhostUser,
+    /// `-netdev dgram`: one frame per unix datagram, as vfkit sends them.
+    Datagram,
 }
 
 impl NetAttach {
@@ -295,6 +301,19 @@ impl NetAttach {
                 "-netdev".to_string(),
                 format!("stream,id=net0,server=off,addr.type=unix,addr.path={}", sock.display()),
             ],
+            NetAttach::Datagram => {
+                // QEMU's own end needs an address for ferry's replies.
+                let local = dgram_local_path();
+                let _ = std::fs::remove_file(&local);
+                vec![
+                    "-netdev".to_string(),
+                    format!(
+                        "dgram,id=net0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                        local.display(),
+                        sock.display()
+                    ),
+                ]
+            }
             NetAttach::VhostUser => vec![
                 "-chardev".to_string(),
                 format!("socket,id=net0chr,path={}", sock.display()),
@@ -314,5 +333,19 @@ impl NetAttach {
             format!("virtio-net-pci,netdev=net0,mac={mac}{vectors}"),
         ];
         netdev.into_iter().chain(device).collect()
+    }
+}
+
+/// Where QEMU's end of a dgram netdev lives for this run (removed at exit).
+fn dgram_local_path() -> PathBuf {
+    std::env::temp_dir().join(format!("ferry-dgram-{}.sock", std::process::id()))
+}
+
+/// Removes QEMU's dgram socket file when the run ends.
+struct DgramCleanup;
+
+impl Drop for DgramCleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(dgram_local_path());
     }
 }
