@@ -130,3 +130,49 @@ fn missing_share_directory_is_a_clear_error() {
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("/nonexistent/ferry-share"), "{}", out.stderr);
 }
+
+/// Links that point outside the share lead nowhere on the host: the guest
+/// kernel resolves symbolic links itself, inside the guest, and the server
+/// never follows them. A host file next to the share must stay unreadable.
+#[test]
+fn links_out_of_the_share_do_not_reach_host_files() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let dir = share_dir("escape");
+    let secret_name = format!("ferry-host-secret-{}", std::process::id());
+    let secret = dir.parent().unwrap().join(&secret_name);
+    std::fs::write(&secret, "host-only\n").unwrap();
+    std::os::unix::fs::symlink(&secret, dir.join("abs")).unwrap();
+    std::os::unix::fs::symlink(format!("../{secret_name}"), dir.join("rel")).unwrap();
+    std::os::unix::fs::symlink("/", dir.join("root")).unwrap();
+    let script = "cat /mnt/s/abs 2>/dev/null; echo abs=$?; \
+        cat /mnt/s/rel 2>/dev/null; echo rel=$?; \
+        ls /mnt/s/root/ | grep -c ferry-host-secret; \
+        ls /mnt/s/../; \
+        ln -s /proc/sys/kernel/hostname /mnt/s/made-by-guest && cat /mnt/s/made-by-guest";
+    let out = Ferry::new([
+        "run",
+        "--no-net",
+        "--name",
+        "escapee",
+        "-v",
+        &format!("{}:/mnt/s", dir.display()),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+    .output();
+    std::fs::remove_file(&secret).unwrap();
+    let o = &out.stdout;
+    assert!(!o.contains("host-only"), "a host file outside the share was read:\n{o}");
+    assert!(o.contains("abs=1") && o.contains("rel=1"), "{o}\n{}", out.stderr);
+    // The guest's own root and /mnt, not the host's.
+    assert!(o.contains("\n0\ns\n"), "{o}");
+    // A link the guest makes resolves in the guest (its host name).
+    assert!(o.ends_with("escapee\n"), "{o}");
+    assert_eq!(
+        std::fs::read_link(dir.join("made-by-guest")).unwrap(),
+        PathBuf::from("/proc/sys/kernel/hostname")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
