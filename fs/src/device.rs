@@ -68,10 +68,7 @@ impl FsDevice {
             let writer = VirtioFsWriter::new(mem, chain);
             let len = match (reader, writer) {
                 (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
-                    Ok(n) => {
-                        tracing::debug!(reply = n, "FUSE request answered");
-                        n
-                    }
+                    Ok(n) => n,
                     Err(e) => {
                         tracing::debug!(error = %e, "FUSE request failed");
                         0

@@ -1,7 +1,7 @@
 //! `ferry run`: boot a guest, run a command, return its exit code.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -108,11 +108,11 @@ fn guest_mac() -> String {
 struct RunDir(PathBuf);
 
 impl RunDir {
-    fn create(what: &str) -> anyhow::Result<RunDir> {
+    fn create() -> anyhow::Result<RunDir> {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
-        let dir = base.join(format!("ferry-run-{}-{what}", std::process::id()));
+        let dir = base.join(format!("ferry-run-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         Ok(RunDir(dir))
@@ -180,34 +180,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let _net_dir = if args.no_net {
+    // This run's sockets (network, QEMU's datagram end, shares).
+    let run_dir = RunDir::create()?;
+    let net = if args.no_net {
         None
     } else if let Some((attach, sock)) = shared {
         line.key("net", "dhcp");
-        Some((None, attach, sock))
+        Some((attach, sock))
     } else {
-        let dir = RunDir::create("net")?;
-        let sock = dir.0.join("net.sock");
+        let sock = run_dir.0.join("net.sock");
         let mut net = super::net::NetArgs::for_vm(sock.clone(), args.dns.clone());
         net.publish = args.publish.clone();
         net.pcap = args.pcap.clone();
         super::net::spawn_background(net)?;
         line.key("net", "dhcp");
-        Some((Some(dir), NetAttach::Stream, sock))
+        Some((NetAttach::Stream, sock))
     };
     // Shares: one `ferry fs` each, mounted by guest-init.
-    let share_dir = if args.volume.is_empty() {
-        None
-    } else {
-        Some(RunDir::create("fs")?)
-    };
     let mut shares = Vec::new();
     for (n, vol) in args.volume.iter().enumerate() {
-        let dir = share_dir
-            .as_ref()
-            .map(|d| d.0.as_path())
-            .unwrap_or(std::path::Path::new("/"));
-        let server = super::share::ShareServer::start(vol, n, dir)?;
+        let server = super::share::ShareServer::start(vol, n, &run_dir.0)?;
         let ro = if vol.read_only { ":ro" } else { "" };
         line.key("mount", &format!("{}:{}{ro}", server.tag, vol.guest));
         shares.push(server);
@@ -230,14 +222,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     // The NIC is added after the probe, which must not take the network's
     // connection (a vhost-user socket serves one guest).
-    if let Some((_, attach, sock)) = &_net_dir {
-        let tcg = qemu.accel == ferry_vmm::Accel::Tcg;
-        qemu.device_args.extend(attach.qemu_args(sock, &guest_mac(), tcg));
-    }
-    let _dgram_cleanup = DgramCleanup;
-    for share in &shares {
+    if let Some((attach, sock)) = &net {
         qemu.device_args
-            .extend(share.qemu_args(qemu.accel == ferry_vmm::Accel::Tcg));
+            .extend(attach.qemu_args(sock, &run_dir.0, &guest_mac(), qemu.accel));
+    }
+    for share in &shares {
+        qemu.device_args.extend(share.qemu_args(qemu.accel));
     }
 
     tracing::debug!(kernel = %image.kernel.release, accel = qemu.accel.as_str(), "booting guest");
@@ -295,7 +285,8 @@ enum NetAttach {
 }
 
 impl NetAttach {
-    fn qemu_args(self, sock: &std::path::Path, mac: &str, tcg: bool) -> Vec<String> {
+    /// QEMU's NIC arguments; `run_dir` holds QEMU's own datagram end.
+    fn qemu_args(self, sock: &Path, run_dir: &Path, mac: &str, accel: ferry_vmm::Accel) -> Vec<String> {
         let netdev = match self {
             NetAttach::Stream => vec![
                 "-netdev".to_string(),
@@ -303,8 +294,7 @@ impl NetAttach {
             ],
             NetAttach::Datagram => {
                 // QEMU's own end needs an address for ferry's replies.
-                let local = dgram_local_path();
-                let _ = std::fs::remove_file(&local);
+                let local = run_dir.join("qemu-dgram.sock");
                 vec![
                     "-netdev".to_string(),
                     format!(
@@ -321,31 +311,14 @@ impl NetAttach {
                 "vhost-user,id=net0,chardev=net0chr".to_string(),
             ],
         };
-        // QEMU 7.2 under TCG crashes wiring MSI-X vectors to a vhost
-        // back end (no irqfd): use legacy interrupts there.
-        let vectors = if tcg && matches!(self, NetAttach::VhostUser) {
-            ",vectors=0"
-        } else {
-            ""
+        let vectors = match self {
+            NetAttach::VhostUser => accel.vhost_pci_options(),
+            NetAttach::Stream | NetAttach::Datagram => "",
         };
         let device = [
             "-device".to_string(),
             format!("virtio-net-pci,netdev=net0,mac={mac}{vectors}"),
         ];
         netdev.into_iter().chain(device).collect()
-    }
-}
-
-/// Where QEMU's end of a dgram netdev lives for this run (removed at exit).
-fn dgram_local_path() -> PathBuf {
-    std::env::temp_dir().join(format!("ferry-dgram-{}.sock", std::process::id()))
-}
-
-/// Removes QEMU's dgram socket file when the run ends.
-struct DgramCleanup;
-
-impl Drop for DgramCleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(dgram_local_path());
     }
 }

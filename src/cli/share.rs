@@ -106,9 +106,8 @@ impl ShareServer {
     }
 
     /// QEMU's arguments for this share's device.
-    pub fn qemu_args(&self, tcg: bool) -> Vec<String> {
-        // QEMU 7.2 under TCG crashes wiring MSI-X to a vhost back end.
-        let vectors = if tcg { ",vectors=0" } else { "" };
+    pub fn qemu_args(&self, accel: ferry_vmm::Accel) -> Vec<String> {
+        let vectors = accel.vhost_pci_options();
         vec![
             "-chardev".into(),
             format!("socket,id={}chr,path={}", self.tag, self.socket.display()),
