@@ -364,20 +364,16 @@ pub fn push_rx<M: GuestMemory>(queue: &mut Queue, mem: &M, frame: &[u8], neg: Ne
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use ferry_driver::split_queue::{Buffer, SplitQueue};
     use vm_memory::GuestMemoryMmap;
 
     const BUFS: u64 = 0x10_0000;
     const SIZE: u16 = 16;
-    const DESC_TABLE: u64 = 0;
-    const AVAIL: u64 = 0x1000;
-    const USED: u64 = 0x2000;
 
-    /// The driver's half of a split queue, as a guest kernel would keep it.
+    /// A guest's driver: its memory and one split queue.
     struct Driver {
         mem: GuestMemoryMmap,
-        next_desc: u16,
-        avail_idx: u16,
+        queue: SplitQueue,
     }
 
     impl Driver {
@@ -385,59 +381,37 @@ mod tests {
             let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
             Driver {
                 mem,
-                next_desc: 0,
-                avail_idx: 0,
+                queue: SplitQueue::new(0, SIZE),
             }
         }
 
         fn device_queue(&self) -> Queue {
-            let mut q = Queue::new(SIZE).unwrap();
-            q.set_size(SIZE);
-            q.try_set_desc_table_address(GuestAddress(DESC_TABLE)).unwrap();
-            q.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
-            q.try_set_used_ring_address(GuestAddress(USED)).unwrap();
-            q.set_ready(true);
-            q
+            self.queue.device_queue()
         }
 
         /// Offers one chain of `(address, length, device-writable)` buffers.
         fn offer(&mut self, bufs: &[(u64, u32, bool)]) {
-            let head = self.next_desc;
-            for (i, (addr, len, write)) in bufs.iter().enumerate() {
-                let idx = self.next_desc;
-                self.next_desc = (self.next_desc + 1) % SIZE;
-                let mut flags = if *write { VRING_DESC_F_WRITE as u16 } else { 0 };
-                if i + 1 < bufs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                let at = GuestAddress(DESC_TABLE + 16 * u64::from(idx));
-                self.mem.write_obj(*addr, at).unwrap();
-                self.mem.write_obj(*len, at.unchecked_add(8)).unwrap();
-                self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-                self.mem.write_obj(self.next_desc, at.unchecked_add(14)).unwrap();
-            }
-            let slot = u64::from(self.avail_idx % SIZE);
-            self.mem.write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot)).unwrap();
-            self.avail_idx = self.avail_idx.wrapping_add(1);
-            self.mem.write_obj(self.avail_idx, GuestAddress(AVAIL + 2)).unwrap();
+            let bufs: Vec<Buffer> = bufs
+                .iter()
+                .map(|&(addr, len, device_writes)| Buffer {
+                    addr,
+                    len,
+                    device_writes,
+                })
+                .collect();
+            self.queue.offer(&self.mem, &bufs).unwrap();
         }
 
         fn used_idx(&self) -> u16 {
-            self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+            self.queue.used_idx(&self.mem)
         }
 
-        fn used(&self, n: u64) -> (u32, u32) {
-            let at = GuestAddress(USED + 4 + 8 * n);
-            (
-                self.mem.read_obj(at).unwrap(),
-                self.mem.read_obj(at.unchecked_add(4)).unwrap(),
-            )
+        fn used(&self, n: u16) -> (u32, u32) {
+            self.queue.used(&self.mem, n)
         }
 
         fn set_used_event(&self, v: u16) {
-            self.mem
-                .write_obj(v, GuestAddress(AVAIL + 4 + 2 * u64::from(SIZE)))
-                .unwrap();
+            self.queue.set_used_event(&self.mem, v);
         }
     }
 
