@@ -67,7 +67,10 @@ impl Backend {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !socket.exists() {
             if let Ok(Some(status)) = process.child.try_wait() {
-                panic!("the back end exited ({status}) before listening on {}", socket.display());
+                panic!(
+                    "the back end exited ({status}) before listening on {}",
+                    socket.display()
+                );
             }
             assert!(Instant::now() < deadline, "no socket at {}", socket.display());
             std::thread::sleep(Duration::from_millis(20));
@@ -75,8 +78,11 @@ impl Backend {
         Backend { process, socket }
     }
 
-    fn connect(&self) -> FuseClient {
-        FuseClient::connect(&self.socket).expect("connecting the FUSE driver").0
+    fn connect(&mut self) -> FuseClient {
+        match FuseClient::connect(&self.socket) {
+            Ok((client, _)) => client,
+            Err(e) => panic!("connecting the FUSE driver: {e}; back end said: {}", self.stderr()),
+        }
     }
 
     /// Still running (a panic or a crash would have ended it).
@@ -102,7 +108,11 @@ impl Backend {
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    let out = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().ok()?;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .ok()?;
     let home_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin").join(name));
     if out.status.success() {
         return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
@@ -122,7 +132,10 @@ fn round_trip(client: &mut FuseClient, share: &Path) {
     std::fs::write(share.join("hello.txt"), b"hello from the host\n").unwrap();
     let hello = client.lookup(ROOT, b"hello.txt").unwrap();
     assert_eq!(hello.attr.size, 20);
-    assert_eq!(client.getattr(hello.nodeid).unwrap().ino, std::fs::metadata(share.join("hello.txt")).unwrap().ino());
+    assert_eq!(
+        client.getattr(hello.nodeid).unwrap().ino,
+        std::fs::metadata(share.join("hello.txt")).unwrap().ino()
+    );
     let fh = client.open(hello.nodeid, libc::O_RDONLY).unwrap();
     assert_eq!(client.read(hello.nodeid, fh, 6, 100).unwrap(), b"from the host\n");
     client.release(hello.nodeid, fh).unwrap();
@@ -139,7 +152,10 @@ fn round_trip(client: &mut FuseClient, share: &Path) {
     let host = std::fs::read(share.join("new.bin")).unwrap();
     assert_eq!(host.len(), 4096 + (1 << 20));
     assert_eq!(&host[4096..], &big[..]);
-    assert_eq!(std::fs::metadata(share.join("new.bin")).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        std::fs::metadata(share.join("new.bin")).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
 
     // setattr: chmod and truncate
     let set = SetattrIn {
@@ -164,7 +180,10 @@ fn round_trip(client: &mut FuseClient, share: &Path) {
     assert_eq!(std::fs::metadata(share.join("hard.bin")).unwrap().nlink(), 2);
     let sym = client.symlink(ROOT, b"sym", b"dir/moved.bin").unwrap();
     assert_eq!(client.readlink(sym.nodeid).unwrap(), b"dir/moved.bin");
-    assert_eq!(std::fs::read_link(share.join("sym")).unwrap(), Path::new("dir/moved.bin"));
+    assert_eq!(
+        std::fs::read_link(share.join("sym")).unwrap(),
+        Path::new("dir/moved.bin")
+    );
 
     // readdirplus sees every entry with its attributes
     let mut names: Vec<String> = client
@@ -203,7 +222,7 @@ fn round_trip(client: &mut FuseClient, share: &Path) {
 #[test]
 fn ferry_fs_answers_every_common_request() {
     let share = tempdir("ops");
-    let server = Backend::ferry(&share, "none", &["--xattr"]);
+    let mut server = Backend::ferry(&share, "none", &["--xattr"]);
     let mut client = server.connect();
     round_trip(&mut client, &share);
 }
@@ -213,10 +232,457 @@ fn ferry_fs_answers_every_common_request() {
 #[test]
 fn driver_round_trip_also_passes_against_virtiofsd() {
     let share = tempdir("vfsd");
-    let Some(server) = Backend::virtiofsd(&share) else {
+    let Some(mut server) = Backend::virtiofsd(&share) else {
         eprintln!("SKIP: virtiofsd is not installed (cargo install virtiofsd)");
         return;
     };
     let mut client = server.connect();
     round_trip(&mut client, &share);
+}
+
+/// Names, modes, sizes and contents of everything under `dir`.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let data = if m.is_file() {
+                std::fs::read(&p).unwrap()
+            } else {
+                Vec::new()
+            };
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push((p, m.mode(), m.len(), data));
+        }
+    }
+    out.sort();
+    out
+}
+
+const S_IFMT: u32 = 0o170000;
+const S_IFLNK: u32 = 0o120000;
+
+/// Every way a guest could try to reach outside the share, in one sandbox
+/// mode. The guest only has names and node ids; the server must never
+/// resolve a name or a symlink to something outside the shared directory.
+fn escape_suite(sandbox: &str) {
+    let base = tempdir(&format!("escape-{sandbox}"));
+    let share = base.join("share");
+    let outside = base.join("outside");
+    std::fs::create_dir_all(share.join("subdir")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), b"SECRET").unwrap();
+    std::fs::set_permissions(outside.join("secret.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(share.join("inside.txt"), b"inside").unwrap();
+    let secret = outside.join("secret.txt");
+    let links: Vec<(&str, String)> = vec![
+        ("abs", secret.display().to_string()),
+        ("rel", "../outside/secret.txt".into()),
+        ("updir", "..".into()),
+        ("outdir", "../outside".into()),
+        ("hostroot", "/".into()),
+        ("proc_root", format!("/proc/self/root{}", secret.display())),
+        ("proc_cwd", "/proc/self/cwd".into()),
+        ("proc_fd", "/proc/self/fd/0".into()),
+    ];
+    for (name, target) in &links {
+        std::os::unix::fs::symlink(target, share.join(name)).unwrap();
+    }
+    let before = snapshot(&outside);
+    let share_ino = std::fs::metadata(&share).unwrap().ino();
+
+    let mut server = Backend::ferry(&share, sandbox, &[]);
+    let mut c = server.connect();
+
+    // ".." never leaves the share's root, from the root or below it.
+    if let Ok(up) = c.lookup(ROOT, b"..") {
+        assert_eq!(up.attr.ino, share_ino, "[{sandbox}] LOOKUP(root, ..) left the share");
+        assert_eq!(errno(c.lookup(up.nodeid, b"outside")), libc::ENOENT, "[{sandbox}]");
+    }
+    let sub = c.lookup(ROOT, b"subdir").unwrap();
+    let up = c.lookup(sub.nodeid, b"..").unwrap();
+    assert_eq!(up.attr.ino, share_ino, "[{sandbox}] LOOKUP(subdir, ..)");
+    if let Ok(upup) = c.lookup(up.nodeid, b"..") {
+        assert_eq!(upup.attr.ino, share_ino, "[{sandbox}] LOOKUP(.., ..) left the share");
+    }
+    // Names with a slash are never paths.
+    for name in [
+        &b"../outside"[..],
+        b"../outside/secret.txt",
+        b"/etc",
+        b"subdir/../..",
+        b"",
+    ] {
+        assert!(
+            c.lookup(ROOT, name).is_err(),
+            "[{sandbox}] LOOKUP {:?}",
+            String::from_utf8_lossy(name)
+        );
+    }
+
+    // Symlinks are answered as symlinks and never followed by the server.
+    for (name, target) in &links {
+        let e = c.lookup(ROOT, name.as_bytes()).unwrap();
+        assert_eq!(e.attr.mode & S_IFMT, S_IFLNK, "[{sandbox}] {name} was followed");
+        assert_eq!(c.readlink(e.nodeid).unwrap(), target.as_bytes());
+        for flags in [libc::O_RDONLY, libc::O_RDWR, libc::O_WRONLY | libc::O_TRUNC] {
+            if let Ok(fh) = c.open(e.nodeid, flags) {
+                let got = c.read(e.nodeid, fh, 0, 64).unwrap_or_default();
+                assert_ne!(got, b"SECRET", "[{sandbox}] OPEN {name} read the outside file");
+                panic!("[{sandbox}] OPEN of symlink {name} succeeded");
+            }
+        }
+        assert!(c.opendir(e.nodeid).is_err(), "[{sandbox}] OPENDIR {name}");
+        assert!(
+            c.lookup(e.nodeid, b"secret.txt").is_err(),
+            "[{sandbox}] LOOKUP through {name}"
+        );
+        let _ = c.create(e.nodeid, b"planted", libc::O_RDWR, 0o644);
+        let _ = c.mkdir(e.nodeid, b"planted-dir", 0o755);
+        let chmod = SetattrIn {
+            valid: FATTR_MODE,
+            mode: 0o100777,
+            ..Default::default()
+        };
+        let _ = c.setattr(e.nodeid, &chmod);
+        let truncate = SetattrIn {
+            valid: FATTR_SIZE,
+            size: 0,
+            ..Default::default()
+        };
+        let _ = c.setattr(e.nodeid, &truncate);
+        let _ = c.setxattr(e.nodeid, b"user.planted", b"1");
+        // A hard link to the link is a link to the symlink itself.
+        if let Ok(hl) = c.link(e.nodeid, ROOT, format!("hl-{name}").as_bytes()) {
+            assert_eq!(
+                hl.attr.mode & S_IFMT,
+                S_IFLNK,
+                "[{sandbox}] LINK {name} linked the target"
+            );
+        }
+    }
+
+    // Creating, renaming and linking only ever take plain names.
+    let inside = c.lookup(ROOT, b"inside.txt").unwrap();
+    for bad in [&b".."[..], b".", b"../escaped", b"a/b", b"/tmp/escaped", b""] {
+        let what = String::from_utf8_lossy(bad);
+        assert!(
+            c.create(ROOT, bad, libc::O_RDWR, 0o644).is_err(),
+            "[{sandbox}] CREATE {what}"
+        );
+        assert!(c.mkdir(ROOT, bad, 0o755).is_err(), "[{sandbox}] MKDIR {what}");
+        assert!(c.symlink(ROOT, bad, b"x").is_err(), "[{sandbox}] SYMLINK {what}");
+        assert!(c.link(inside.nodeid, ROOT, bad).is_err(), "[{sandbox}] LINK {what}");
+        assert!(
+            c.rename(ROOT, b"inside.txt", ROOT, bad).is_err(),
+            "[{sandbox}] RENAME to {what}"
+        );
+        assert!(
+            c.rename(ROOT, bad, ROOT, b"x").is_err(),
+            "[{sandbox}] RENAME from {what}"
+        );
+        assert!(c.unlink(ROOT, bad).is_err(), "[{sandbox}] UNLINK {what}");
+    }
+    // Through the symlinked directory: a rename or link "into" it is a
+    // rename onto the symlink's node, which is not a directory.
+    let outdir = c.lookup(ROOT, b"outdir").unwrap();
+    assert!(
+        c.rename(ROOT, b"inside.txt", outdir.nodeid, b"moved").is_err(),
+        "[{sandbox}] RENAME into outdir"
+    );
+    assert!(
+        c.link(inside.nodeid, outdir.nodeid, b"linked").is_err(),
+        "[{sandbox}] LINK into outdir"
+    );
+
+    // Node ids the server never handed out.
+    for bogus in [0u64, 2, 0xdead_beef, u64::MAX] {
+        if bogus == 2 && c.getattr(2).is_ok() {
+            continue; // a real id on this server
+        }
+        assert!(c.getattr(bogus).is_err(), "[{sandbox}] GETATTR {bogus:#x}");
+        assert!(
+            c.lookup(bogus, b"secret.txt").is_err(),
+            "[{sandbox}] LOOKUP under {bogus:#x}"
+        );
+        assert!(c.open(bogus, libc::O_RDONLY).is_err(), "[{sandbox}] OPEN {bogus:#x}");
+        assert!(
+            c.link(bogus, ROOT, b"stolen").is_err(),
+            "[{sandbox}] LINK from {bogus:#x}"
+        );
+        assert!(
+            c.rename(ROOT, b"inside.txt", bogus, b"x").is_err(),
+            "[{sandbox}] RENAME to dir {bogus:#x}"
+        );
+    }
+
+    // The host swaps a directory the guest holds for a symlink out: the
+    // server keeps using the directory it opened, never the new link.
+    std::fs::rename(share.join("subdir"), share.join("subdir.old")).unwrap();
+    std::os::unix::fs::symlink("../outside", share.join("subdir")).unwrap();
+    assert_eq!(
+        errno(c.lookup(sub.nodeid, b"secret.txt")),
+        libc::ENOENT,
+        "[{sandbox}] swapped dir"
+    );
+    assert!(c.create(sub.nodeid, b"after-swap", libc::O_RDWR, 0o644).is_ok());
+    assert!(
+        share.join("subdir.old/after-swap").exists(),
+        "[{sandbox}] CREATE went elsewhere"
+    );
+
+    server.assert_alive();
+    assert_eq!(
+        before,
+        snapshot(&outside),
+        "[{sandbox}] something outside the share changed"
+    );
+    assert!(!base.join("escaped").exists() && !Path::new("/tmp/escaped").exists());
+    let err = server.stderr();
+    assert!(!err.contains("panicked"), "[{sandbox}] {err}");
+}
+
+#[test]
+fn escape_suite_sandbox_namespace() {
+    escape_suite("namespace");
+}
+
+#[test]
+fn escape_suite_sandbox_chroot() {
+    escape_suite("chroot");
+}
+
+#[test]
+fn escape_suite_sandbox_none() {
+    escape_suite("none");
+}
+
+/// FUSE requests no kernel would send: each gets an error reply (or is
+/// dropped), and the server keeps answering well-formed requests.
+#[test]
+fn malformed_fuse_requests_get_errors_and_the_server_keeps_serving() {
+    use ferry_driver::fuse::header;
+    use ferry_driver::split_queue::Buffer;
+    let share = tempdir("malformed");
+    std::fs::write(share.join("f"), vec![7u8; 8192]).unwrap();
+    let mut server = Backend::ferry(&share, "none", &["--xattr"]);
+    let mut c = server.connect();
+    let f = c.lookup(ROOT, b"f").unwrap();
+    let fh = c.open(f.nodeid, libc::O_RDWR).unwrap();
+    let fh_bytes = fh.to_ne_bytes();
+
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("len beyond the bytes sent", header(4096, 3, 1, ROOT)),
+        ("len shorter than a header", header(8, 3, 2, ROOT)),
+        ("len zero", header(0, 3, 3, ROOT)),
+        ("unknown opcode", header(40, 9999, 4, ROOT)),
+        ("opcode zero", header(40, 0, 5, ROOT)),
+        ("half a header", header(40, 3, 6, ROOT)[..20].to_vec()),
+        (
+            "second INIT",
+            [
+                header(56, 26, 7, 0),
+                vec![7, 0, 0, 0, 31, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0],
+            ]
+            .concat(),
+        ),
+    ];
+    // LOOKUP whose name has no NUL; a name longer than any path.
+    cases.push(("name without NUL", [header(43, 1, 8, ROOT), b"abc".to_vec()].concat()));
+    let long = vec![b'a'; 70_000];
+    cases.push((
+        "name of 70000 bytes",
+        [header(40 + long.len() as u32 + 1, 1, 9, ROOT), long.clone(), vec![0]].concat(),
+    ));
+    // READ of 4 GiB - 1 and READDIRPLUS of the same into a 2 MiB buffer.
+    let read = |op: u32, unique: u64, size: u32| {
+        let mut body = fh_bytes.to_vec();
+        body.extend_from_slice(&0u64.to_ne_bytes());
+        body.extend_from_slice(&size.to_ne_bytes());
+        body.extend_from_slice(&[0u8; 20]);
+        [header(40 + body.len() as u32, op, unique, f.nodeid), body].concat()
+    };
+    cases.push(("READ of 4 GiB", read(15, 10, u32::MAX)));
+    cases.push(("READDIRPLUS of 4 GiB", read(44, 11, u32::MAX)));
+    // WRITE that claims 1 GiB of data and carries 10 bytes.
+    let mut body = fh_bytes.to_vec();
+    body.extend_from_slice(&0u64.to_ne_bytes());
+    body.extend_from_slice(&(1u32 << 30).to_ne_bytes());
+    body.extend_from_slice(&[0u8; 20]);
+    body.extend_from_slice(b"0123456789");
+    cases.push((
+        "WRITE claiming 1 GiB",
+        [header(40 + body.len() as u32, 16, 12, f.nodeid), body].concat(),
+    ));
+    // SETXATTR whose value size is larger than what follows.
+    let mut body = (1u32 << 31).to_ne_bytes().to_vec();
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    body.extend_from_slice(b"user.x\0v");
+    cases.push((
+        "SETXATTR size beyond the request",
+        [header(40 + body.len() as u32, 21, 13, f.nodeid), body].concat(),
+    ));
+    // BATCH_FORGET announcing 2^32-1 entries; FORGET of ids never given out.
+    let body = [u32::MAX.to_ne_bytes(), 0u32.to_ne_bytes()].concat();
+    cases.push(("BATCH_FORGET of 4 G entries", [header(48, 42, 14, 0), body].concat()));
+    cases.push((
+        "FORGET bogus id",
+        [header(48, 2, 15, 0xdead), u64::MAX.to_ne_bytes().to_vec()].concat(),
+    ));
+    cases.push((
+        "FORGET root a billion times",
+        [header(48, 2, 16, ROOT), 1_000_000_000u64.to_ne_bytes().to_vec()].concat(),
+    ));
+
+    for (what, req) in &cases {
+        let reply = c.raw(req, 2 << 20);
+        if let Ok((error, body)) = &reply {
+            assert!(*error <= 0, "{what}: error {error}");
+            assert!(body.len() <= 2 << 20, "{what}: {} bytes", body.len());
+        }
+        assert!(c.getattr(ROOT).is_ok(), "after {what}: the server stopped answering");
+    }
+    // The file is intact: the bad WRITE wrote at most the 10 bytes it had.
+    let data = std::fs::read(share.join("f")).unwrap();
+    assert_eq!(data.len(), 8192);
+    assert!(data[10..].iter().all(|&b| b == 7));
+
+    // Chains no driver should build: a reply buffer too small for a
+    // header, no reply buffer at all, buffers outside guest memory, a
+    // zero-length request.
+    let req_at = c.stage_request(&header(40, 3, 99, ROOT)).unwrap();
+    let chains: Vec<(&str, Vec<Buffer>)> = vec![
+        (
+            "reply of 4 bytes",
+            vec![Buffer::readable(req_at, 40), Buffer::writable(req_at + 4096, 4)],
+        ),
+        ("no reply buffer", vec![Buffer::readable(req_at, 40)]),
+        (
+            "request outside memory",
+            vec![Buffer::readable(1 << 40, 40), Buffer::writable(req_at + 4096, 4096)],
+        ),
+        (
+            "reply outside memory",
+            vec![Buffer::readable(req_at, 40), Buffer::writable(u64::MAX - 100, 4096)],
+        ),
+        (
+            "reply across the end of memory",
+            vec![Buffer::readable(req_at, 40), Buffer::writable(req_at, u32::MAX)],
+        ),
+        (
+            "empty request",
+            vec![Buffer::readable(req_at, 0), Buffer::writable(req_at + 4096, 4096)],
+        ),
+        ("writable only", vec![Buffer::writable(req_at + 4096, 4096)]),
+    ];
+    for (what, chain) in &chains {
+        let written = c.raw_chain(chain).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(written <= 4096, "{what}: {written} bytes");
+        assert!(c.getattr(ROOT).is_ok(), "after {what}: the server stopped answering");
+    }
+    server.assert_alive();
+    let err = server.stderr();
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Control messages a front end should never send: the connection ends
+/// with an error message, never a crash.
+#[test]
+fn malformed_vhost_user_messages_end_the_connection_cleanly() {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
+    let msg = |code: u32, body: &[u8]| {
+        let mut m = code.to_le_bytes().to_vec();
+        m.extend_from_slice(&1u32.to_le_bytes());
+        m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    let owner = msg(3, &[]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unknown request", msg(9999, &[])),
+        (
+            "body of 256 MiB announced",
+            [0u32.to_le_bytes(), 1u32.to_le_bytes(), 0x1000_0000u32.to_le_bytes()].concat(),
+        ),
+        ("half a header", owner[..6].to_vec()),
+        (
+            "memory table without fds",
+            [
+                owner.clone(),
+                msg(
+                    5,
+                    &[
+                        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                        0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    ],
+                ),
+            ]
+            .concat(),
+        ),
+        ("vring 50", [owner.clone(), msg(8, &[50, 0, 0, 0, 0, 1, 0, 0])].concat()),
+        (
+            "vring size 65535",
+            [owner.clone(), msg(8, &[1, 0, 0, 0, 0xff, 0xff, 0, 0])].concat(),
+        ),
+        (
+            "vring address with no memory",
+            [
+                owner.clone(),
+                msg(
+                    9,
+                    &[
+                        1, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0x30, 0, 0, 0,
+                        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    ],
+                ),
+            ]
+            .concat(),
+        ),
+        (
+            "kick without fd",
+            [owner.clone(), msg(12, &1u64.to_le_bytes())].concat(),
+        ),
+    ];
+    for (i, (what, bytes)) in cases.iter().enumerate() {
+        let share = tempdir(&format!("vu-{i}"));
+        let mut server = Backend::ferry(&share, "none", &[]);
+        let mut sock = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
+        let _ = sock.write_all(bytes);
+        drop(sock);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = server.process.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the back end neither served nor exited"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = server.stderr();
+        assert_eq!(status.signal(), None, "{what}: killed by a signal: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+    }
+}
+
+/// A memory table that claims more memory than its file holds: the back
+/// end refuses it instead of dying of SIGBUS on the first access.
+#[test]
+fn memory_table_larger_than_its_file_is_refused() {
+    use ferry_driver::vhost_user::VhostUserDevice;
+    use std::os::unix::process::ExitStatusExt;
+    let share = tempdir("lying-memory");
+    let mut server = Backend::ferry(&share, "none", &[]);
+    let result = VhostUserDevice::connect_advertising(&server.socket, 2, 1 << 20, 1 << 30, 0);
+    assert!(result.is_err(), "the back end accepted 1 GiB of memory backed by 1 MiB");
+    let status = server.process.child.wait().unwrap();
+    let err = server.stderr();
+    assert_eq!(status.signal(), None, "{err}");
+    assert!(err.contains("claims"), "the error does not say what was wrong: {err}");
 }

@@ -9,11 +9,10 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-pub use fuse_backend_rs::abi::fuse_abi::{Attr, EntryOut, InitOut, Kstatfs, SetattrIn};
+pub use fuse_backend_rs::abi::fuse_abi::{Attr, EntryOut, InitOut, Kstatfs, Opcode, SetattrIn};
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, Direntplus, FsyncIn, GetattrIn, GetxattrIn, InHeader, InitIn, LinkIn, MkdirIn,
-    Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn, RenameIn, SetxattrIn, StatfsOut, WriteIn,
-    WriteOut,
+    AttrOut, CreateIn, Direntplus, FsyncIn, GetattrIn, GetxattrIn, InHeader, InitIn, LinkIn, MkdirIn, OpenIn, OpenOut,
+    OutHeader, ReadIn, ReleaseIn, RenameIn, SetxattrIn, StatfsOut, WriteIn, WriteOut,
 };
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
@@ -33,6 +32,20 @@ pub const FATTR_MODE: u32 = 0x1;
 pub const FATTR_UID: u32 = 0x2;
 pub const FATTR_GID: u32 = 0x4;
 pub const FATTR_SIZE: u32 = 0x8;
+
+/// A FUSE request header as bytes, with any `len` (for malformed
+/// requests; [`FuseClient::call`] builds correct ones itself).
+pub fn header(len: u32, opcode: u32, unique: u64, nodeid: u64) -> Vec<u8> {
+    InHeader {
+        len,
+        opcode,
+        unique,
+        nodeid,
+        ..Default::default()
+    }
+    .as_slice()
+    .to_vec()
+}
 
 /// One entry of a READDIRPLUS reply.
 #[derive(Clone, Debug)]
@@ -111,7 +124,13 @@ impl FuseClient {
         } else {
             BUF_CAP
         };
-        let (error, reply) = self.raw(&req, reply_cap)?;
+        let (error, unique, reply) = self.exchange(&req, reply_cap)?;
+        if reply_cap > 0 && unique != self.unique {
+            return Err(io::Error::other(format!(
+                "reply for request {unique}, expected {}",
+                self.unique
+            )));
+        }
         if error != 0 {
             return Err(io::Error::from_raw_os_error(-error));
         }
@@ -122,8 +141,15 @@ impl FuseClient {
     /// reply buffer of `reply_cap` bytes; returns (error, body). A reply
     /// the back end did not write (length 0) is error EIO.
     pub fn raw(&mut self, request: &[u8], reply_cap: u32) -> io::Result<(i32, Vec<u8>)> {
+        self.exchange(request, reply_cap).map(|(error, _, body)| (error, body))
+    }
+
+    fn exchange(&mut self, request: &[u8], reply_cap: u32) -> io::Result<(i32, u64, Vec<u8>)> {
         if request.len() > BUF_CAP as usize {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "request over the driver's buffer"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "request over the driver's buffer",
+            ));
         }
         let mem = self.dev.memory();
         mem.write_slice(request, GuestAddress(self.req_addr))
@@ -139,10 +165,12 @@ impl FuseClient {
         };
         let (used_head, written) = self.dev.complete(queue, TIMEOUT)?;
         if used_head != u32::from(head) {
-            return Err(io::Error::other(format!("back end returned chain {used_head}, expected {head}")));
+            return Err(io::Error::other(format!(
+                "back end returned chain {used_head}, expected {head}"
+            )));
         }
         if reply_cap == 0 {
-            return Ok((0, Vec::new()));
+            return Ok((0, 0, Vec::new()));
         }
         self.read_reply(written)
     }
@@ -154,33 +182,37 @@ impl FuseClient {
         let head = self.dev.submit(REQUEST_QUEUE, bufs)?;
         let (used_head, written) = self.dev.complete(REQUEST_QUEUE, TIMEOUT)?;
         if used_head != u32::from(head) {
-            return Err(io::Error::other(format!("back end returned chain {used_head}, expected {head}")));
+            return Err(io::Error::other(format!(
+                "back end returned chain {used_head}, expected {head}"
+            )));
         }
         Ok(written)
     }
 
-    /// Guest address of the driver's request buffer (for raw chains).
-    pub fn request_buffer(&self) -> u64 {
-        self.req_addr
+    /// Puts `request` in the driver's request buffer and returns its guest
+    /// address (for raw chains).
+    pub fn stage_request(&mut self, request: &[u8]) -> io::Result<u64> {
+        self.dev
+            .memory()
+            .write_slice(request, GuestAddress(self.req_addr))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(self.req_addr)
     }
 
-    fn read_reply(&mut self, written: u32) -> io::Result<(i32, Vec<u8>)> {
+    fn read_reply(&mut self, written: u32) -> io::Result<(i32, u64, Vec<u8>)> {
         let hdr_len = std::mem::size_of::<OutHeader>();
         if (written as usize) < hdr_len {
-            return Ok((-libc::EIO, Vec::new()));
+            return Ok((-libc::EIO, self.unique, Vec::new()));
         }
         let mem = self.dev.memory();
         let out: OutHeader = mem
             .read_obj(GuestAddress(self.reply_addr))
             .map_err(|e| io::Error::other(e.to_string()))?;
-        if out.unique != self.unique {
-            return Err(io::Error::other(format!("reply for request {}, expected {}", out.unique, self.unique)));
-        }
         let body_len = (out.len as usize).min(written as usize).saturating_sub(hdr_len);
         let mut body = vec![0u8; body_len];
         mem.read_slice(&mut body, GuestAddress(self.reply_addr + hdr_len as u64))
             .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok((out.error, body))
+        Ok((out.error, out.unique, body))
     }
 
     fn init(&mut self) -> io::Result<InitOut> {

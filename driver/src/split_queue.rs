@@ -107,7 +107,11 @@ impl SplitQueue {
         for (i, buf) in bufs.iter().enumerate() {
             let idx = self.next_desc;
             self.next_desc = (self.next_desc + 1) % self.size;
-            let mut flags = if buf.device_writes { VRING_DESC_F_WRITE as u16 } else { 0 };
+            let mut flags = if buf.device_writes {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
             if i + 1 < bufs.len() {
                 flags |= VRING_DESC_F_NEXT as u16;
             }

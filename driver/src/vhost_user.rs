@@ -12,7 +12,7 @@ use std::time::Duration;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::split_queue::{Buffer, SplitQueue};
@@ -58,12 +58,27 @@ impl VhostUserDevice {
     /// PROTOCOL_FEATURES) and starts `queues` queues over `mem_size` bytes
     /// of guest memory.
     pub fn connect(socket: &Path, queues: usize, mem_size: u64, features: u64) -> io::Result<VhostUserDevice> {
+        Self::connect_advertising(socket, queues, mem_size, mem_size, features)
+    }
+
+    /// As [`connect`](Self::connect), but tells the back end the memory is
+    /// `advertised` bytes long (a lie, when it differs: for tests of back
+    /// ends facing a hostile front end).
+    pub fn connect_advertising(
+        socket: &Path,
+        queues: usize,
+        mem_size: u64,
+        advertised: u64,
+        features: u64,
+    ) -> io::Result<VhostUserDevice> {
         let mut frontend = Frontend::connect(socket, queues as u64).map_err(vhost_err("connect"))?;
         frontend.set_owner().map_err(vhost_err("SET_OWNER"))?;
         let offered = frontend.get_features().map_err(vhost_err("GET_FEATURES"))?;
         let wanted = VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | features;
         if offered & VIRTIO_F_VERSION_1 == 0 {
-            return Err(io::Error::other(format!("back end offers no VIRTIO_F_VERSION_1 ({offered:#x})")));
+            return Err(io::Error::other(format!(
+                "back end offers no VIRTIO_F_VERSION_1 ({offered:#x})"
+            )));
         }
         frontend
             .set_features(offered & wanted)
@@ -85,13 +100,12 @@ impl VhostUserDevice {
             Some(FileOffset::new(file, 0)),
         )])
         .map_err(|e| io::Error::other(format!("mapping guest memory: {e}")))?;
-        let region = mem.find_region(GuestAddress(0)).expect("the one region");
         let host_base = mem
             .get_host_address(GuestAddress(0))
             .map_err(|e| io::Error::other(format!("guest memory address: {e}")))? as u64;
         let info = VhostUserMemoryRegionInfo {
             guest_phys_addr: 0,
-            memory_size: region.len(),
+            memory_size: advertised,
             userspace_addr: host_base,
             mmap_offset: 0,
             mmap_handle: region_fd,
@@ -105,7 +119,9 @@ impl VhostUserDevice {
             let (desc, avail, used) = ring.addresses();
             let kick = EventFd::new(EFD_NONBLOCK)?;
             let call = EventFd::new(EFD_NONBLOCK)?;
-            frontend.set_vring_num(q, QUEUE_SIZE).map_err(vhost_err("SET_VRING_NUM"))?;
+            frontend
+                .set_vring_num(q, QUEUE_SIZE)
+                .map_err(vhost_err("SET_VRING_NUM"))?;
             let config = VringConfigData {
                 queue_max_size: QUEUE_SIZE,
                 queue_size: QUEUE_SIZE,
@@ -115,7 +131,9 @@ impl VhostUserDevice {
                 avail_ring_addr: host_base + avail,
                 log_addr: None,
             };
-            frontend.set_vring_addr(q, &config).map_err(vhost_err("SET_VRING_ADDR"))?;
+            frontend
+                .set_vring_addr(q, &config)
+                .map_err(vhost_err("SET_VRING_ADDR"))?;
             frontend.set_vring_base(q, 0).map_err(vhost_err("SET_VRING_BASE"))?;
             frontend.set_vring_call(q, &call).map_err(vhost_err("SET_VRING_CALL"))?;
             frontend.set_vring_kick(q, &kick).map_err(vhost_err("SET_VRING_KICK"))?;
@@ -126,6 +144,10 @@ impl VhostUserDevice {
             }
             handles.push(QueueHandle { ring, kick, call });
         }
+        // The messages above have no replies: the back end may still be
+        // working through them. A message that has one returns only after
+        // they are done, so a first kick cannot find a queue not yet enabled.
+        frontend.get_features().map_err(vhost_err("GET_FEATURES"))?;
         Ok(VhostUserDevice {
             frontend,
             mem,
@@ -176,7 +198,10 @@ impl VhostUserDevice {
                 // One last look: a back end that does not signal (or
                 // signals late) still may have answered.
                 return handle.ring.pop_used(&self.mem).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::TimedOut, format!("no reply on queue {q} within {timeout:?}"))
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no reply on queue {q} within {timeout:?}"),
+                    )
                 });
             }
             let _ = handle.call.read();

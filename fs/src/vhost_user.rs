@@ -11,7 +11,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
@@ -84,6 +84,7 @@ impl VhostUserBackendMut for FsBackend {
     }
 
     fn update_memory(&mut self, mem: Memory) -> io::Result<()> {
+        check_regions_backed(&mem.memory())?;
         self.mem = Some(mem);
         Ok(())
     }
@@ -107,6 +108,26 @@ impl VhostUserBackendMut for FsBackend {
             .ok_or_else(|| io::Error::other(format!("kick for queue {queue}, which does not exist")))?;
         self.process(vring)
     }
+}
+
+/// Refuses a memory table whose regions run past the end of the files
+/// backing them: touching such a page would kill this process with SIGBUS
+/// instead of failing one request.
+fn check_regions_backed(mem: &GuestMemoryMmap) -> io::Result<()> {
+    for region in mem.iter() {
+        let Some(backing) = region.file_offset() else { continue };
+        let meta = backing.file().metadata()?;
+        let end = backing.start().saturating_add(region.len());
+        if meta.is_file() && meta.len() < end {
+            return Err(io::Error::other(format!(
+                "memory region at guest address {:#x} claims {} bytes of a {}-byte file",
+                region.start_addr().0,
+                end,
+                meta.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Serves one vhost-user connection on `listener` (as virtiofsd does: the
