@@ -686,3 +686,64 @@ fn memory_table_larger_than_its_file_is_refused() {
     assert_eq!(status.signal(), None, "{err}");
     assert!(err.contains("claims"), "the error does not say what was wrong: {err}");
 }
+
+/// One process, two shares, two sockets: each guest sees only its own
+/// directory, and the read-only one refuses writes.
+#[test]
+fn one_process_serves_several_shares() {
+    let base = tempdir("multi");
+    let (a, b) = (base.join("a"), base.join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(a.join("in-a"), b"a").unwrap();
+    std::fs::write(b.join("in-b"), b"b").unwrap();
+    let args = [
+        "fs".to_string(),
+        "--socket-dir".into(),
+        base.display().to_string(),
+        "--share".into(),
+        format!("alpha={}", a.display()),
+        "--share".into(),
+        format!("beta={}:ro", b.display()),
+        "--xattr".into(),
+    ];
+    let mut server = Backend::wait(Ferry::new(args).spawn(), base.join("beta.sock"));
+    let mut ca = FuseClient::connect(&base.join("alpha.sock")).unwrap().0;
+    let mut cb = FuseClient::connect(&base.join("beta.sock")).unwrap().0;
+    assert!(ca.lookup(ROOT, b"in-a").is_ok() && ca.lookup(ROOT, b"in-b").is_err());
+    assert!(cb.lookup(ROOT, b"in-b").is_ok() && cb.lookup(ROOT, b"in-a").is_err());
+    for c in [&mut ca, &mut cb] {
+        let up = c.lookup(ROOT, b"..").unwrap();
+        let names: Vec<Vec<u8>> = c.list_dir(up.nodeid).unwrap().into_iter().map(|e| e.name).collect();
+        assert!(
+            !names.contains(&b"a".to_vec()) && !names.contains(&b"b".to_vec()),
+            "{names:?}"
+        );
+    }
+    // xattrs work inside the namespace sandbox (fuse-backend-rs reaches
+    // them through /proc/self/fd, which the sandbox provides).
+    let in_a = ca.lookup(ROOT, b"in-a").unwrap();
+    ca.setxattr(in_a.nodeid, b"user.t", b"v").unwrap();
+    assert_eq!(ca.getxattr(in_a.nodeid, b"user.t", 16).unwrap(), b"v");
+    ca.create(ROOT, b"new", libc::O_RDWR, 0o644).unwrap();
+    assert!(a.join("new").exists());
+    assert_eq!(errno(cb.create(ROOT, b"new", libc::O_RDWR, 0o644)), libc::EROFS);
+    assert!(!b.join("new").exists());
+    server.assert_alive();
+
+    // chroot confines to one directory: two shares is an error that says so.
+    let args = [
+        "fs".to_string(),
+        "--sandbox".into(),
+        "chroot".into(),
+        "--socket-dir".into(),
+        base.display().to_string(),
+        "--share".into(),
+        format!("x={}", a.display()),
+        "--share".into(),
+        format!("y={}", b.display()),
+    ];
+    let out = Ferry::new(args).output();
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("--sandbox namespace"), "{}", out.stderr);
+}

@@ -34,6 +34,10 @@ fn guest_reads_and_writes_a_shared_directory() {
     }
     std::fs::write(dir.join("append.txt"), "one\n").unwrap();
     std::fs::write(dir.join("trunc.txt"), "0123456789").unwrap();
+    std::fs::write(dir.join("mmap.txt"), "aaaaaaaaaa").unwrap();
+    // A second share, served by the same ferry fs process.
+    let second = share_dir("rw-second");
+    std::fs::write(second.join("second.txt"), "from the second share\n").unwrap();
     let script = "cd /mnt/s && \
         sha256sum big.bin | cut -d' ' -f1 && \
         ls many | wc -l && \
@@ -47,7 +51,11 @@ fn guest_reads_and_writes_a_shared_directory() {
         mkdir -p sub/deeper && rmdir sub/deeper && \
         rm many/f0 && \
         dd if=/dev/urandom of=fromguest.bin bs=1M count=100 2>/dev/null && \
-        sha256sum fromguest.bin | cut -d' ' -f1";
+        sha256sum fromguest.bin | cut -d' ' -f1 && \
+        /init tool xattr-set append.txt user.ferry from-guest && \
+        /init tool xattr-get append.txt user.ferry && \
+        /init tool mmap-write mmap.txt 2 XYZ && /init tool mmap-read mmap.txt 0 10 && \
+        cat /mnt/t/second.txt";
     let out = Ferry::new([
         "run",
         "--no-net",
@@ -55,6 +63,8 @@ fn guest_reads_and_writes_a_shared_directory() {
         "768",
         "-v",
         &format!("{}:/mnt/s", dir.display()),
+        "-v",
+        &format!("{}:/mnt/t", second.display()),
         "--",
         "sh",
         "-c",
@@ -88,6 +98,25 @@ fn guest_reads_and_writes_a_shared_directory() {
     let from_guest = std::fs::read(dir.join("fromguest.bin")).unwrap();
     assert_eq!(from_guest.len(), 100 << 20);
     assert_eq!(lines[5], sha(&from_guest), "100 MiB guest -> host");
+    // xattrs: set in the guest, read back there and on the host.
+    assert_eq!(lines[6], "from-guest");
+    let mut buf = [0u8; 64];
+    let path = std::ffi::CString::new(dir.join("append.txt").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"user.ferry".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(&buf[..n.max(0) as usize], b"from-guest", "xattr on the host");
+    // A write through a shared mapping in the guest reaches the host file.
+    assert_eq!(lines[7], "aaXYZaaaaa");
+    assert_eq!(std::fs::read_to_string(dir.join("mmap.txt")).unwrap(), "aaXYZaaaaa");
+    assert_eq!(lines[8], "from the second share");
+    std::fs::remove_dir_all(&second).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -10,6 +10,7 @@ mod config;
 mod modules;
 mod setup;
 mod sys;
+mod tool;
 
 use std::io::Write;
 use std::process::Command;
@@ -27,6 +28,10 @@ const EXIT_SETUP_FAILED: i32 = 125;
 const EXIT_NOT_RUNNABLE: i32 = 127;
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("tool") {
+        std::process::exit(tool::run(&args[1..]));
+    }
     let code = run();
     finish(code.code, code.error);
 }

@@ -112,3 +112,62 @@ pub fn exit_code(status: libc::c_int) -> i32 {
         255
     }
 }
+
+pub fn setxattr(path: &str, name: &str, value: &[u8]) -> io::Result<()> {
+    let (path, name) = (cstr(path)?, cstr(name)?);
+    // SAFETY: valid NUL-terminated strings and a value buffer of the given length.
+    check(unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+}
+
+pub fn getxattr(path: &str, name: &str) -> io::Result<Vec<u8>> {
+    let (path, name) = (cstr(path)?, cstr(name)?);
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: valid strings; the kernel writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// A shared mapping of a whole file, unmapped on drop.
+pub struct Mapping {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    pub fn new(file: &File, len: usize, writable: bool) -> io::Result<Mapping> {
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        // SAFETY: a fresh shared mapping of an open file; the kernel picks the address.
+        let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { addr, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.addr.cast(), self.len) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above; writable mappings come from `new(.., true)` and
+        // `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.addr.cast(), self.len) }
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: msync(2) on exactly the mapping this value owns.
+        check(unsafe { libc::msync(self.addr, self.len, libc::MS_SYNC) })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping this value owns; no slice outlives it.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}

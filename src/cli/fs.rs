@@ -13,6 +13,8 @@ Examples:
   ferry fs --socket-path /tmp/vfsd.sock --shared-dir ~/src
   virtiofsd --socket-path=/tmp/vfsd.sock -o source=/srv,cache=always   (old style)
   ferry fs --print-capabilities          (the JSON libvirt reads)
+  ferry fs --socket-dir /run/ferry --share src=/home/me/src --share data=/srv/data:ro
+                                         (two devices, one process: /run/ferry/src.sock, data.sock)
 Then, in QEMU:
   -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem
   -chardev socket,id=fs0,path=/tmp/vfsd.sock -device vhost-user-fs-pci,chardev=fs0,tag=src
@@ -104,6 +106,13 @@ pub struct FsArgs {
     /// Debug logging.
     #[arg(short = 'd')]
     debug: bool,
+    /// Serve this share too, from the same process (repeatable; ferry
+    /// only): TAG=DIR[:ro], on the socket SOCKET_DIR/TAG.sock.
+    #[arg(long, value_name = "TAG=DIR[:ro]")]
+    share: Vec<String>,
+    /// Directory for the --share sockets.
+    #[arg(long, value_name = "DIR")]
+    socket_dir: Option<PathBuf>,
     /// Request queues (besides the high-priority one).
     #[arg(long, value_name = "N", default_value_t = 1)]
     queues: usize,
@@ -166,6 +175,10 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
     for list in &a.options {
         o.apply_legacy(list).map_err(anyhow::Error::msg)?;
     }
+    anyhow::ensure!(
+        !(o.sandbox == SandboxMode::Chroot && (o.xattr || o.posix_acl)),
+        "--xattr/--posix-acl need /proc/self/fd, which a chroot into the share cannot have: use --sandbox namespace (or none)"
+    );
     if let Some(action) = &a.seccomp {
         anyhow::ensure!(
             matches!(action.as_str(), "none" | "kill" | "log" | "trap"),
@@ -175,21 +188,75 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
     Ok(o)
 }
 
+/// One share this process serves.
 #[cfg(target_os = "linux")]
-fn serve(a: FsArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
-    if a.print_capabilities {
-        println!("{{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}}");
-        return Ok(());
+struct Served {
+    label: String,
+    dir: PathBuf,
+    readonly: bool,
+    listener: vhost::vhost_user::Listener,
+}
+
+#[cfg(target_os = "linux")]
+fn listen(path: &std::path::Path) -> anyhow::Result<vhost::vhost_user::Listener> {
+    vhost::vhost_user::Listener::new(path, true).map_err(|e| {
+        anyhow::anyhow!(
+            "listening on {}: {e} (does its directory exist and is it writable?)",
+            path.display()
+        )
+    })
+}
+
+/// `TAG=DIR[:ro]`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn parse_share(spec: &str) -> anyhow::Result<(String, PathBuf, bool)> {
+    let (tag, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--share {spec:?}: expected TAG=DIR[:ro]"))?;
+    anyhow::ensure!(
+        !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "--share {spec:?}: the tag must be letters, digits, - or _"
+    );
+    let (dir, ro) = match rest.strip_suffix(":ro") {
+        Some(d) => (d, true),
+        None => (rest.strip_suffix(":rw").unwrap_or(rest), false),
+    };
+    anyhow::ensure!(!dir.is_empty(), "--share {spec:?}: no directory");
+    Ok((tag.to_string(), PathBuf::from(dir), ro))
+}
+
+#[cfg(target_os = "linux")]
+fn shares(a: &FsArgs, opts: &FsOptions) -> anyhow::Result<Vec<Served>> {
+    if !a.share.is_empty() {
+        anyhow::ensure!(
+            opts.shared_dir.is_none() && a.socket_path.is_none() && a.fd.is_none(),
+            "--share serves every directory on its own socket: drop --shared-dir/--socket-path/--fd"
+        );
+        let dir = a
+            .socket_dir
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--share needs --socket-dir DIR for its sockets"))?;
+        let mut out: Vec<Served> = Vec::new();
+        for spec in &a.share {
+            let (tag, share_dir, readonly) = parse_share(spec)?;
+            anyhow::ensure!(!out.iter().any(|s| s.label == tag), "--share: tag {tag:?} given twice");
+            let listener = listen(&dir.join(format!("{tag}.sock")))?;
+            out.push(Served {
+                label: tag,
+                dir: share_dir,
+                readonly: readonly || opts.readonly,
+                listener,
+            });
+        }
+        return Ok(out);
     }
-    let opts = options(&a)?;
+    anyhow::ensure!(a.socket_dir.is_none(), "--socket-dir goes with --share TAG=DIR");
     let dir = opts
         .shared_dir
         .clone()
-        .context("no directory to share: give --shared-dir DIR (or -o source=DIR)")?;
-    let mut listener = match (&a.socket_path, a.fd) {
-        (Some(path), None) => vhost::vhost_user::Listener::new(path, true)
-            .map_err(|e| anyhow::anyhow!("listening on {}: {e}", path.display()))?,
+        .ok_or_else(|| anyhow::anyhow!("no directory to share: give --shared-dir DIR (or -o source=DIR)"))?;
+    let listener = match (&a.socket_path, a.fd) {
+        (Some(path), None) => listen(path)?,
         (None, Some(fd)) => {
             anyhow::ensure!(fd > 2, "--fd {fd}: not an inherited socket descriptor");
             // SAFETY: the caller passed this descriptor to us as a listening
@@ -203,14 +270,58 @@ fn serve(a: FsArgs) -> anyhow::Result<()> {
     if let (Some(group), Some(path)) = (&a.socket_group, &a.socket_path) {
         set_group(path, group)?;
     }
+    Ok(vec![Served {
+        label: opts.tag.clone().unwrap_or_else(|| "share".into()),
+        dir,
+        readonly: opts.readonly,
+        listener,
+    }])
+}
+
+#[cfg(target_os = "linux")]
+fn serve(a: FsArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if a.print_capabilities {
+        println!("{{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}}");
+        return Ok(());
+    }
+    let opts = options(&a)?;
+    let served = shares(&a, &opts)?;
     let _ = ferry_net::sys::raise_nofile_limit(opts.rlimit_nofile);
-    let sandbox = ferry_fs::sandbox::prepare(opts.sandbox, &dir, opts.readonly)?;
-    let device = ferry_fs::device::FsDevice::new(&sandbox.root(), &opts)
-        .with_context(|| format!("opening the shared directory {}", dir.display()))?;
+    let list: Vec<(&std::path::Path, bool)> = served.iter().map(|s| (s.dir.as_path(), s.readonly)).collect();
+    let sandbox = ferry_fs::sandbox::prepare_shares(opts.sandbox, &list)?;
+    let mut devices = Vec::with_capacity(served.len());
+    for (i, s) in served.iter().enumerate() {
+        let device = ferry_fs::device::FsDevice::new(&sandbox.root(i), &opts)
+            .with_context(|| format!("opening the shared directory {}", s.dir.display()))?;
+        devices.push(device);
+    }
+    // Threads only after this: a mount namespace is entered per thread.
     sandbox.confine()?;
-    tracing::info!(dir = %dir.display(), sandbox = ?opts.sandbox, "waiting for the vhost-user front end");
-    ferry_fs::vhost_user::serve(&mut listener, device, opts.request_queues)?;
-    Ok(())
+    let queues = opts.request_queues;
+    let workers: Vec<_> = served
+        .into_iter()
+        .zip(devices)
+        .map(|(mut s, device)| {
+            tracing::info!(share = %s.label, dir = %s.dir.display(), sandbox = ?opts.sandbox, "waiting for the vhost-user front end");
+            std::thread::Builder::new()
+                .name(format!("fs-{}", s.label))
+                .spawn(move || {
+                    ferry_fs::vhost_user::serve(&mut s.listener, device, queues)
+                        .with_context(|| format!("share {}", s.label))
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    // The process's job ends when every share's guest has gone.
+    let mut first_error = None;
+    for w in workers {
+        let result = w.join().map_err(|_| anyhow::anyhow!("a share's thread panicked"))?;
+        if let Err(e) = result {
+            tracing::error!("{e:#}");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 #[cfg(target_os = "linux")]

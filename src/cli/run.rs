@@ -196,14 +196,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         line.key("net", "dhcp");
         Some((NetAttach::Stream, sock))
     };
-    // Shares: one `ferry fs` each, mounted by guest-init.
-    let mut shares = Vec::new();
-    for (n, vol) in args.volume.iter().enumerate() {
-        let server = super::share::ShareServer::start(vol, n, &run_dir.0)?;
-        let ro = if vol.read_only { ":ro" } else { "" };
-        line.key("mount", &format!("{}:{}{ro}", server.tag, vol.guest));
-        shares.push(server);
-    }
+    // Shares: one `ferry fs` serving them all, mounted by guest-init.
+    let shares = if args.volume.is_empty() {
+        None
+    } else {
+        let server = super::share::ShareServer::start(&args.volume, &run_dir.0)?;
+        for ((tag, _), vol) in server.devices.iter().zip(&args.volume) {
+            let ro = if vol.read_only { ":ro" } else { "" };
+            line.key("mount", &format!("{tag}:{}{ro}", vol.guest));
+        }
+        Some(server)
+    };
     let mut qemu = QemuConfig::new(image.kernel.path.clone(), image.initrd.clone(), line.build()?);
     qemu.binary = args.qemu.clone();
     qemu.memory_mib = args.memory;
@@ -226,7 +229,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         qemu.device_args
             .extend(attach.qemu_args(sock, &run_dir.0, &guest_mac(), qemu.accel));
     }
-    for share in &shares {
+    if let Some(share) = &shares {
         qemu.device_args.extend(share.qemu_args(qemu.accel));
     }
 

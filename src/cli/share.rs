@@ -1,5 +1,5 @@
-//! `ferry run -v HOST:GUEST[:ro]`: each share is served by a `ferry fs`
-//! child process (one vhost-user-fs device each) for the life of the run.
+//! `ferry run -v HOST:GUEST[:ro]`: one `ferry fs` child process serves
+//! every share (one vhost-user-fs device each) for the life of the run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,11 +37,12 @@ impl std::str::FromStr for Volume {
     }
 }
 
-/// A running `ferry fs` for one share; killed when dropped.
+/// The `ferry fs` process serving every share of a run (one vhost-user-fs
+/// device, and socket, per share); killed when dropped.
 pub struct ShareServer {
     child: Child,
-    pub socket: PathBuf,
-    pub tag: String,
+    /// (tag, socket) of each share, in `-v` order.
+    pub devices: Vec<(String, PathBuf)>,
 }
 
 impl Drop for ShareServer {
@@ -52,68 +53,71 @@ impl Drop for ShareServer {
 }
 
 impl ShareServer {
-    /// Starts the server for share number `n` with its socket in `dir`, and
-    /// waits until the socket is there.
-    pub fn start(vol: &Volume, n: usize, dir: &Path) -> anyhow::Result<ShareServer> {
-        let host = vol
-            .host
-            .canonicalize()
-            .with_context(|| format!("-v {}: the host directory does not exist", vol.host.display()))?;
-        anyhow::ensure!(host.is_dir(), "-v {}: not a directory", vol.host.display());
-        let tag = format!("ferry{n}");
-        let socket = dir.join(format!("{tag}.sock"));
+    /// Starts one server for `vols` with its sockets in `dir`, and waits
+    /// until they are there. Share `n` gets the tag `ferryN`.
+    pub fn start(vols: &[Volume], dir: &Path) -> anyhow::Result<ShareServer> {
         let exe = std::env::current_exe().context("finding ferry's own binary")?;
-        // Root can confine the server to the share; otherwise the file
-        // system's own checks keep requests inside it.
+        // Root can confine the server to the shares; otherwise the file
+        // system's own checks keep requests inside them.
         // SAFETY: geteuid(2) takes no arguments and cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
         let sandbox = if root { "namespace" } else { "none" };
-        anyhow::ensure!(
-            root || !vol.read_only,
-            "-v {}:ro needs root here (the read-only mount lives in a mount namespace)",
-            vol.host.display()
-        );
         let mut cmd = Command::new(exe);
         if std::env::var_os("RUST_LOG").is_none() {
             // Its progress lines are noise in the run's output; errors stay.
             cmd.args(["--log-level", "warn"]);
         }
         cmd.arg("fs")
-            .arg("--socket-path")
-            .arg(&socket)
-            .arg("--shared-dir")
-            .arg(&host)
-            .args(["--tag", &tag, "--sandbox", sandbox, "--cache", "auto", "--xattr"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        if vol.read_only {
-            cmd.arg("--readonly");
+            .arg("--socket-dir")
+            .arg(dir)
+            .args(["--sandbox", sandbox, "--cache", "auto", "--xattr"]);
+        let mut devices = Vec::new();
+        for (n, vol) in vols.iter().enumerate() {
+            let host = vol
+                .host
+                .canonicalize()
+                .with_context(|| format!("-v {}: the host directory does not exist", vol.host.display()))?;
+            anyhow::ensure!(host.is_dir(), "-v {}: not a directory", vol.host.display());
+            anyhow::ensure!(
+                root || !vol.read_only,
+                "-v {}:ro needs root here (the read-only mount lives in a mount namespace)",
+                vol.host.display()
+            );
+            let tag = format!("ferry{n}");
+            let ro = if vol.read_only { ":ro" } else { "" };
+            cmd.arg("--share").arg(format!("{tag}={}{ro}", host.display()));
+            devices.push((tag.clone(), dir.join(format!("{tag}.sock"))));
         }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
         let mut child = cmd.spawn().context("starting ferry fs")?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
+        while !devices.iter().all(|(_, socket)| socket.exists()) {
             if let Some(status) = child.try_wait()? {
-                anyhow::bail!("ferry fs for {} exited ({status}) before it was ready", host.display());
+                anyhow::bail!("ferry fs exited ({status}) before its shares were ready");
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "ferry fs for {} did not start",
-                host.display()
+                "ferry fs did not start its shares within 10 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(ShareServer { child, socket, tag })
+        Ok(ShareServer { child, devices })
     }
 
-    /// QEMU's arguments for this share's device.
+    /// QEMU's arguments for every share's device.
     pub fn qemu_args(&self, accel: ferry_vmm::Accel) -> Vec<String> {
         let vectors = accel.vhost_pci_options();
-        vec![
-            "-chardev".into(),
-            format!("socket,id={}chr,path={}", self.tag, self.socket.display()),
-            "-device".into(),
-            format!("vhost-user-fs-pci,chardev={}chr,tag={}{vectors}", self.tag, self.tag),
-        ]
+        self.devices
+            .iter()
+            .flat_map(|(tag, socket)| {
+                [
+                    "-chardev".into(),
+                    format!("socket,id={tag}chr,path={}", socket.display()),
+                    "-device".into(),
+                    format!("vhost-user-fs-pci,chardev={tag}chr,tag={tag}{vectors}"),
+                ]
+            })
+            .collect()
     }
 }
 
