@@ -232,10 +232,8 @@ fn ferry_fs_answers_every_common_request() {
 #[test]
 fn driver_round_trip_also_passes_against_virtiofsd() {
     let share = tempdir("vfsd");
-    let Some(mut server) = Backend::virtiofsd(&share) else {
-        eprintln!("SKIP: virtiofsd is not installed (cargo install virtiofsd)");
-        return;
-    };
+    let mut server = Backend::virtiofsd(&share)
+        .expect("virtiofsd is not installed: run scripts/install-deps (cargo install virtiofsd)");
     let mut client = server.connect();
     round_trip(&mut client, &share);
 }
@@ -746,4 +744,18 @@ fn one_process_serves_several_shares() {
     let out = Ferry::new(args).output();
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("--sandbox namespace"), "{}", out.stderr);
+}
+
+/// The same requests answered by a pool of worker threads
+/// (`--thread-pool-size`), which return buffers from other threads.
+#[test]
+fn ferry_fs_with_a_thread_pool_answers_every_common_request() {
+    let share = tempdir("pool");
+    let mut server = Backend::ferry(&share, "namespace", &["--xattr", "--thread-pool-size", "4"]);
+    let mut client = server.connect();
+    round_trip(&mut client, &share);
+    for _ in 0..2000 {
+        client.getattr(ROOT).unwrap();
+    }
+    server.assert_alive();
 }

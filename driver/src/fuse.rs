@@ -102,6 +102,13 @@ impl FuseClient {
     /// Sends `opcode` for `nodeid` with `body` after the header and waits
     /// for the reply; returns the reply's body or its errno.
     pub fn call(&mut self, opcode: Opcode, nodeid: u64, body: &[&[u8]]) -> io::Result<Vec<u8>> {
+        self.call_with_reply(opcode, nodeid, body, BUF_CAP)
+    }
+
+    /// As [`call`](Self::call) with a reply buffer of `reply_cap` bytes.
+    /// Data replies (READ, READDIRPLUS) get exactly header + size, as the
+    /// Linux driver gives them: virtiofsd reads into the whole buffer.
+    fn call_with_reply(&mut self, opcode: Opcode, nodeid: u64, body: &[&[u8]], reply_cap: u32) -> io::Result<Vec<u8>> {
         let len: usize = std::mem::size_of::<InHeader>() + body.iter().map(|b| b.len()).sum::<usize>();
         self.unique += 1;
         let header = InHeader {
@@ -122,7 +129,7 @@ impl FuseClient {
         let reply_cap = if matches!(opcode, Opcode::Forget | Opcode::BatchForget) {
             0
         } else {
-            BUF_CAP
+            reply_cap.min(BUF_CAP)
         };
         let (error, unique, reply) = self.exchange(&req, reply_cap)?;
         if reply_cap > 0 && unique != self.unique {
@@ -220,8 +227,9 @@ impl FuseClient {
             major: 7,
             minor: 31,
             max_readahead: 128 << 10,
-            // ASYNC_READ | BIG_WRITES | DO_READDIRPLUS | PARALLEL_DIROPS
-            flags: 0x1 | 0x20 | 0x2000 | 0x40000,
+            // ASYNC_READ | BIG_WRITES | DO_READDIRPLUS | PARALLEL_DIROPS |
+            // MAX_PAGES (requests up to 1 MiB, as a Linux guest asks)
+            flags: 0x1 | 0x20 | 0x2000 | 0x40000 | 0x40_0000,
         };
         let body = self.call(Opcode::Init, 0, &[init.as_slice()])?;
         decode(&body)
@@ -341,7 +349,8 @@ impl FuseClient {
             size,
             ..Default::default()
         };
-        self.call(Opcode::Read, nodeid, &[arg.as_slice()])
+        let cap = (std::mem::size_of::<OutHeader>() as u32).saturating_add(size);
+        self.call_with_reply(Opcode::Read, nodeid, &[arg.as_slice()], cap)
     }
 
     pub fn write(&mut self, nodeid: u64, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
@@ -395,7 +404,8 @@ impl FuseClient {
             size,
             ..Default::default()
         };
-        let body = self.call(Opcode::Readdirplus, nodeid, &[arg.as_slice()])?;
+        let cap = (std::mem::size_of::<OutHeader>() as u32).saturating_add(size);
+        let body = self.call_with_reply(Opcode::Readdirplus, nodeid, &[arg.as_slice()], cap)?;
         let mut out = Vec::new();
         let mut at = 0;
         let fixed = std::mem::size_of::<Direntplus>();

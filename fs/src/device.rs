@@ -4,13 +4,14 @@
 //! in the built-in VMM).
 
 use std::io;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::options::{CacheMode, FsOptions, InodeFileHandles};
@@ -64,26 +65,36 @@ impl FsDevice {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let reader = Reader::from_descriptor_chain(mem, chain.clone());
-            let writer = VirtioFsWriter::new(mem, chain);
-            let len = match (reader, writer) {
-                (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "FUSE request failed");
-                        0
-                    }
-                },
-                _ => {
-                    tracing::debug!("malformed virtio-fs descriptor chain");
-                    0
-                }
-            };
+            let len = self.handle_chain(mem, chain);
             queue
-                .add_used(mem, head, u32::try_from(len).unwrap_or(0))
+                .add_used(mem, head, len)
                 .map_err(|e| io::Error::other(format!("returning a buffer to the guest: {e}")))?;
             used = true;
         }
         Ok(used)
+    }
+
+    /// Answers one request; returns the reply's length (0 for a malformed
+    /// chain or a request that failed without a reply). The caller returns
+    /// the chain to the guest, on whatever thread it runs.
+    pub fn handle_chain<M>(&self, mem: &GuestMemoryMmap, chain: DescriptorChain<M>) -> u32
+    where
+        M: Deref<Target = GuestMemoryMmap> + Clone,
+    {
+        let reader = Reader::from_descriptor_chain(mem, chain.clone());
+        let writer = VirtioFsWriter::new(mem, chain);
+        match (reader, writer) {
+            (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
+                Ok(n) => u32::try_from(n).unwrap_or(0),
+                Err(e) => {
+                    tracing::debug!(error = %e, "FUSE request failed");
+                    0
+                }
+            },
+            _ => {
+                tracing::debug!("malformed virtio-fs descriptor chain");
+                0
+            }
+        }
     }
 }

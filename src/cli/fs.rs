@@ -53,7 +53,9 @@ pub struct FsArgs {
     /// Identify inodes by file handles: never, prefer or mandatory.
     #[arg(long, value_name = "WHEN", default_value = "never", num_args = 0..=1, default_missing_value = "prefer")]
     inode_file_handles: String,
-    /// Worker threads (accepted; requests are answered on the queue's thread).
+    /// Worker threads answering requests (0: the queue's own thread, the
+    /// fastest for one request at a time; N: a pool, so a slow request
+    /// does not hold up the others).
     #[arg(long, value_name = "N")]
     thread_pool_size: Option<usize>,
     /// Log level (error, warn, info, debug, trace) when run as virtiofsd;
@@ -298,7 +300,7 @@ fn serve(a: FsArgs) -> anyhow::Result<()> {
     }
     // Threads only after this: a mount namespace is entered per thread.
     sandbox.confine()?;
-    let queues = opts.request_queues;
+    let (queues, pool) = (opts.request_queues, opts.thread_pool_size);
     let workers: Vec<_> = served
         .into_iter()
         .zip(devices)
@@ -307,7 +309,7 @@ fn serve(a: FsArgs) -> anyhow::Result<()> {
             std::thread::Builder::new()
                 .name(format!("fs-{}", s.label))
                 .spawn(move || {
-                    ferry_fs::vhost_user::serve(&mut s.listener, device, queues)
+                    ferry_fs::vhost_user::serve(&mut s.listener, device, queues, pool)
                         .with_context(|| format!("share {}", s.label))
                 })
         })
