@@ -137,10 +137,18 @@ struct UdpBack {
     last: Cell<Instant>,
 }
 
+/// A forward in place: what it does, its task, and (TCP) a handle on its
+/// listening socket so removal can refuse new connections at once.
+struct ActiveForward {
+    spec: ForwardSpec,
+    task: tokio::task::AbortHandle,
+    listener: Option<std::net::TcpListener>,
+}
+
 /// Forwards and their state, owned by the stack.
 #[derive(Default)]
 pub struct Forwards {
-    active: HashMap<(Proto, SocketAddr), (ForwardSpec, tokio::task::AbortHandle)>,
+    active: HashMap<(Proto, SocketAddr), ActiveForward>,
     /// Gateway port → the host client that owns it (UDP).
     udp_back: HashMap<u16, UdpBack>,
     /// (forward, host client) → gateway port (UDP).
@@ -156,7 +164,7 @@ const UDP_RCVBUF: usize = 4 << 20;
 
 impl Stack {
     pub fn list_forwards(&self) -> Vec<ForwardSpec> {
-        let mut all: Vec<ForwardSpec> = self.fwd.active.values().map(|(s, _)| s.clone()).collect();
+        let mut all: Vec<ForwardSpec> = self.fwd.active.values().map(|a| a.spec.clone()).collect();
         all.sort_by_key(|s| (s.host, s.proto.as_str()));
         all
     }
@@ -174,10 +182,12 @@ impl Stack {
             source,
         };
         let stack = self.me.clone();
+        let mut listener = None;
         let task = match spec.proto {
             Proto::Tcp => {
                 let l = std::net::TcpListener::bind(spec.host).map_err(bind_err)?;
                 l.set_nonblocking(true).map_err(bind_err)?;
+                listener = l.try_clone().ok();
                 let l = TcpListener::from_std(l).map_err(bind_err)?;
                 tokio::task::spawn_local(tcp_accept_loop(stack, l, spec.clone()))
             }
@@ -191,14 +201,27 @@ impl Stack {
             }
         };
         tracing::info!(host = %spec.host, proto = spec.proto.as_str(), guest = %spec.guest, port = spec.guest_port, "forward added");
-        self.fwd.active.insert(key, (spec, task.abort_handle()));
+        self.fwd.active.insert(
+            key,
+            ActiveForward {
+                spec,
+                task: task.abort_handle(),
+                listener,
+            },
+        );
         Ok(())
     }
 
     pub fn remove_forward(&mut self, proto: Proto, host: SocketAddr) -> bool {
         match self.fwd.active.remove(&(proto, host)) {
-            Some((_, task)) => {
-                task.abort();
+            Some(active) => {
+                // The aborted task drops its listener only when the executor
+                // next gets to it; shutting the socket down now means a
+                // connection made right after the removal is refused.
+                if let Some(l) = &active.listener {
+                    let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Both);
+                }
+                active.task.abort();
                 self.fwd.udp_ports.retain(|(fwd, _), _| *fwd != host);
                 true
             }

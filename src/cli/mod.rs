@@ -5,10 +5,12 @@ mod fs;
 mod guest;
 mod gvproxy;
 pub mod net;
+mod registry;
 mod run;
 mod share;
 pub mod slirp;
 mod version;
+mod vms;
 
 use std::process::ExitCode;
 
@@ -20,6 +22,8 @@ const EXAMPLES: &str = "\
 Examples:
   ferry run -- uname -a                 boot a guest, run a command, return its exit code
   ferry run --name web -e MODE=dev -- sh -c 'hostname; echo $MODE'
+  ferry run -d --name web -p 8080:80 -v ./site:/www -- httpd -f -p 80 -h /www
+  ferry ps; ferry logs web; ferry stop web
   ferry guest build                     build (or reuse) the cached guest initramfs
   ferry guest kernel                    show which kernel guests boot
   ferry version
@@ -41,6 +45,12 @@ pub struct Cli {
 pub enum Command {
     /// Boot a guest VM, run a command in it, stream its output and exit with its exit code.
     Run(run::RunArgs),
+    /// List the VMs started by `ferry run` on this host.
+    Ps(vms::PsArgs),
+    /// Stop running VMs (by name) and forget them.
+    Stop(vms::StopArgs),
+    /// Print a VM's output (its command's stdout and stderr).
+    Logs(vms::LogsArgs),
     /// Run the userspace network (NAT, DHCP, DNS) for a namespace or VM.
     Net(net::NetArgs),
     /// Serve a host directory to a guest over vhost-user-fs, with virtiofsd's
@@ -72,6 +82,9 @@ pub enum Command {
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run::run(args),
+        Command::Ps(args) => vms::ps(args),
+        Command::Stop(args) => vms::stop(args),
+        Command::Logs(args) => vms::logs(args),
         Command::Net(args) => net::run(args),
         Command::Fs { args } => Ok(fs::run(&args, true)),
         Command::Guest(cmd) => guest::run(cmd),

@@ -34,9 +34,14 @@ The exit code is the guest command's; 125 means the guest could not start it
 pub struct RunArgs {
     #[command(flatten)]
     pub image: ImageOptions,
-    /// Guest host name.
-    #[arg(long, value_name = "NAME", default_value = "ferry")]
-    pub name: String,
+    /// The VM's name: its host name, its DNS name (NAME.test) and how
+    /// `ferry ps/logs/stop` refer to it [default: ferry-PID].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Start the VM in the background, print its name and return; see its
+    /// output with `ferry logs NAME`, end it with `ferry stop NAME`.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     pub memory: u32,
@@ -125,7 +130,76 @@ impl Drop for RunDir {
     }
 }
 
+/// Set in the background child of `ferry run --detach`.
+const DETACHED_ENV: &str = "FERRY_DETACHED";
+
+/// `--detach`: runs this same command line again in a new session, with
+/// no terminal, and returns once its guest is booting (or its error).
+fn detach(name: &str, name_given: bool) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let state = super::registry::state_dir();
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    let err_path = state.join(format!(".{name}.start-err"));
+    let err = std::fs::File::create(&err_path)?;
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // The child must use the name chosen here (the default has our pid).
+    if let Some(at) = argv.iter().position(|a| a == "run").filter(|_| !name_given) {
+        argv.insert(at + 1, "--name".into());
+        argv.insert(at + 2, name.into());
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe().context("finding ferry's own binary")?);
+    cmd.args(&argv)
+        .env(DETACHED_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err);
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory; it
+    // leaves the child without a controlling terminal, so closing this one
+    // does not hang it up.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the background VM")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let msg = std::fs::read_to_string(&err_path).unwrap_or_default();
+            let _ = std::fs::remove_file(&err_path);
+            eprint!("{msg}");
+            anyhow::bail!("the VM {name} did not start ({status})");
+        }
+        let up = super::registry::find(name)
+            .is_ok_and(|vm| vm.get("pid") == child.id().to_string() && vm.status() == "running");
+        if up {
+            let _ = std::fs::remove_file(&err_path);
+            println!("{name}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the VM {name} did not start within 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("ferry-{}", std::process::id()));
+    super::registry::check_name(&name)?;
+    let detached = std::env::var_os(DETACHED_ENV).is_some();
+    if args.detach && !detached {
+        // Fail fast, in the foreground, on a name that is taken.
+        if super::registry::find(&name).is_ok_and(|vm| vm.running()) {
+            anyhow::bail!("the name {name:?} is taken by a running VM: pick another --name, or `ferry stop {name}`");
+        }
+        return detach(&name, args.name.is_some());
+    }
     anyhow::ensure!(
         !args.no_net || args.publish.is_empty(),
         "-p needs the guest's network; drop --no-net"
@@ -142,10 +216,30 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "-w {dir:?}: the guest working directory must be absolute"
         );
     }
+    let mut reg = super::registry::Registration::claim(&name, detached)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    reg.set("started", &now.to_string())?;
+    let shown = if args.command.is_empty() {
+        "/bin/sh".to_string()
+    } else {
+        args.command.join(" ")
+    };
+    reg.set("command", &shown)?;
+    reg.set("ports", &args.publish.join(","))?;
+    let vols: Vec<String> = args
+        .volume
+        .iter()
+        .map(|v| format!("{}:{}", v.host.display(), v.guest))
+        .collect();
+    reg.set("volumes", &vols.join(","))?;
+    let console = std::fs::File::create(reg.console_log())
+        .with_context(|| format!("creating {}", reg.console_log().display()))?;
     let image = guest::prepare(&args.image)?;
 
     let mut line = GuestCmdline::new();
-    line.command(&args.command).key("hostname", &args.name);
+    line.command(&args.command).key("hostname", &name);
     for kv in &args.env {
         line.key("env", kv);
     }
@@ -247,6 +341,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut vm = qemu.spawn()?;
+    reg.set("qemu_pid", &vm.pid().to_string())?;
     let stdout = std::io::stdout();
     let exit = vm
         .wait_guest(
@@ -255,11 +350,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 // guest-init's own diagnostics matter to the user; kernel noise does not.
                 if l.starts_with("ferry-init:") {
                     eprintln!("{l}");
+                    let _ = writeln!(&console, "{l}");
                 } else {
                     tracing::debug!(target: "guest", "{l}");
                 }
             },
             &mut |l| {
+                let _ = writeln!(&console, "{l}");
                 if l.starts_with("ferry-init:") {
                     eprintln!("{l}");
                     return;
@@ -273,6 +370,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(kind) = &exit.error {
         eprintln!("ferry: the guest could not run the command ({kind} failed; see the message above)");
     }
+    reg.set("exit", &exit.code.to_string())?;
     Ok(ExitCode::from(u8::try_from(exit.code).unwrap_or(255)))
 }
 
