@@ -1,7 +1,7 @@
 //! `ferry ps`, `ferry stop`, `ferry logs`: the VMs `ferry run` supervises
 //! on this host (see [`super::registry`]).
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -50,6 +50,16 @@ fn age(started: &str) -> String {
     }
 }
 
+/// `s` on one line, cut to `max` characters.
+fn shorten(s: &str, max: usize) -> String {
+    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let cut: String = flat.chars().take(max - 3).collect();
+    format!("{cut}...")
+}
+
 pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
     let vms = registry::list();
     let mut out = std::io::stdout().lock();
@@ -74,7 +84,7 @@ pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
             age(vm.get("started")),
             vm.get("ports"),
             vm.get("volumes"),
-            vm.get("command"),
+            shorten(vm.get("command"), 48),
         )?;
     }
     Ok(ExitCode::SUCCESS)
@@ -142,12 +152,9 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         }
         let still = registry::find(&args.name).is_ok_and(|v| v.running());
         if !still {
-            // One last read: the supervisor writes its final lines before it
-            // marks the VM exited.
-            let pos = file.stream_position()?;
-            file.seek(SeekFrom::Start(pos))?;
-            let n = file.read(&mut buf)?;
-            out.write_all(&buf[..n])?;
+            // The supervisor writes its last lines before it marks the VM
+            // exited: read to the end once more.
+            std::io::copy(&mut file, &mut out)?;
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -99,8 +99,11 @@ impl Ferry {
         S: AsRef<std::ffi::OsStr>,
     {
         let mut cmd = Command::new(binary);
+        // VMs started by tests are registered apart from the user's.
+        let state = std::env::temp_dir().join(format!("ferry-test-state-{}", std::process::id()));
         cmd.args(args)
             .env("FERRY_GUEST_INIT", guest_init())
+            .env("FERRY_STATE_DIR", state)
             .env_remove("RUST_LOG");
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.process_group(0);
