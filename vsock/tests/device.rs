@@ -1,0 +1,195 @@
+//! The vsock device through a software virtio driver (ferry-driver's split
+//! queues over plain memory) and real unix sockets on the host side.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use ferry_driver::split_queue::{Buffer, SplitQueue};
+use ferry_vsock::device::VsockDevice;
+use ferry_vsock::packet::*;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const GUEST_CID: u64 = 3;
+const RX_BUFS: u64 = 0x10_0000;
+const TX_BUF: u64 = 0x20_0000;
+
+struct Guest {
+    mem: GuestMemoryMmap,
+    rx: SplitQueue,
+    tx: SplitQueue,
+    rx_dev: Queue,
+    tx_dev: Queue,
+    rx_offered: u64,
+    tx_at: u64,
+}
+
+impl Guest {
+    fn new() -> Guest {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let rx = SplitQueue::new(0, 64);
+        let tx = SplitQueue::new(0x8000, 64);
+        let (rx_dev, tx_dev) = (rx.device_queue(), tx.device_queue());
+        Guest {
+            mem,
+            rx,
+            tx,
+            rx_dev,
+            tx_dev,
+            rx_offered: 0,
+            tx_at: TX_BUF,
+        }
+    }
+
+    fn offer_rx(&mut self, n: u64) {
+        for _ in 0..n {
+            let at = RX_BUFS + (self.rx_offered % 64) * 0x1000 * 17;
+            self.rx
+                .offer(&self.mem, &[Buffer::writable(at, 4096 + HEADER_LEN as u32)])
+                .unwrap();
+            self.rx_offered += 1;
+        }
+    }
+
+    fn send(&mut self, dev: &mut VsockDevice, op: u16, src_port: u32, dst_port: u32, flags: u32, data: &[u8]) {
+        let h = Header {
+            src_cid: GUEST_CID,
+            dst_cid: 2,
+            src_port,
+            dst_port,
+            len: data.len() as u32,
+            kind: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: 65536,
+            fwd_cnt: 0,
+        };
+        let at = self.tx_at;
+        self.tx_at += 0x1_0000;
+        self.mem.write_slice(&h.to_bytes(), GuestAddress(at)).unwrap();
+        self.mem
+            .write_slice(data, GuestAddress(at + HEADER_LEN as u64))
+            .unwrap();
+        let mut bufs = vec![Buffer::readable(at, HEADER_LEN as u32)];
+        if !data.is_empty() {
+            bufs.push(Buffer::readable(at + HEADER_LEN as u64, data.len() as u32));
+        }
+        self.tx.offer(&self.mem, &bufs).unwrap();
+        assert!(dev.process_tx(&mut self.tx_dev, &self.mem).unwrap());
+    }
+
+    /// The next packet the device puts in the receive queue, polling the
+    /// host side until one comes.
+    fn recv(&mut self, dev: &mut VsockDevice) -> (Header, Vec<u8>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            dev.poll_host();
+            dev.fill_rx(&mut self.rx_dev, &self.mem).unwrap();
+            if let Some((id, len)) = self.rx.pop_used(&self.mem) {
+                let at = RX_BUFS + (u64::from(id) % 64) * 0x1000 * 17;
+                let mut b = vec![0u8; len as usize];
+                self.mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+                let h = Header::parse(&b).expect("a header");
+                return (h, b[HEADER_LEN..].to_vec());
+            }
+            assert!(Instant::now() < deadline, "no packet for the guest");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn sock_path(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ferry-vsock-{tag}-{}.sock", std::process::id()))
+}
+
+#[test]
+fn guest_connects_to_a_host_socket_and_data_flows_both_ways() {
+    let uds = sock_path("g2h");
+    let mut dev = VsockDevice::new(GUEST_CID, &uds).unwrap();
+    let host = UnixListener::bind(format!("{}_5000", uds.display())).unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = host.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        s.write_all(&buf[..n]).unwrap();
+        s.write_all(b"!").unwrap();
+    });
+    let mut g = Guest::new();
+    g.offer_rx(8);
+    g.send(&mut dev, OP_REQUEST, 1111, 5000, 0, &[]);
+    let (h, _) = g.recv(&mut dev);
+    assert_eq!(
+        (h.op, h.src_port, h.dst_port, h.dst_cid),
+        (OP_RESPONSE, 5000, 1111, GUEST_CID)
+    );
+    g.send(&mut dev, OP_RW, 1111, 5000, 0, b"ping");
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let (h, data) = g.recv(&mut dev);
+        if h.op == OP_RW {
+            got.extend(data);
+        }
+    }
+    assert_eq!(got, b"ping!");
+    echo.join().unwrap();
+    // The host closed: the guest is told, answers RST, and it is gone.
+    let (h, _) = g.recv(&mut dev);
+    assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND));
+    g.send(&mut dev, OP_RST, 1111, 5000, 0, &[]);
+    assert_eq!(dev.connections(), 0);
+
+    // Nobody listens on port 6000: the guest's REQUEST is refused.
+    g.send(&mut dev, OP_REQUEST, 1112, 6000, 0, &[]);
+    assert_eq!(g.recv(&mut dev).0.op, OP_RST);
+}
+
+#[test]
+fn host_connects_to_a_guest_port_with_the_hybrid_handshake() {
+    let uds = sock_path("h2g");
+    let mut dev = VsockDevice::new(GUEST_CID, &uds).unwrap();
+    let mut g = Guest::new();
+    g.offer_rx(8);
+    let mut host = UnixStream::connect(&uds).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    let (req, _) = g.recv(&mut dev);
+    assert_eq!((req.op, req.dst_port), (OP_REQUEST, 1024));
+    g.send(&mut dev, OP_RESPONSE, 1024, req.src_port, 0, &[]);
+    let mut reader = BufReader::new(host.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, format!("OK {}\n", req.src_port));
+    g.send(&mut dev, OP_RW, 1024, req.src_port, 0, b"hello host");
+    dev.poll_host();
+    let mut buf = [0u8; 10];
+    reader.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello host");
+    host.write_all(b"hello guest").unwrap();
+    let (h, data) = g.recv(&mut dev);
+    assert_eq!((h.op, data.as_slice()), (OP_RW, &b"hello guest"[..]));
+
+    // A bad first line is answered and closed.
+    let mut bad = UnixStream::connect(&uds).unwrap();
+    bad.write_all(b"HELLO\n").unwrap();
+    dev.poll_host();
+    dev.poll_host();
+    let mut reply = String::new();
+    bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = bad.read_to_string(&mut reply);
+    assert!(reply.starts_with("ERROR"), "{reply}");
+}
+
+#[test]
+fn packets_for_other_addresses_or_past_the_credit_are_reset() {
+    let uds = sock_path("bad");
+    let mut dev = VsockDevice::new(GUEST_CID, &uds).unwrap();
+    let mut g = Guest::new();
+    g.offer_rx(8);
+    // Data on a connection that does not exist.
+    g.send(&mut dev, OP_RW, 1, 2, 0, b"x");
+    assert_eq!(g.recv(&mut dev).0.op, OP_RST);
+    // A header alone with a length that claims more than was sent.
+    g.send(&mut dev, 99, 1, 2, 0, &[]);
+    assert_eq!(g.recv(&mut dev).0.op, OP_RST);
+    assert_eq!(dev.connections(), 0);
+}
