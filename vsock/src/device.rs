@@ -381,17 +381,12 @@ impl VsockDevice {
     /// device towards host sockets. Call when any [`poll_fds`](Self::poll_fds)
     /// socket is ready (spurious calls are harmless).
     pub fn poll_host(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_ok() {
-                        self.dialers.push(HostDialer {
-                            stream,
-                            line: Vec::new(),
-                        });
-                    }
-                }
-                Err(_) => break,
+        while let Ok((stream, _)) = self.listener.accept() {
+            if stream.set_nonblocking(true).is_ok() {
+                self.dialers.push(HostDialer {
+                    stream,
+                    line: Vec::new(),
+                });
             }
         }
         self.read_dialers();
