@@ -131,3 +131,148 @@ fn bad_names_and_unknown_vms_are_explained() {
     assert_ne!(stop.code, Some(0));
     assert!(stop.stderr.contains("no VM named \"nosuchvm\""), "{}", stop.stderr);
 }
+
+/// Reads from `master` until `want` shows up (or 60 s pass).
+fn read_until(master: &mut std::fs::File, seen: &mut String, want: &str) {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 4096];
+    while !seen.contains(want) {
+        assert!(Instant::now() < deadline, "no {want:?} on the terminal; saw {seen:?}");
+        match master.read(&mut buf) {
+            Ok(0) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("reading the terminal: {e}; saw {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn exec_runs_commands_with_pipes_and_a_terminal() {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let state = state_dir("exec");
+    let out = ferry(
+        &state,
+        &[
+            "run",
+            "-d",
+            "--no-net",
+            "--name",
+            "ex",
+            "-e",
+            "FROM_RUN=yes",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+
+    // Pipes: stdout, stderr, exit code, env from run and exec, workdir.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let out = loop {
+        let out = ferry(
+            &state,
+            &[
+                "exec",
+                "-e",
+                "X=1",
+                "-w",
+                "/tmp",
+                "ex",
+                "--",
+                "sh",
+                "-c",
+                "echo $FROM_RUN $X $(pwd); echo oops >&2; exit 5",
+            ],
+        );
+        // The agent starts once the guest has booted.
+        if out.code == Some(5) || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (Some(5), "yes 1 /tmp\n", "oops\n")
+    );
+    let missing = ferry(&state, &["exec", "ex", "--", "/no/such/program"]);
+    assert_eq!(missing.code, Some(127), "{}", missing.stderr);
+    assert!(missing.stderr.contains("/no/such/program"), "{}", missing.stderr);
+
+    // stdin with -i.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["exec", "-i", "ex", "--", "sh", "-c", "tr a-z A-Z; echo end"])
+        .env("FERRY_STATE_DIR", &state)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"quiet words\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "QUIET WORDS\nend\n");
+
+    // A terminal: -it with a pty driven from here: the guest sees a tty of
+    // our size, ^C interrupts the foreground job, the exit code comes back.
+    let (mut master_fd, mut slave_fd) = (-1, -1);
+    let ws = libc::winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors; `ws` is a valid winsize.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master_fd,
+            &mut slave_fd,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(rc, 0);
+    // SAFETY: fresh descriptors owned by nobody else.
+    let (mut master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master_fd),
+            std::fs::File::from_raw_fd(slave_fd),
+        )
+    };
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["exec", "-it", "ex", "--", "sh"])
+        .env("FERRY_STATE_DIR", &state)
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    let mut term = cmd.spawn().unwrap();
+    let mut seen = String::new();
+    read_until(&mut master, &mut seen, "# ");
+    master.write_all(b"tty; stty size\r").unwrap();
+    read_until(&mut master, &mut seen, "33 101");
+    assert!(seen.contains("/dev/pts/"), "{seen}");
+    master.write_all(b"sleep 600\r").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    master.write_all(b"\x03").unwrap();
+    master.write_all(b"echo status $?\r").unwrap();
+    read_until(&mut master, &mut seen, "status 130");
+    master.write_all(b"exit 9\r").unwrap();
+    let status = term.wait().unwrap();
+    assert_eq!(status.code(), Some(9), "{seen}");
+
+    // A client that goes away mid-command does not take the VM with it.
+    let mut quitter = Ferry::new(["exec", "ex", "--", "sleep", "600"])
+        .env("FERRY_STATE_DIR", &state)
+        .spawn();
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = quitter.child.kill();
+    let _ = quitter.child.wait();
+    let after = ferry(&state, &["exec", "ex", "--", "echo", "still here"]);
+    assert_eq!(after.stdout, "still here\n", "{}", after.stderr);
+    assert_eq!(ferry(&state, &["stop", "ex"]).code, Some(0));
+}

@@ -6,6 +6,7 @@
 //! machine-readable exit line and powers off. It never hangs on bad input:
 //! every failure path ends in `finish`.
 
+mod agent;
 mod config;
 mod modules;
 mod setup;
@@ -81,10 +82,12 @@ fn run() -> Outcome {
             error: Some("mount"),
         };
     }
-    run_workload(&cfg)
+    let reaper = std::sync::Arc::new(agent::Reaper::default());
+    agent::start(reaper.clone(), cfg.env.clone());
+    run_workload(&cfg, &reaper)
 }
 
-fn run_workload(cfg: &Config) -> Outcome {
+fn run_workload(cfg: &Config, reaper: &agent::Reaper) -> Outcome {
     let argv: Vec<String> = if cfg.argv.is_empty() {
         vec!["/bin/sh".into()]
     } else {
@@ -100,6 +103,7 @@ fn run_workload(cfg: &Config) -> Outcome {
     if let Some(dir) = &cfg.cwd {
         cmd.current_dir(dir);
     }
+    sys::default_signal_mask(&mut cmd);
     println!("{START_MARKER}");
     let _ = std::io::stdout().flush();
     let child = match cmd.spawn() {
@@ -116,14 +120,15 @@ fn run_workload(cfg: &Config) -> Outcome {
     // We reap with waitpid(-1) ourselves; dropping the handle does not wait.
     drop(child);
     Outcome {
-        code: supervise(workload),
+        code: supervise(workload, reaper),
         error: None,
     }
 }
 
-/// Reaps every child, forwards termination signals to the workload, and
-/// returns the workload's exit code once it is gone.
-fn supervise(workload: libc::pid_t) -> i32 {
+/// Reaps every child, forwards termination signals to the workload, hands
+/// the agent's processes' statuses to the agent, and returns the
+/// workload's exit code once it is gone.
+fn supervise(workload: libc::pid_t, reaper: &agent::Reaper) -> i32 {
     loop {
         // The timeout also covers a SIGCHLD that arrived before we waited.
         let sig = sys::wait_signal(Duration::from_secs(1));
@@ -134,6 +139,7 @@ fn supervise(workload: libc::pid_t) -> i32 {
             if pid == workload {
                 return sys::exit_code(status);
             }
+            reaper.record(pid, sys::exit_code(status));
         }
     }
 }

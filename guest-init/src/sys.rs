@@ -171,3 +171,107 @@ impl Drop for Mapping {
         unsafe { libc::munmap(self.addr, self.len) };
     }
 }
+
+/// A listening AF_VSOCK stream socket on `port` (any CID).
+pub fn vsock_listen(port: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid starting value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes.
+    check(unsafe { libc::bind(fd, std::ptr::addr_of!(addr).cast(), len) })?;
+    // SAFETY: listen(2) on our own socket.
+    check(unsafe { libc::listen(fd, 16) })?;
+    Ok(owned)
+}
+
+/// Accepts one connection on a listening socket.
+pub fn accept(listener: &std::os::fd::OwnedFd) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: accept4(2) on a listening socket we own, without an address.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor from accept4, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// A new pseudo-terminal: (master, slave).
+pub fn openpty() -> io::Result<(File, File)> {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty(3) writes two descriptors; no name, termios or size.
+    check(unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    })?;
+    // SAFETY: both are fresh descriptors owned by nobody else.
+    Ok(unsafe { (File::from_raw_fd(master), File::from_raw_fd(slave)) })
+}
+
+pub fn set_winsize(tty: &File, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    check(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &ws) })
+}
+
+/// Makes `cmd`'s child a session leader with `tty` (already its stdio) as
+/// its controlling terminal, so ^C and ^Z on the terminal reach it.
+pub fn controlling_tty(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid(2) and ioctl(2) are async-signal-safe and touch no
+    // memory of the parent; fd 0 is the pty slave by then.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// PID 1 blocks the signals it waits for, and a blocked mask survives
+/// exec: give `cmd`'s child the empty mask a program expects, so SIGINT,
+/// SIGTERM and SIGHUP reach it.
+pub fn default_signal_mask(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: sigemptyset and sigprocmask are async-signal-safe and only
+    // touch the child's own stack and mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}

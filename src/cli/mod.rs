@@ -1,6 +1,7 @@
 //! The command-line interface: one module per subcommand.
 
 pub mod compat;
+mod control;
 mod fs;
 mod guest;
 mod gvproxy;
@@ -23,7 +24,7 @@ Examples:
   ferry run -- uname -a                 boot a guest, run a command, return its exit code
   ferry run --name web -e MODE=dev -- sh -c 'hostname; echo $MODE'
   ferry run -d --name web -p 8080:80 -v ./site:/www -- httpd -f -p 80 -h /www
-  ferry ps; ferry logs web; ferry stop web
+  ferry ps; ferry logs web; ferry exec web -- ls /www; ferry stop web
   ferry guest build                     build (or reuse) the cached guest initramfs
   ferry guest kernel                    show which kernel guests boot
   ferry version
@@ -51,6 +52,8 @@ pub enum Command {
     Stop(vms::StopArgs),
     /// Print a VM's output (its command's stdout and stderr).
     Logs(vms::LogsArgs),
+    /// Run a command in a running VM (through its guest agent).
+    Exec(control::ExecArgs),
     /// Run the userspace network (NAT, DHCP, DNS) for a namespace or VM.
     Net(net::NetArgs),
     /// Serve a host directory to a guest over vhost-user-fs, with virtiofsd's
@@ -85,6 +88,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ps(args) => vms::ps(args),
         Command::Stop(args) => vms::stop(args),
         Command::Logs(args) => vms::logs(args),
+        Command::Exec(args) => control::exec(args),
         Command::Net(args) => net::run(args),
         Command::Fs { args } => Ok(fs::run(&args, true)),
         Command::Guest(cmd) => guest::run(cmd),

@@ -171,10 +171,12 @@ fn detach(name: &str, name_given: bool) -> anyhow::Result<ExitCode> {
             eprint!("{msg}");
             anyhow::bail!("the VM {name} did not start ({status})");
         }
-        let up = super::registry::find(name)
-            .is_ok_and(|vm| vm.get("pid") == child.id().to_string() && vm.status() == "running");
-        if up {
-            let _ = std::fs::remove_file(&err_path);
+        let vm = super::registry::find(name)
+            .ok()
+            .filter(|vm| vm.get("pid") == child.id().to_string() && vm.status() == "running");
+        if let Some(vm) = vm {
+            // The supervisor keeps writing its diagnostics there.
+            let _ = std::fs::rename(&err_path, vm.dir.join("supervisor.log"));
             println!("{name}");
             return Ok(ExitCode::SUCCESS);
         }
@@ -301,6 +303,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Some(server)
     };
+    // The control channel: vhost-user-vsock, with host programs (`ferry
+    // exec`) reaching guest ports through the VM's hybrid vsock socket.
+    let vsock = super::control::start_vsock(&run_dir.0, &reg.dir)?;
     let mut qemu = QemuConfig::new(image.kernel.path.clone(), image.initrd.clone(), line.build()?);
     qemu.binary = args.qemu.clone();
     qemu.memory_mib = args.memory;
@@ -326,6 +331,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(share) = &shares {
         qemu.device_args.extend(share.qemu_args(qemu.accel));
     }
+    qemu.device_args.extend(vsock.qemu_args(qemu.accel));
 
     tracing::debug!(kernel = %image.kernel.release, accel = qemu.accel.as_str(), "booting guest");
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {

@@ -179,7 +179,7 @@ pub fn serve(listener: &mut Listener, device: VsockDevice) -> io::Result<()> {
         .start(listener)
         .map_err(|e| io::Error::other(format!("accepting the vhost-user connection: {e}")))
         .and_then(|()| {
-            tracing::info!("vhost-user-vsock front end connected");
+            tracing::debug!("vhost-user-vsock front end connected");
             daemon.wait().or_else(|e| match e {
                 vhost_user_backend::Error::HandleRequest(
                     vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
