@@ -276,3 +276,81 @@ fn exec_runs_commands_with_pipes_and_a_terminal() {
     assert_eq!(after.stdout, "still here\n", "{}", after.stderr);
     assert_eq!(ferry(&state, &["stop", "ex"]).code, Some(0));
 }
+
+#[test]
+fn run_with_a_terminal_and_stdin() {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let state = state_dir("run-it");
+    // -i: stdin reaches the command; -e and -w apply; the exit code returns.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "run",
+            "-i",
+            "--no-net",
+            "-e",
+            "K=v",
+            "-w",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo $K $(pwd); exit 4",
+        ])
+        .env("FERRY_STATE_DIR", &state)
+        .env("FERRY_GUEST_INIT", common::guest_init())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"piped in\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, "piped in\nv /tmp\n", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(4));
+
+    // -it from a pty: a shell with our terminal size, its exit code back.
+    let (mut master_fd, mut slave_fd) = (-1, -1);
+    let ws = libc::winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors; `ws` is a valid winsize.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master_fd,
+            &mut slave_fd,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(rc, 0);
+    // SAFETY: fresh descriptors owned by nobody else.
+    let (mut master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master_fd),
+            std::fs::File::from_raw_fd(slave_fd),
+        )
+    };
+    let mut term = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "-it", "--no-net"])
+        .env("FERRY_STATE_DIR", &state)
+        .env("FERRY_GUEST_INIT", common::guest_init())
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    read_until(&mut master, &mut seen, "# ");
+    master.write_all(b"stty size; exit 6\r").unwrap();
+    read_until(&mut master, &mut seen, "40 120");
+    assert_eq!(term.wait().unwrap().code(), Some(6), "{seen}");
+}

@@ -155,26 +155,51 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let vm = super::registry::find(&args.name)?;
     anyhow::ensure!(vm.running(), "{} is not running ({})", args.name, vm.status());
     let sock = dial(&vm.dir, AGENT_PORT)?;
+    let session = Session {
+        command: &args.command,
+        env: &args.env,
+        workdir: args.workdir.as_deref(),
+        interactive: args.interactive,
+        tty: args.tty,
+    };
+    let code = run_session(sock, &session)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+}
+
+/// What to run through the guest agent, and how.
+pub struct Session<'a> {
+    pub command: &'a [String],
+    pub env: &'a [String],
+    pub workdir: Option<&'a str>,
+    /// Send this process's stdin.
+    pub interactive: bool,
+    /// A pty in the guest; this terminal goes raw while it runs.
+    pub tty: bool,
+}
+
+/// Runs `s` over an agent connection, relaying stdio; returns the exit
+/// code (127 when the guest could not start the command).
+pub fn run_session(sock: UnixStream, s: &Session) -> anyhow::Result<i32> {
     let mut spec = Vec::new();
-    for a in &args.command {
+    for a in s.command {
         spec.extend_from_slice(format!("arg={a}\0").as_bytes());
     }
-    for kv in &args.env {
+    for kv in s.env {
         anyhow::ensure!(kv.contains('='), "-e {kv:?}: expected KEY=VALUE");
         spec.extend_from_slice(format!("env={kv}\0").as_bytes());
     }
-    if let Some(dir) = &args.workdir {
+    if let Some(dir) = s.workdir {
         spec.extend_from_slice(format!("cwd={dir}\0").as_bytes());
     }
-    let tty = args.tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
-    if args.tty {
+    let tty = s.tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    if s.tty {
         let (rows, cols) = window_size().unwrap_or((24, 80));
         spec.extend_from_slice(format!("tty=1\0rows={rows}\0cols={cols}\0").as_bytes());
     }
     let mut writer = sock.try_clone()?;
     writer.write_all(&frame(b'E', &spec))?;
-    let _raw = if tty { RawTerminal::enter() } else { None };
-    if args.interactive || args.tty {
+    let raw = if tty { RawTerminal::enter() } else { None };
+    if s.interactive || s.tty {
         let mut w = sock.try_clone()?;
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
@@ -218,14 +243,11 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
                 stderr.write_all(&body)?;
                 stderr.flush()?;
             }
-            b'X' => {
-                let code: i32 = String::from_utf8_lossy(&body).trim().parse().unwrap_or(255);
-                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
-            }
+            b'X' => return Ok(String::from_utf8_lossy(&body).trim().parse().unwrap_or(255)),
             b'F' => {
-                drop(_raw);
-                eprintln!("ferry exec: {}", String::from_utf8_lossy(&body));
-                return Ok(ExitCode::from(127));
+                drop(raw);
+                eprintln!("ferry: {}", String::from_utf8_lossy(&body));
+                return Ok(127);
             }
             _ => {}
         }

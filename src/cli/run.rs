@@ -25,6 +25,7 @@ Examples:
   ferry run --name web -e GREETING=hi -w /tmp -- sh -c 'echo $GREETING from $(hostname)'
   ferry run --memory 1024 --cpus 2 --timeout 60 -- sh -c 'nproc; free -m'
   ferry run -v .:/src -w /src -- ls
+  ferry run -it -- sh                  (an interactive shell with a terminal)
 
 The exit code is the guest command's; 125 means the guest could not start it
 (bad configuration or a failed mount), 127 that the command was not found.";
@@ -42,6 +43,13 @@ pub struct RunArgs {
     /// output with `ferry logs NAME`, end it with `ferry stop NAME`.
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Keep stdin open and send it to the command.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the command a terminal (a pty in the guest): ^C, ^Z and window
+    /// size changes reach it.
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     pub memory: u32,
@@ -188,6 +196,65 @@ fn detach(name: &str, name_given: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `-i`/`-t`: waits for the guest agent, runs the command through it with
+/// this terminal, then powers the guest off; returns the command's code.
+fn run_attached(
+    mut vm: ferry_vmm::QemuVm,
+    console: std::fs::File,
+    args: &RunArgs,
+    reg: &super::registry::Registration,
+) -> anyhow::Result<i32> {
+    let qemu_pid = vm.pid();
+    let timeout = args.timeout.map(Duration::from_secs);
+    let guest = std::thread::spawn(move || {
+        vm.wait_guest(
+            timeout,
+            &mut |l| {
+                if l.starts_with("ferry-init:") {
+                    eprintln!("{l}");
+                    let _ = writeln!(&console, "{l}");
+                }
+            },
+            &mut |l| {
+                let _ = writeln!(&console, "{l}");
+                if l.starts_with("ferry-init:") {
+                    eprintln!("{l}");
+                }
+            },
+        )
+    });
+    let deadline = std::time::Instant::now() + timeout.unwrap_or(Duration::from_secs(300));
+    let sock = loop {
+        if guest.is_finished() {
+            let exit = guest
+                .join()
+                .map_err(|_| anyhow::anyhow!("the guest monitor panicked"))?;
+            let exit = exit.context("running the guest")?;
+            anyhow::bail!("the guest stopped (code {}) before its agent answered", exit.code);
+        }
+        if let Ok(sock) = super::control::dial(&reg.dir, super::control::AGENT_PORT) {
+            break sock;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the guest agent did not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let shell = ["/bin/sh".to_string()];
+    let session = super::control::Session {
+        command: if args.command.is_empty() { &shell } else { &args.command },
+        env: &[],
+        workdir: args.workdir.as_deref(),
+        interactive: args.interactive || args.tty,
+        tty: args.tty,
+    };
+    let code = super::control::run_session(sock, &session);
+    if let Ok(pid) = libc::pid_t::try_from(qemu_pid) {
+        // SAFETY: kill(2) on our own QEMU child; no memory involved.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let _ = guest.join();
+    code
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let name = args
         .name
@@ -195,6 +262,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| format!("ferry-{}", std::process::id()));
     super::registry::check_name(&name)?;
     let detached = std::env::var_os(DETACHED_ENV).is_some();
+    anyhow::ensure!(
+        !(args.detach && (args.interactive || args.tty)),
+        "-d runs in the background, -i/-t need this terminal: use one or the other (and `ferry exec -it NAME` later)"
+    );
     if args.detach && !detached {
         // Fail fast, in the foreground, on a name that is taken.
         if super::registry::find(&name).is_ok_and(|vm| vm.running()) {
@@ -240,8 +311,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating {}", reg.console_log().display()))?;
     let image = guest::prepare(&args.image)?;
 
+    // -i/-t: the guest idles and the command runs through the agent,
+    // which gives it this terminal's stdin (and a pty).
+    let interactive = args.interactive || args.tty;
     let mut line = GuestCmdline::new();
-    line.command(&args.command).key("hostname", &name);
+    if interactive {
+        line.command(&["sleep".into(), "2147483647".into()]);
+    } else {
+        line.command(&args.command);
+    }
+    line.key("hostname", &name);
     for kv in &args.env {
         line.key("env", kv);
     }
@@ -348,6 +427,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut vm = qemu.spawn()?;
     reg.set("qemu_pid", &vm.pid().to_string())?;
+    if interactive {
+        let code = run_attached(vm, console, &args, &reg)?;
+        reg.set("exit", &code.to_string())?;
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
+    }
     let stdout = std::io::stdout();
     let exit = vm
         .wait_guest(

@@ -155,7 +155,12 @@ impl QemuConfig {
         if let Some(stderr) = stderr {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    tracing::warn!(target: "qemu", "{line}");
+                    // ferry itself stops QEMU with SIGTERM (`ferry stop`, -it).
+                    if line.contains("terminating on signal") {
+                        tracing::debug!(target: "qemu", "{line}");
+                    } else {
+                        tracing::warn!(target: "qemu", "{line}");
+                    }
                 }
             });
         }
