@@ -14,11 +14,15 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use crate::inject::Replay;
 use crate::options::{CacheMode, FsOptions, InodeFileHandles};
 
 /// One share's file system and FUSE server.
 pub struct FsDevice {
     server: Server<Arc<PassthroughFs>>,
+    fs: Arc<PassthroughFs>,
+    /// inotify passthrough for this share, when the host watches it.
+    replay: Option<Arc<Replay>>,
 }
 
 impl FsDevice {
@@ -52,10 +56,18 @@ impl FsDevice {
         };
         // The root is opened by the guest's FUSE INIT (`do_import`), after
         // the caller has confined the process.
-        let fs = PassthroughFs::<()>::new(cfg)?;
+        let fs = Arc::new(PassthroughFs::<()>::new(cfg)?);
         Ok(FsDevice {
-            server: Server::new(Arc::new(fs)),
+            server: Server::new(fs.clone()),
+            fs,
+            replay: None,
         })
+    }
+
+    /// Answers the guest agent's replays of host changes (see [`crate::inject`]).
+    pub fn with_replay(mut self, replay: Arc<Replay>) -> FsDevice {
+        self.replay = Some(replay);
+        self
     }
 
     /// Answers every request waiting in `queue`. Returns whether any buffer
@@ -81,6 +93,11 @@ impl FsDevice {
     where
         M: Deref<Target = GuestMemoryMmap> + Clone,
     {
+        if let Some(replay) = &self.replay {
+            if let Some(len) = crate::inject::intercept(replay, &self.fs, mem, &chain) {
+                return len;
+            }
+        }
         let reader = Reader::from_descriptor_chain(mem, chain.clone());
         let writer = VirtioFsWriter::new(mem, chain);
         match (reader, writer) {

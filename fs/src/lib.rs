@@ -3,13 +3,20 @@
 //! (a drop-in for virtiofsd). The request loop ([`device`]) knows nothing
 //! of the transport, so the built-in VMM can run it over virtio-mmio.
 
+pub mod notify;
 pub mod options;
 
 #[cfg(target_os = "linux")]
 pub mod device;
 #[cfg(target_os = "linux")]
+pub mod inject;
+#[cfg(target_os = "linux")]
+pub mod notifier;
+#[cfg(target_os = "linux")]
 pub mod sandbox;
 #[cfg(target_os = "linux")]
 pub mod vhost_user;
+#[cfg(target_os = "linux")]
+pub mod watch;
 
 pub use options::{CacheMode, FsOptions, InodeFileHandles, SandboxMode};

@@ -9,6 +9,7 @@
 mod agent;
 mod config;
 mod modules;
+mod replay;
 mod setup;
 mod sys;
 mod tool;
@@ -84,10 +85,12 @@ fn run() -> Outcome {
     }
     let reaper = std::sync::Arc::new(agent::Reaper::default());
     agent::start(reaper.clone(), cfg.env.clone());
-    run_workload(&cfg, &reaper)
+    let replayer = replay::Replayer::new(&cfg.mounts);
+    replayer.listen();
+    run_workload(&cfg, &reaper, &replayer)
 }
 
-fn run_workload(cfg: &Config, reaper: &agent::Reaper) -> Outcome {
+fn run_workload(cfg: &Config, reaper: &agent::Reaper, replayer: &replay::Replayer) -> Outcome {
     let argv: Vec<String> = if cfg.argv.is_empty() {
         vec!["/bin/sh".into()]
     } else {
@@ -120,18 +123,19 @@ fn run_workload(cfg: &Config, reaper: &agent::Reaper) -> Outcome {
     // We reap with waitpid(-1) ourselves; dropping the handle does not wait.
     drop(child);
     Outcome {
-        code: supervise(workload, reaper),
+        code: supervise(workload, reaper, replayer),
         error: None,
     }
 }
 
 /// Reaps every child, forwards termination signals to the workload, hands
-/// the agent's processes' statuses to the agent, and returns the
-/// workload's exit code once it is gone.
-fn supervise(workload: libc::pid_t, reaper: &agent::Reaper) -> i32 {
+/// the agent's processes' statuses to the agent, replays host changes to
+/// the shares, and returns the workload's exit code once it is gone.
+fn supervise(workload: libc::pid_t, reaper: &agent::Reaper, replayer: &replay::Replayer) -> i32 {
     loop {
         // The timeout also covers a SIGCHLD that arrived before we waited.
         let sig = sys::wait_signal(Duration::from_secs(1));
+        replayer.run_pending();
         if let Some(sig @ (libc::SIGTERM | libc::SIGINT | libc::SIGHUP)) = sig {
             sys::kill(workload, sig);
         }

@@ -56,13 +56,16 @@ pub fn power_off() -> io::Error {
 }
 
 /// The signals PID 1 handles synchronously instead of through handlers.
+/// Wakes PID 1's main thread for work queued by other threads.
+pub const WAKE_SIGNAL: libc::c_int = libc::SIGUSR1;
+
 fn handled_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it fully.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid, initialised sigset_t.
     unsafe {
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP, WAKE_SIGNAL] {
             libc::sigaddset(&mut set, sig);
         }
     }
@@ -274,4 +277,60 @@ pub fn default_signal_mask(cmd: &mut std::process::Command) {
             Ok(())
         });
     }
+}
+
+/// Refetches `path`'s attributes from the file system (FUSE: a GETATTR),
+/// whatever the guest had cached.
+pub fn refresh_attrs(path: &str) -> io::Result<()> {
+    let c = cstr(path)?;
+    // SAFETY: statx is plain data; the kernel fills it.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and out-pointer.
+    check(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_BASIC_STATS,
+            &mut st,
+        )
+    })
+}
+
+/// Drops `file`'s cached pages, so reads fetch the new content.
+pub fn drop_cached_pages(file: &File) {
+    // SAFETY: posix_fadvise(2) on an open descriptor; advice only.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// fallocate(2) without changing the size: the file system sees a write
+/// (the kernel raises IN_MODIFY) and the data stays as it is.
+pub fn touch_allocation(file: &File) -> io::Result<()> {
+    // SAFETY: fallocate(2) on an open descriptor with constant arguments.
+    check(unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 1) })
+}
+
+/// An inotify descriptor watching `dir` for the events a file watcher uses.
+pub fn inotify_watch(dir: &str) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: inotify_init1(2) takes only flags; the result is checked.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let c = cstr(dir)?;
+    let mask = libc::IN_CREATE
+        | libc::IN_MODIFY
+        | libc::IN_CLOSE_WRITE
+        | libc::IN_DELETE
+        | libc::IN_MOVED_FROM
+        | libc::IN_MOVED_TO
+        | libc::IN_ATTRIB;
+    // SAFETY: a valid path and our inotify descriptor.
+    if unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }

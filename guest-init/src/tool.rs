@@ -1,5 +1,6 @@
 //! `/init tool ...`: the few file operations busybox lacks, for checking
-//! a share from inside the guest (xattrs, writes through mmap).
+//! a share from inside the guest (xattrs, writes through mmap, an inotify
+//! watcher: Debian's busybox has no inotifyd).
 
 use std::fs::OpenOptions;
 use std::io;
@@ -7,7 +8,7 @@ use std::io;
 use crate::sys;
 
 const USAGE: &str = "usage: /init tool xattr-set PATH NAME VALUE | xattr-get PATH NAME | \
-mmap-write PATH OFFSET TEXT | mmap-read PATH OFFSET LEN";
+mmap-write PATH OFFSET TEXT | mmap-read PATH OFFSET LEN | inotify DIR";
 
 /// Runs one tool command; returns the process exit code.
 pub fn run(args: &[String]) -> i32 {
@@ -61,6 +62,44 @@ fn dispatch(args: &[String]) -> io::Result<()> {
             println!("{}", String::from_utf8_lossy(&map.bytes()[at..at + n]));
             Ok(())
         }
+        ["inotify", dir] => watch(dir),
         _ => Err(io::Error::new(io::ErrorKind::InvalidInput, USAGE)),
+    }
+}
+
+/// Prints one line per inotify event on `dir`: `EVENT[|ISDIR] NAME`.
+fn watch(dir: &str) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let mut fd = sys::inotify_watch(dir)?;
+    println!("watching {dir}");
+    let names = [
+        (libc::IN_CREATE, "CREATE"),
+        (libc::IN_MODIFY, "MODIFY"),
+        (libc::IN_CLOSE_WRITE, "CLOSE_WRITE"),
+        (libc::IN_DELETE, "DELETE"),
+        (libc::IN_MOVED_FROM, "MOVED_FROM"),
+        (libc::IN_MOVED_TO, "MOVED_TO"),
+        (libc::IN_ATTRIB, "ATTRIB"),
+        (libc::IN_ISDIR, "ISDIR"),
+    ];
+    let mut buf = vec![0u8; 64 << 10];
+    let mut out = std::io::stdout();
+    loop {
+        let n = fd.read(&mut buf)?;
+        let mut b = &buf[..n];
+        while b.len() >= 16 {
+            let mask = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+            let len = u32::from_ne_bytes([b[12], b[13], b[14], b[15]]) as usize;
+            let name = b.get(16..16 + len).unwrap_or(&[]);
+            let name = String::from_utf8_lossy(name.split(|&c| c == 0).next().unwrap_or(&[])).into_owned();
+            let what: Vec<&str> = names
+                .iter()
+                .filter(|(bit, _)| mask & bit != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            writeln!(out, "{} {name}", what.join("|"))?;
+            out.flush()?;
+            b = b.get(16 + len..).unwrap_or(&[]);
+        }
     }
 }

@@ -15,6 +15,8 @@ use clap::Args;
 pub const GUEST_CID: u64 = 3;
 /// The guest agent's vsock port (guest-init's `agent::PORT`).
 pub const AGENT_PORT: u32 = 1024;
+/// Where the guest agent takes host changes to replay (`agent::CHANGES_PORT`).
+pub const CHANGES_PORT: u32 = 1025;
 
 /// A VM's vsock device, served on a thread of the run's supervisor.
 pub struct VsockDevice {

@@ -115,6 +115,10 @@ pub struct FsArgs {
     /// Directory for the --share sockets.
     #[arg(long, value_name = "DIR")]
     socket_dir: Option<PathBuf>,
+    /// inotify passthrough (ferry only): watch the shares and write their
+    /// changes, for the guest agent to replay, to this inherited socket.
+    #[arg(long, value_name = "FD")]
+    notify_fd: Option<i32>,
     /// Request queues (besides the high-priority one).
     #[arg(long, value_name = "N", default_value_t = 1)]
     queues: usize,
@@ -293,13 +297,26 @@ fn serve(a: FsArgs) -> anyhow::Result<()> {
     let list: Vec<(&std::path::Path, bool)> = served.iter().map(|s| (s.dir.as_path(), s.readonly)).collect();
     let sandbox = ferry_fs::sandbox::prepare_shares(opts.sandbox, &list)?;
     let mut devices = Vec::with_capacity(served.len());
+    let mut watched = Vec::new();
     for (i, s) in served.iter().enumerate() {
-        let device = ferry_fs::device::FsDevice::new(&sandbox.root(i), &opts)
+        let mut device = ferry_fs::device::FsDevice::new(&sandbox.root(i), &opts)
             .with_context(|| format!("opening the shared directory {}", s.dir.display()))?;
+        if a.notify_fd.is_some() {
+            let replay = ferry_fs::inject::Replay::new();
+            device = device.with_replay(replay.clone());
+            watched.push((s.label.clone(), sandbox.root(i), replay));
+        }
         devices.push(device);
     }
     // Threads only after this: a mount namespace is entered per thread.
     sandbox.confine()?;
+    if let Some(fd) = a.notify_fd {
+        anyhow::ensure!(fd > 2, "--notify-fd {fd}: not an inherited socket descriptor");
+        // SAFETY: our parent passed this descriptor as one end of a socket
+        // pair for exactly this use; nothing else in ferry owns it.
+        let out = unsafe { <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        ferry_fs::notifier::spawn(watched, out).context("watching the shares for host changes")?;
+    }
     let (queues, pool) = (opts.request_queues, opts.thread_pool_size);
     let workers: Vec<_> = served
         .into_iter()

@@ -375,7 +375,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let shares = if args.volume.is_empty() {
         None
     } else {
-        let server = super::share::ShareServer::start(&args.volume, &run_dir.0)?;
+        let mut server = super::share::ShareServer::start(&args.volume, &run_dir.0)?;
+        server.relay_changes(&reg.dir);
         for ((tag, _), vol) in server.devices.iter().zip(&args.volume) {
             let ro = if vol.read_only { ":ro" } else { "" };
             line.key("mount", &format!("{tag}:{}{ro}", vol.guest));

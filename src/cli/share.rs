@@ -43,6 +43,8 @@ pub struct ShareServer {
     child: Child,
     /// (tag, socket) of each share, in `-v` order.
     pub devices: Vec<(String, PathBuf)>,
+    /// Host changes to the shares, framed for the guest agent.
+    changes: Option<std::os::unix::net::UnixStream>,
 }
 
 impl Drop for ShareServer {
@@ -88,8 +90,16 @@ impl ShareServer {
             cmd.arg("--share").arg(format!("{tag}={}{ro}", host.display()));
             devices.push((tag.clone(), dir.join(format!("{tag}.sock"))));
         }
+        // Host changes come back on this pair, for the guest agent.
+        let (changes, child_end) = std::os::unix::net::UnixStream::pair().context("a socket pair for host changes")?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&child_end);
+        // SAFETY: fcntl(2) on a descriptor we own: let the child inherit it.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        cmd.arg("--notify-fd").arg(fd.to_string());
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
-        let mut child = cmd.spawn().context("starting ferry fs")?;
+        let spawned = cmd.spawn().context("starting ferry fs");
+        drop(child_end);
+        let mut child = spawned?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !devices.iter().all(|(_, socket)| socket.exists()) {
             if let Some(status) = child.try_wait()? {
@@ -101,7 +111,40 @@ impl ShareServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(ShareServer { child, devices })
+        Ok(ShareServer {
+            child,
+            devices,
+            changes: Some(changes),
+        })
+    }
+
+    /// Relays host changes to the guest agent's change port, reconnecting
+    /// as needed (changes made while the guest boots are not replayed: it
+    /// mounts the shares as they are by then).
+    pub fn relay_changes(&mut self, vm_dir: &Path) {
+        let Some(mut changes) = self.changes.take() else { return };
+        let vm_dir = vm_dir.to_path_buf();
+        let _ = std::thread::Builder::new().name("fs-changes".into()).spawn(move || {
+            use std::io::{Read, Write};
+            let mut guest: Option<std::os::unix::net::UnixStream> = None;
+            let mut head = [0u8; 5];
+            while changes.read_exact(&mut head).is_ok() {
+                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                let mut body = vec![0u8; len.min(1 << 20)];
+                if changes.read_exact(&mut body).is_err() {
+                    return;
+                }
+                if guest.is_none() {
+                    guest = super::control::dial(&vm_dir, super::control::CHANGES_PORT).ok();
+                }
+                let sent = guest
+                    .as_mut()
+                    .is_some_and(|g| g.write_all(&head).and_then(|()| g.write_all(&body)).is_ok());
+                if !sent {
+                    guest = None;
+                }
+            }
+        });
     }
 
     /// QEMU's arguments for every share's device.

@@ -488,7 +488,9 @@ impl VsockDevice {
     }
 
     /// Hands waiting packets to the guest's receive queue; returns whether
-    /// any buffer was used. A packet waits when the guest has no buffer.
+    /// any buffer was used. A packet waits when the guest has no buffer;
+    /// data larger than a buffer (Linux posts 4 KiB) is split across
+    /// several.
     pub fn fill_rx<M: GuestMemory>(&mut self, queue: &mut Queue, mem: &M) -> io::Result<bool> {
         let mut used = false;
         while !self.to_guest.is_empty() {
@@ -496,38 +498,63 @@ impl VsockDevice {
                 break;
             };
             let head = chain.head_index();
-            let (h, data) = self.to_guest.pop_front().expect("checked non-empty");
-            let mut bytes = Vec::with_capacity(HEADER_LEN + data.len());
-            bytes.extend_from_slice(&h.to_bytes());
-            bytes.extend_from_slice(&data);
-            let mut written = 0usize;
-            for desc in chain {
-                if !desc.is_write_only() || written == bytes.len() {
-                    continue;
-                }
-                let n = (desc.len() as usize).min(bytes.len() - written);
-                if mem.write_slice(&bytes[written..written + n], desc.addr()).is_err() {
-                    break;
-                }
-                written += n;
-            }
-            if written < bytes.len() {
-                // A receive buffer too small for the packet (or outside
-                // memory): the connection cannot continue.
-                tracing::debug!("vsock: guest receive buffer too small for a packet");
+            let bufs: Vec<_> = chain
+                .filter(|d| d.is_write_only())
+                .map(|d| (d.addr(), d.len() as usize))
+                .collect();
+            let capacity: usize = bufs.iter().map(|&(_, len)| len).sum();
+            let (mut h, mut data) = self.to_guest.pop_front().expect("checked non-empty");
+            let written = if capacity < HEADER_LEN + usize::from(!data.is_empty()) {
+                // Not even a header and a byte fit: a broken driver; the
+                // packet stays for a proper buffer.
+                self.to_guest.push_front((h, data));
+                0
+            } else {
                 let key = (h.src_port, h.dst_port);
-                self.conns.remove(&key);
-                written = 0;
-            }
-            if h.op == OP_RW {
-                if let Some(c) = self.conns.get_mut(&(h.src_port, h.dst_port)) {
-                    c.rx_pending = false;
+                let fits = data.len().min(capacity - HEADER_LEN);
+                let rest = data.split_off(fits);
+                h.len = fits as u32;
+                if rest.is_empty() {
+                    if h.op == OP_RW {
+                        if let Some(c) = self.conns.get_mut(&key) {
+                            c.rx_pending = false;
+                        }
+                    }
+                } else {
+                    let mut more = h;
+                    more.len = rest.len() as u32;
+                    self.to_guest.push_front((more, rest));
                 }
-            }
+                let mut bytes = Vec::with_capacity(HEADER_LEN + data.len());
+                bytes.extend_from_slice(&h.to_bytes());
+                bytes.extend_from_slice(&data);
+                let mut done = 0usize;
+                for (addr, len) in bufs {
+                    if done == bytes.len() {
+                        break;
+                    }
+                    let n = len.min(bytes.len() - done);
+                    if mem.write_slice(&bytes[done..done + n], addr).is_err() {
+                        break;
+                    }
+                    done += n;
+                }
+                if done < bytes.len() {
+                    // A buffer outside guest memory: that connection is lost.
+                    tracing::debug!("vsock: guest receive buffer outside its memory");
+                    self.conns.remove(&key);
+                    0
+                } else {
+                    done
+                }
+            };
             queue
                 .add_used(mem, head, written as u32)
                 .map_err(|e| io::Error::other(format!("vsock rx used ring: {e}")))?;
             used = true;
+            if written == 0 {
+                break;
+            }
         }
         Ok(used)
     }

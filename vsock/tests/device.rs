@@ -43,11 +43,13 @@ impl Guest {
     }
 
     fn offer_rx(&mut self, n: u64) {
+        self.offer_rx_sized(n, 4096 + HEADER_LEN as u32);
+    }
+
+    fn offer_rx_sized(&mut self, n: u64, size: u32) {
         for _ in 0..n {
-            let at = RX_BUFS + (self.rx_offered % 64) * 0x1000 * 17;
-            self.rx
-                .offer(&self.mem, &[Buffer::writable(at, 4096 + HEADER_LEN as u32)])
-                .unwrap();
+            let at = RX_BUFS + (self.rx_offered % 64) * 0x2000;
+            self.rx.offer(&self.mem, &[Buffer::writable(at, size)]).unwrap();
             self.rx_offered += 1;
         }
     }
@@ -87,7 +89,7 @@ impl Guest {
             dev.poll_host();
             dev.fill_rx(&mut self.rx_dev, &self.mem).unwrap();
             if let Some((id, len)) = self.rx.pop_used(&self.mem) {
-                let at = RX_BUFS + (u64::from(id) % 64) * 0x1000 * 17;
+                let at = RX_BUFS + (u64::from(id) % 64) * 0x2000;
                 let mut b = vec![0u8; len as usize];
                 self.mem.read_slice(&mut b, GuestAddress(at)).unwrap();
                 let h = Header::parse(&b).expect("a header");
@@ -192,4 +194,30 @@ fn packets_for_other_addresses_or_past_the_credit_are_reset() {
     g.send(&mut dev, 99, 1, 2, 0, &[]);
     assert_eq!(g.recv(&mut dev).0.op, OP_RST);
     assert_eq!(dev.connections(), 0);
+}
+
+#[test]
+fn host_data_larger_than_a_receive_buffer_is_split_not_lost() {
+    let uds = sock_path("split");
+    let mut dev = VsockDevice::new(GUEST_CID, &uds).unwrap();
+    let mut g = Guest::new();
+    g.offer_rx(1);
+    let mut host = UnixStream::connect(&uds).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    let (req, _) = g.recv(&mut dev);
+    g.send(&mut dev, OP_RESPONSE, 1024, req.src_port, 0, &[]);
+    let mut line = String::new();
+    BufReader::new(host.try_clone().unwrap()).read_line(&mut line).unwrap();
+    // 10 KB from the host into 100-byte guest buffers, 8 at a time.
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    host.write_all(&data).unwrap();
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        g.offer_rx_sized(1, 100);
+        let (h, payload) = g.recv(&mut dev);
+        assert_eq!(h.op, OP_RW);
+        assert!(payload.len() <= 100 - HEADER_LEN);
+        got.extend(payload);
+    }
+    assert_eq!(got, data);
 }
