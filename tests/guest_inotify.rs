@@ -85,6 +85,16 @@ fn host_changes_raise_the_right_events_in_the_guest() {
     wait_event(state, name, "CREATE a.txt");
     wait_event(state, name, "MODIFY a.txt");
     wait_event(state, name, "CLOSE_WRITE a.txt");
+    // A host write right after the create is its own event, not an echo.
+    std::fs::write(dir.join("a.txt"), "hello again\n").unwrap();
+    let start = Instant::now();
+    while logs(state, name).lines().filter(|l| *l == "MODIFY a.txt").count() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the second write was not seen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     std::fs::OpenOptions::new()
         .append(true)

@@ -40,7 +40,7 @@ const STAND_IN_BASE: u64 = 0xfff0_0000_0000_0000;
 /// How long a replay waits for the guest's requests.
 const REPLAY_TTL: Duration = Duration::from_secs(10);
 /// How long a guest change suppresses the host's event for it.
-const ECHO_WINDOW: Duration = Duration::from_millis(1500);
+const ECHO_WINDOW: Duration = Duration::from_millis(500);
 
 const OP_LOOKUP: u32 = 1;
 const OP_FORGET: u32 = 2;
@@ -53,7 +53,6 @@ const OP_UNLINK: u32 = 10;
 const OP_RMDIR: u32 = 11;
 const OP_RENAME: u32 = 12;
 const OP_LINK: u32 = 13;
-const OP_OPEN: u32 = 14;
 const OP_WRITE: u32 = 16;
 const OP_SETXATTR: u32 = 21;
 const OP_REMOVEXATTR: u32 = 24;
@@ -263,11 +262,6 @@ where
         }
         return None;
     }
-    if h.opcode == OP_OPEN {
-        // The replay of a write opens the host file for writing; closing it
-        // raises IN_CLOSE_WRITE on the host, which must not come back.
-        replay.touched_node(fs, h.nodeid, MODIFIED);
-    }
     if !replay.active.load(Ordering::Acquire) && h.nodeid < STAND_IN_BASE {
         return None;
     }
@@ -323,7 +317,6 @@ where
                     ..created
                 });
             }
-            replay.touched_name(name, MODIFIED);
             let cname = CString::new(name).ok()?;
             let entry = match fs.lookup(&ctx, h.nodeid, &cname) {
                 Ok(e) => e,

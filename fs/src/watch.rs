@@ -12,7 +12,6 @@ use crate::notify::{Change, ChangeKind};
 
 const MASK: u32 = libc::IN_CREATE
     | libc::IN_MODIFY
-    | libc::IN_CLOSE_WRITE
     | libc::IN_DELETE
     | libc::IN_MOVED_FROM
     | libc::IN_MOVED_TO
@@ -152,7 +151,10 @@ impl Watcher {
                 ChangeKind::Create
             } else if mask & libc::IN_DELETE != 0 {
                 ChangeKind::Delete
-            } else if mask & (libc::IN_MODIFY | libc::IN_CLOSE_WRITE) != 0 {
+            } else if mask & libc::IN_MODIFY != 0 {
+                // Only writes: the guest's replay of a write raises its own
+                // IN_CLOSE_WRITE, and the host's IN_CLOSE_WRITE for it (the
+                // replay opens the file for writing) must not come back.
                 ChangeKind::Modify
             } else if mask & libc::IN_ATTRIB != 0 {
                 ChangeKind::Attrib
