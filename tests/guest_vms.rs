@@ -354,3 +354,41 @@ fn run_with_a_terminal_and_stdin() {
     read_until(&mut master, &mut seen, "40 120");
     assert_eq!(term.wait().unwrap().code(), Some(6), "{seen}");
 }
+
+/// The product in one go: `ferry run -d` with a name, a share and a
+/// forward; the guest serves a file from the share, the host fetches it
+/// through the forward, the guest resolves its own name and the host's.
+#[test]
+fn a_named_vm_serves_a_shared_file_through_a_forward() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let state = state_dir("site");
+    let site = std::env::temp_dir().join(format!("ferry-site-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&site);
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "from the host's directory\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let publish = format!("{port}:80");
+    let vol = format!("{}:/www:ro", site.display());
+    let script = "nslookup site.test | grep -q 'Address: 10' && echo name-ok; \
+                  nslookup host.container.internal | grep -q 'Address: 10.0.2.254' && echo host-ok; \
+                  exec httpd -f -p 80 -h /www";
+    let out = ferry(&state, &["run", "-d", "--name", "site", "-p", &publish, "-v", &vol, "--", "sh", "-c", script]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let body = loop {
+        let got = std::process::Command::new("curl")
+            .args(["-fsS", "--max-time", "2", &format!("http://127.0.0.1:{port}/")])
+            .output()
+            .unwrap();
+        if got.status.success() {
+            break String::from_utf8_lossy(&got.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "no answer through the forward: {}", ferry(&state, &["logs", "site"]).stdout);
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(body, "from the host's directory\n");
+    let logs = wait_logs(&state, "site", "host-ok");
+    assert!(logs.contains("name-ok"), "{logs}");
+    assert_eq!(ferry(&state, &["stop", "site"]).code, Some(0));
+    std::fs::remove_dir_all(&site).unwrap();
+}
