@@ -205,3 +205,55 @@ fn links_out_of_the_share_do_not_reach_host_files() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--rootfs DIR`: the command runs in DIR (read-only, with a writable
+/// overlay in the guest), `-v` shares are mounted inside it, and nothing
+/// the guest writes to its root reaches DIR.
+#[test]
+fn rootfs_is_the_command_root_with_a_private_writable_overlay() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let root = share_dir("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "echo"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("etc/os-release"), "ID=ferry-rootfs-test\n").unwrap();
+    let data = share_dir("rootfs-data");
+    std::fs::write(data.join("in.txt"), "shared\n").unwrap();
+    let script = "cat /etc/os-release; echo private > /etc/new.conf; cat /etc/new.conf; \
+                  cat /data/in.txt; echo back > /data/out.txt; ls /";
+    let out = Ferry::new([
+        "run",
+        "--no-net",
+        "--rootfs",
+        root.to_str().unwrap(),
+        "-v",
+        &format!("{}:/data", data.display()),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+    .timeout(std::time::Duration::from_secs(120))
+    .output();
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        &lines[..3],
+        ["ID=ferry-rootfs-test", "private", "shared"],
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !root.join("etc/new.conf").exists(),
+        "the guest's write reached the root directory"
+    );
+    assert_eq!(std::fs::read_to_string(data.join("out.txt")).unwrap(), "back\n");
+    let bad = Ferry::new(["run", "--no-net", "--rootfs", data.to_str().unwrap(), "--", "true"]).output();
+    assert_ne!(bad.code, Some(0));
+    assert!(bad.stderr.contains("not a root file system"), "{}", bad.stderr);
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+}

@@ -366,13 +366,22 @@ fn a_named_vm_serves_a_shared_file_through_a_forward() {
     let _ = std::fs::remove_dir_all(&site);
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("index.html"), "from the host's directory\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let publish = format!("{port}:80");
     let vol = format!("{}:/www:ro", site.display());
     let script = "nslookup site.test | grep -q 'Address: 10' && echo name-ok; \
                   nslookup host.container.internal | grep -q 'Address: 10.0.2.254' && echo host-ok; \
                   exec httpd -f -p 80 -h /www";
-    let out = ferry(&state, &["run", "-d", "--name", "site", "-p", &publish, "-v", &vol, "--", "sh", "-c", script]);
+    let out = ferry(
+        &state,
+        &[
+            "run", "-d", "--name", "site", "-p", &publish, "-v", &vol, "--", "sh", "-c", script,
+        ],
+    );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let deadline = Instant::now() + Duration::from_secs(90);
     let body = loop {
@@ -383,7 +392,11 @@ fn a_named_vm_serves_a_shared_file_through_a_forward() {
         if got.status.success() {
             break String::from_utf8_lossy(&got.stdout).into_owned();
         }
-        assert!(Instant::now() < deadline, "no answer through the forward: {}", ferry(&state, &["logs", "site"]).stdout);
+        assert!(
+            Instant::now() < deadline,
+            "no answer through the forward: {}",
+            ferry(&state, &["logs", "site"]).stdout
+        );
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_eq!(body, "from the host's directory\n");

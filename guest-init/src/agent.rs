@@ -113,7 +113,7 @@ fn parse_exec(body: &[u8]) -> ExecSpec {
 
 /// Starts the agent's listener thread. `base_env`: the environment every
 /// process starts from (the VM's `-e` settings).
-pub fn start(reaper: Arc<Reaper>, base_env: Vec<(String, String)>) {
+pub fn start(reaper: Arc<Reaper>, base_env: Vec<(String, String)>, root: Option<String>) {
     let listener = match sys::vsock_listen(PORT) {
         Ok(l) => l,
         Err(e) => {
@@ -123,12 +123,13 @@ pub fn start(reaper: Arc<Reaper>, base_env: Vec<(String, String)>) {
         }
     };
     let base_env = Arc::new(base_env);
+    let root = Arc::new(root);
     let _ = std::thread::Builder::new().name("agent".into()).spawn(move || loop {
         match sys::accept(&listener) {
             Ok(conn) => {
-                let (reaper, env) = (reaper.clone(), base_env.clone());
+                let (reaper, env, root) = (reaper.clone(), base_env.clone(), root.clone());
                 let _ = std::thread::Builder::new().spawn(move || {
-                    if let Err(e) = session(conn, &reaper, &env) {
+                    if let Err(e) = session(conn, &reaper, &env, root.as_deref()) {
                         eprintln!("ferry-init: agent: {e}");
                     }
                 });
@@ -160,10 +161,13 @@ fn pump(mut from: impl Read + Send + 'static, to: Arc<Mutex<File>>, kind: u8) ->
 }
 
 /// Whether `program` names an executable file (directly, or in PATH).
-fn runnable(program: &str, cwd: Option<&str>) -> bool {
+fn runnable(program: &str, cwd: Option<&str>, root: Option<&str>) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    let executable =
-        |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let root = root.unwrap_or("");
+    let executable = |p: &std::path::Path| {
+        let inside = std::path::PathBuf::from(format!("{root}{}", p.display()));
+        std::fs::metadata(inside).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
     if program.contains('/') {
         let path = std::path::Path::new(program);
         return match (path.is_relative(), cwd) {
@@ -177,7 +181,7 @@ fn runnable(program: &str, cwd: Option<&str>) -> bool {
 }
 
 /// One host connection: one process.
-fn session(conn: File, reaper: &Reaper, base_env: &[(String, String)]) -> io::Result<()> {
+fn session(conn: File, reaper: &Reaper, base_env: &[(String, String)], root: Option<&str>) -> io::Result<()> {
     let mut input = conn.try_clone()?;
     let out = Arc::new(Mutex::new(conn));
     let (kind, body) = read_frame(&mut input)?;
@@ -190,7 +194,7 @@ fn session(conn: File, reaper: &Reaper, base_env: &[(String, String)]) -> io::Re
     };
     // std reaps a child whose exec failed, racing PID 1's reaper (and
     // panicking when it loses): find the program before spawning.
-    if !runnable(program, spec.cwd.as_deref()) {
+    if !runnable(program, spec.cwd.as_deref(), root) {
         return write_frame(
             &out,
             b'F',
@@ -205,8 +209,15 @@ fn session(conn: File, reaper: &Reaper, base_env: &[(String, String)]) -> io::Re
         .env("TERM", if spec.tty { "xterm" } else { "linux" })
         .envs(base_env.iter().map(|(k, v)| (k, v)))
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
+    match (root, &spec.cwd) {
+        (Some(root), cwd) => {
+            cmd.current_dir(format!("{root}{}", cwd.as_deref().unwrap_or("/")));
+            sys::chroot_child(&mut cmd, root)?;
+        }
+        (None, Some(dir)) => {
+            cmd.current_dir(dir);
+        }
+        (None, None) => {}
     }
     sys::default_signal_mask(&mut cmd);
     let mut pty_master = None;

@@ -41,6 +41,9 @@ pub struct Config {
     pub cwd: Option<String>,
     /// Modules to load in addition to those listed in the image.
     pub modules: Vec<String>,
+    /// virtio-fs tag of a directory to use as the root file system (read
+    /// only, with a writable overlay in guest memory).
+    pub rootfs: Option<String>,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             env: Vec::new(),
             cwd: None,
             modules: Vec::new(),
+            rootfs: None,
         }
     }
 }
@@ -190,6 +194,13 @@ impl Config {
                 }
                 "net" => cfg.net = parse_net(value)?,
                 "mount" => cfg.mounts.push(parse_mount(value)?),
+                "rootfs" => {
+                    let tag = percent_decode(value)?;
+                    if tag.is_empty() || !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                        return err(format!("ferry.rootfs={value:?}: not a virtio-fs tag"));
+                    }
+                    cfg.rootfs = Some(tag);
+                }
                 "env" => {
                     let decoded = percent_decode(value)?;
                     match decoded.split_once('=') {

@@ -76,6 +76,27 @@ fn run() -> Outcome {
             error: Some("network"),
         };
     }
+    // --rootfs: the workload (and every `ferry exec`) runs in an overlay
+    // of the shared root; the other shares are mounted inside it.
+    let mut cfg = cfg;
+    let root = match &cfg.rootfs {
+        None => None,
+        Some(tag) => match setup::rootfs(tag) {
+            Ok(root) => {
+                for m in &mut cfg.mounts {
+                    m.path = format!("{root}{}", m.path);
+                }
+                Some(root)
+            }
+            Err(e) => {
+                eprintln!("ferry-init: {e}");
+                return Outcome {
+                    code: EXIT_SETUP_FAILED,
+                    error: Some("rootfs"),
+                };
+            }
+        },
+    };
     if let Err(e) = setup::mounts(&cfg.mounts) {
         eprintln!("ferry-init: {e}");
         return Outcome {
@@ -84,13 +105,13 @@ fn run() -> Outcome {
         };
     }
     let reaper = std::sync::Arc::new(agent::Reaper::default());
-    agent::start(reaper.clone(), cfg.env.clone());
+    agent::start(reaper.clone(), cfg.env.clone(), root.clone());
     let replayer = replay::Replayer::new(&cfg.mounts);
     replayer.listen();
-    run_workload(&cfg, &reaper, &replayer)
+    run_workload(&cfg, root.as_deref(), &reaper, &replayer)
 }
 
-fn run_workload(cfg: &Config, reaper: &agent::Reaper, replayer: &replay::Replayer) -> Outcome {
+fn run_workload(cfg: &Config, root: Option<&str>, reaper: &agent::Reaper, replayer: &replay::Replayer) -> Outcome {
     let argv: Vec<String> = if cfg.argv.is_empty() {
         vec!["/bin/sh".into()]
     } else {
@@ -103,8 +124,14 @@ fn run_workload(cfg: &Config, reaper: &agent::Reaper, replayer: &replay::Replaye
         .env("HOME", "/root")
         .env("TERM", "linux")
         .envs(cfg.env.iter().map(|(k, v)| (k, v)));
-    if let Some(dir) = &cfg.cwd {
-        cmd.current_dir(dir);
+    let cwd = cfg.cwd.as_deref().unwrap_or(if root.is_some() { "/" } else { "" });
+    if let Some(root) = root {
+        cmd.current_dir(format!("{root}{cwd}"));
+        if let Err(e) = sys::chroot_child(&mut cmd, root) {
+            eprintln!("ferry-init: entering the root file system: {e}");
+        }
+    } else if !cwd.is_empty() {
+        cmd.current_dir(cwd);
     }
     sys::default_signal_mask(&mut cmd);
     println!("{START_MARKER}");

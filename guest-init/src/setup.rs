@@ -183,6 +183,38 @@ pub fn mounts(shares: &[Mount]) -> io::Result<()> {
     Ok(())
 }
 
+/// Where `--rootfs` is assembled: the shared directory (read only), a
+/// tmpfs for changes, and the overlay of both that the workload runs in.
+pub const ROOT: &str = "/rootfs/root";
+
+/// Builds the workload's root from virtio-fs tag `tag`: an overlay of the
+/// read-only share and a tmpfs, with /proc, /sys and /dev, and this
+/// guest's network configuration files. Returns its path.
+pub fn rootfs(tag: &str) -> io::Result<String> {
+    let (lower, rw) = ("/rootfs/lower", "/rootfs/rw");
+    for d in [lower, rw, ROOT] {
+        fs::create_dir_all(d)?;
+    }
+    sys::mount(tag, lower, "virtiofs", libc::MS_RDONLY, None)
+        .map_err(|e| io::Error::other(format!("mounting the root file system (virtio-fs tag {tag:?}): {e}")))?;
+    sys::mount("tmpfs", rw, "tmpfs", 0, Some("mode=0755"))?;
+    fs::create_dir_all(format!("{rw}/upper"))?;
+    fs::create_dir_all(format!("{rw}/work"))?;
+    let opts = format!("lowerdir={lower},upperdir={rw}/upper,workdir={rw}/work");
+    sys::mount("overlay", ROOT, "overlay", 0, Some(&opts))
+        .map_err(|e| io::Error::other(format!("the writable overlay on the root file system: {e}")))?;
+    for d in ["proc", "sys", "dev"] {
+        let target = format!("{ROOT}/{d}");
+        fs::create_dir_all(&target)?;
+        sys::mount(&format!("/{d}"), &target, "", libc::MS_BIND | libc::MS_REC, None)?;
+    }
+    fs::create_dir_all(format!("{ROOT}/etc"))?;
+    for f in ["resolv.conf", "hosts", "hostname"] {
+        let _ = fs::copy(format!("/etc/{f}"), format!("{ROOT}/etc/{f}"));
+    }
+    Ok(ROOT.to_string())
+}
+
 /// Flushes and detaches virtio-fs shares before power-off so that the host
 /// sees every write.
 pub fn unmount_shares() {

@@ -334,3 +334,21 @@ pub fn inotify_watch(dir: &str) -> io::Result<File> {
     }
     Ok(file)
 }
+
+/// Runs `cmd`'s child inside `root` (its working directory must already be
+/// a directory under `root`).
+pub fn chroot_child(cmd: &mut std::process::Command, root: &str) -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let root = cstr(root)?;
+    // SAFETY: chroot(2) is async-signal-safe and reads only `root`, which
+    // the closure owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::chroot(root.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}

@@ -26,6 +26,7 @@ Examples:
   ferry run --memory 1024 --cpus 2 --timeout 60 -- sh -c 'nproc; free -m'
   ferry run -v .:/src -w /src -- ls
   ferry run -it -- sh                  (an interactive shell with a terminal)
+  ferry run --rootfs ./alpine-root -- cat /etc/os-release
 
 The exit code is the guest command's; 125 means the guest could not start it
 (bad configuration or a failed mount), 127 that the command was not found.";
@@ -72,6 +73,12 @@ pub struct RunArgs {
     /// HOST_DIR:GUEST_PATH[:ro].
     #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
     pub volume: Vec<super::share::Volume>,
+    /// Run the command in this directory (e.g. an unpacked container
+    /// image) as its root file system: shared read-only over virtio-fs,
+    /// with a writable overlay in guest memory; -v shares are mounted
+    /// inside it.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
     /// Kill the guest if it runs longer than this many seconds.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -372,14 +379,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some((NetAttach::Stream, sock))
     };
     // Shares: one `ferry fs` serving them all, mounted by guest-init.
-    let shares = if args.volume.is_empty() {
+    let mut volumes = args.volume.clone();
+    if let Some(dir) = &args.rootfs {
+        anyhow::ensure!(
+            dir.join("bin").exists() || dir.join("usr/bin").exists(),
+            "--rootfs {}: not a root file system (no bin or usr/bin in it)",
+            dir.display()
+        );
+        // SAFETY: geteuid(2) takes no arguments and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        // The guest mounts it read-only either way; as root the host
+        // enforces it too.
+        volumes.push(super::share::Volume {
+            host: dir.clone(),
+            guest: "/".into(),
+            read_only: root,
+        });
+    }
+    let shares = if volumes.is_empty() {
         None
     } else {
-        let mut server = super::share::ShareServer::start(&args.volume, &run_dir.0)?;
+        let mut server = super::share::ShareServer::start(&volumes, &run_dir.0)?;
         server.relay_changes(&reg.dir);
         for ((tag, _), vol) in server.devices.iter().zip(&args.volume) {
             let ro = if vol.read_only { ":ro" } else { "" };
             line.key("mount", &format!("{tag}:{}{ro}", vol.guest));
+        }
+        if args.rootfs.is_some() {
+            let (tag, _) = server.devices.last().expect("the rootfs share");
+            line.key("rootfs", tag);
         }
         Some(server)
     };

@@ -15,7 +15,7 @@ pub use cpio::{CpioWriter, Entry};
 pub use kernel::Kernel;
 
 /// Bumped whenever the image layout changes, so old cache entries are unused.
-const IMAGE_FORMAT: u32 = 1;
+const IMAGE_FORMAT: u32 = 2;
 
 /// Modules for every device ferry attaches (dependencies are added).
 pub const DEFAULT_MODULES: &[&str] = &[
@@ -27,6 +27,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "virtiofs",
     "vsock",
     "vmw_vsock_virtio_transport",
+    "overlay",
 ];
 
 #[derive(Debug, thiserror::Error)]
