@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::inject::Replay;
-use crate::notify::Coalescer;
+use crate::notify::{Coalescer, ShareWatcher};
 use crate::watch::Watcher;
 
 /// How long a burst may keep growing before it is sent: short enough for
@@ -23,7 +23,7 @@ struct Share {
     tag: String,
     root: PathBuf,
     replay: Arc<Replay>,
-    watcher: Watcher,
+    watcher: Box<dyn ShareWatcher>,
     queue: Coalescer,
 }
 
@@ -31,7 +31,7 @@ struct Share {
 pub fn spawn(shares: Vec<(String, PathBuf, Arc<Replay>)>, out: UnixStream) -> std::io::Result<()> {
     let mut watched = Vec::new();
     for (tag, root, replay) in shares {
-        let watcher = Watcher::new(&root)?;
+        let watcher = Box::new(Watcher::new(&root)?);
         watched.push(Share {
             tag,
             root,
@@ -61,7 +61,7 @@ fn run(mut shares: Vec<Share>, mut out: UnixStream) {
         let mut fds: Vec<libc::pollfd> = shares
             .iter()
             .map(|s| libc::pollfd {
-                fd: s.watcher.fd(),
+                fd: s.watcher.ready_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             })

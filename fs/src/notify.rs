@@ -44,6 +44,16 @@ impl Change {
     }
 }
 
+/// A source of host changes to one share: inotify on Linux
+/// ([`crate::watch::Watcher`]); FSEvents on macOS would implement the same
+/// (see docs/macos.md).
+pub trait ShareWatcher: Send {
+    /// A descriptor that becomes readable when changes are waiting.
+    fn ready_fd(&self) -> std::os::fd::RawFd;
+    /// The changes seen since the last call (non-blocking).
+    fn read_changes(&mut self) -> Vec<Change>;
+}
+
 /// Changes waiting to be sent, merged per path.
 #[derive(Default)]
 pub struct Coalescer {

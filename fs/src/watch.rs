@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::notify::{Change, ChangeKind};
+use crate::notify::{Change, ChangeKind, ShareWatcher};
 
 const MASK: u32 = libc::IN_CREATE
     | libc::IN_MODIFY
@@ -52,10 +52,6 @@ impl Watcher {
         };
         w.add_tree("", false, &mut Vec::new());
         Ok(w)
-    }
-
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
     }
 
     /// Watches `rel` and the directories below it; what is already in them
@@ -104,8 +100,7 @@ impl Watcher {
         }
     }
 
-    /// Reads what is queued (non-blocking) and returns it as changes.
-    pub fn read_changes(&mut self) -> Vec<Change> {
+    fn read_queued(&mut self) -> Vec<Change> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -200,5 +195,15 @@ impl Watcher {
                 is_dir,
             });
         }
+    }
+}
+
+impl ShareWatcher for Watcher {
+    fn ready_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn read_changes(&mut self) -> Vec<Change> {
+        self.read_queued()
     }
 }
