@@ -5,8 +5,10 @@
 pub mod accel;
 pub mod cmdline;
 pub mod console;
+pub mod hypervisor;
 pub mod image;
 pub mod qemu;
+pub mod x86_64;
 
 pub use accel::AccelChoice;
 pub use cmdline::GuestCmdline;
