@@ -25,7 +25,10 @@ fn assemble(name: &str, source: &str) -> Vec<u8> {
         ok(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src)),
         "the GNU assembler (binutils) is needed: apt-get install binutils"
     );
-    assert!(ok(Command::new("objcopy").args(["-O", "binary", "-j", ".text"]).arg(&obj).arg(&bin)));
+    assert!(ok(Command::new("objcopy")
+        .args(["-O", "binary", "-j", ".text"])
+        .arg(&obj)
+        .arg(&bin)));
     let code = std::fs::read(&bin).unwrap();
     let _ = std::fs::remove_dir_all(PathBuf::from(&dir));
     code

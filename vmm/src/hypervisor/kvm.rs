@@ -17,7 +17,11 @@ pub struct KvmHypervisor {
 impl KvmHypervisor {
     /// Opens `/dev/kvm`.
     pub fn open() -> Result<KvmHypervisor> {
-        let kvm = Kvm::new().map_err(|e| HypervisorError(format!("opening /dev/kvm: {e} (is KVM available and may this user use it?)")))?;
+        let kvm = Kvm::new().map_err(|e| {
+            HypervisorError(format!(
+                "opening /dev/kvm: {e} (is KVM available and may this user use it?)"
+            ))
+        })?;
         Ok(KvmHypervisor { kvm })
     }
 }
@@ -32,7 +36,8 @@ impl super::Hypervisor for KvmHypervisor {
 
     fn create_vm(&self) -> Result<KvmVm> {
         let fd = self.kvm.create_vm().map_err(err("creating a VM"))?;
-        fd.create_irq_chip().map_err(err("creating the in-kernel interrupt controller"))?;
+        fd.create_irq_chip()
+            .map_err(err("creating the in-kernel interrupt controller"))?;
         let cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
