@@ -5,9 +5,12 @@
 pub mod accel;
 pub mod cmdline;
 pub mod console;
+#[cfg(target_os = "linux")]
+pub mod devices;
 pub mod hypervisor;
 pub mod image;
 pub mod qemu;
+pub mod virtio_mmio;
 pub mod x86_64;
 
 pub use accel::AccelChoice;

@@ -15,23 +15,28 @@ pub const CODE_SELECTOR: u16 = 0x08;
 pub const DATA_SELECTOR: u16 = 0x10;
 const PML4: u64 = 0x9000;
 const PDPT: u64 = 0xa000;
+/// Four page directories, 0xb000..0xf000.
 const PD: u64 = 0xb000;
 
 /// Null, 64-bit code, data: the flat segments of Linux's boot GDT.
 const GDT: [u64; 3] = [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff];
 
-/// Writes the GDT and page tables identity-mapping the first GiB with
-/// 2 MiB pages; returns (cr3, gdt base, gdt limit).
+/// Writes the GDT and page tables identity-mapping the first 4 GiB (RAM
+/// and the device window above it) with 2 MiB pages; returns (cr3, gdt
+/// base, gdt limit).
 pub fn write_boot_tables<M: GuestMemory>(mem: &M) -> Result<(u64, u64, u16), vm_memory::GuestMemoryError> {
     for (i, entry) in GDT.iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(GDT_ADDR + 8 * i as u64))?;
     }
     // Present | writable.
     mem.write_obj(PDPT | 0x3, GuestAddress(PML4))?;
-    mem.write_obj(PD | 0x3, GuestAddress(PDPT))?;
-    for i in 0..512u64 {
-        // Present | writable | 2 MiB page.
-        mem.write_obj((i << 21) | 0x83, GuestAddress(PD + 8 * i))?;
+    for gib in 0..4u64 {
+        let pd = PD + 0x1000 * gib;
+        mem.write_obj(pd | 0x3, GuestAddress(PDPT + 8 * gib))?;
+        for i in 0..512u64 {
+            // Present | writable | 2 MiB page.
+            mem.write_obj((gib << 30) | (i << 21) | 0x83, GuestAddress(pd + 8 * i))?;
+        }
     }
     Ok((PML4, GDT_ADDR, (GDT.len() * 8 - 1) as u16))
 }

@@ -120,3 +120,200 @@ fn a_program_prints_to_the_serial_port_and_exits() {
     assert_eq!(out.ports, [(0x80, 123)]);
     assert_eq!(out.exit, Some(7));
 }
+
+const MMIO_BASE: u64 = 0xd000_0000;
+const RING: u64 = 0x20_0000;
+const BUFS: u64 = 0x30_0000;
+const MAILBOX: u64 = 0x2f_0000;
+const PHASE_PORT: u16 = 0x502;
+
+fn fuse_request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
+    let mut r = ferry_driver::fuse::header(40 + body.len() as u32, opcode, unique, nodeid);
+    r.extend_from_slice(body);
+    r
+}
+
+/// A guest program drives the virtio-mmio registers itself (status,
+/// feature negotiation, queue setup, notify) and exchanges FUSE requests
+/// with ferry's in-process virtio-fs device; the requests are laid in its
+/// memory by the test between phases, the way firmware tables are.
+#[test]
+fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
+    use ferry_driver::split_queue::{Buffer, SplitQueue};
+    use ferry_vmm::virtio_mmio::MmioTransport;
+
+    let share = std::env::temp_dir().join(format!("ferry-kvm-fs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&share);
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("hello.txt"), "bytes from a host file\n").unwrap();
+    let fs = ferry_fs::device::FsDevice::new(&share, &ferry_fs::FsOptions::default()).unwrap();
+    let mut transport = MmioTransport::new(Box::new(ferry_vmm::devices::VirtioFs::new(fs, "share", 1)));
+
+    let queue = SplitQueue::new(RING, 16);
+    let (desc, avail, used) = queue.addresses();
+    let source = format!(
+        r#"
+            mov ${MMIO_BASE:#x}, %rbx
+            cmpl $0x74726976, (%rbx)
+            jne fail
+            cmpl $26, 8(%rbx)
+            jne fail
+            movl $1, 0x70(%rbx)
+            movl $3, 0x70(%rbx)
+            movl $1, 0x14(%rbx)
+            movl 0x10(%rbx), %eax
+            test $1, %eax
+            jz fail
+            movl $1, 0x24(%rbx)
+            movl $1, 0x20(%rbx)
+            movl $0, 0x24(%rbx)
+            movl $0, 0x20(%rbx)
+            movl $0xb, 0x70(%rbx)
+            movl 0x70(%rbx), %eax
+            test $8, %eax
+            jz fail
+            movl $1, 0x30(%rbx)
+            cmpl $0, 0x34(%rbx)
+            je fail
+            movl $16, 0x38(%rbx)
+            movl ${desc:#x}, 0x80(%rbx)
+            movl $0, 0x84(%rbx)
+            movl ${avail:#x}, 0x90(%rbx)
+            movl $0, 0x94(%rbx)
+            movl ${used:#x}, 0xa0(%rbx)
+            movl $0, 0xa4(%rbx)
+            movl $1, 0x44(%rbx)
+            movl $0xf, 0x70(%rbx)
+            mov $1, %ecx
+        again:
+            movl $1, 0x50(%rbx)
+        wait:
+            movzwl {used_idx:#x}, %eax
+            cmp %ecx, %eax
+            jb wait
+            movl 0x60(%rbx), %eax
+            movl %eax, 0x64(%rbx)
+            mov ${PHASE_PORT:#x}, %dx
+            mov %cl, %al
+            out %al, (%dx)
+            cmpl $0, {MAILBOX:#x}
+            je done
+            movl $0, {MAILBOX:#x}
+            inc %ecx
+            jmp again
+        done:
+            mov ${EXIT_PORT:#x}, %dx
+            mov $0, %al
+            out %al, (%dx)
+        fail:
+            mov ${EXIT_PORT:#x}, %dx
+            mov $1, %al
+            out %al, (%dx)
+        "#,
+        used_idx = used + 2,
+    );
+    let code = assemble("virtio-fs", &source);
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    mem.write_slice(&code, GuestAddress(LOAD_ADDR)).unwrap();
+    let (cr3, gdt_base, gdt_limit) = ferry_vmm::x86_64::write_boot_tables(&mem).unwrap();
+    let kvm = KvmHypervisor::open().expect("/dev/kvm");
+    let mut vm = kvm.create_vm().unwrap();
+    let host = mem.get_host_address(GuestAddress(0)).unwrap();
+    // SAFETY: `mem` outlives the VM (both live to the end of this test).
+    unsafe { vm.map_memory(0, 0, host, MEM_SIZE as u64) }.unwrap();
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.enter_long_mode(&LongModeEntry {
+        rip: LOAD_ADDR,
+        rsp: 0x8_0000,
+        rsi: 0,
+        cr3,
+        gdt_base,
+        gdt_limit,
+    })
+    .unwrap();
+
+    // The requests, one per phase; each reply is read before the next is
+    // written (LOOKUP's node id feeds OPEN, OPEN's handle feeds READ).
+    let mut ring = queue;
+    let mut phase = 0u64;
+    let offer = |ring: &mut SplitQueue, n: u64, req: &[u8]| {
+        let at = BUFS + n * 0x2000;
+        mem.write_slice(req, GuestAddress(at)).unwrap();
+        ring.offer(
+            &mem,
+            &[
+                Buffer::readable(at, req.len() as u32),
+                Buffer::writable(at + 0x1000, 0x1000),
+            ],
+        )
+        .unwrap();
+    };
+    let reply = |n: u64| -> (i32, Vec<u8>) {
+        let mut hdr = [0u8; 16];
+        mem.read_slice(&mut hdr, GuestAddress(BUFS + n * 0x2000 + 0x1000))
+            .unwrap();
+        let len = u32::from_le_bytes(hdr[0..4].try_into().unwrap()) as usize;
+        let error = i32::from_le_bytes(hdr[4..8].try_into().unwrap());
+        let mut body = vec![0u8; len.saturating_sub(16).min(0x1000 - 16)];
+        mem.read_slice(&mut body, GuestAddress(BUFS + n * 0x2000 + 0x1010))
+            .unwrap();
+        (error, body)
+    };
+    let mut init = Vec::new();
+    for v in [7u32, 31, 128 << 10, 0] {
+        init.extend_from_slice(&v.to_le_bytes());
+    }
+    offer(&mut ring, 0, &fuse_request(26, 1, 0, &init));
+    let mut content = None;
+    let mut exit = None;
+    for _ in 0..100_000 {
+        match vcpu.run().unwrap() {
+            VcpuExit::MmioRead { addr, data } if addr >= MMIO_BASE && addr < MMIO_BASE + 0x1000 => {
+                transport.read(addr - MMIO_BASE, data)
+            }
+            VcpuExit::MmioWrite { addr, data } if addr >= MMIO_BASE && addr < MMIO_BASE + 0x1000 => {
+                transport.write(addr - MMIO_BASE, data, &mem)
+            }
+            VcpuExit::IoOut { port: PHASE_PORT, .. } => {
+                let (error, body) = reply(phase);
+                assert_eq!(error, 0, "request {phase} failed");
+                let next = match phase {
+                    0 => Some(fuse_request(1, 2, 1, b"hello.txt\0")),
+                    1 => {
+                        let nodeid = u64::from_le_bytes(body[0..8].try_into().unwrap());
+                        Some(fuse_request(14, 3, nodeid, &[0u8; 8]))
+                    }
+                    2 => {
+                        let fh = u64::from_le_bytes(body[0..8].try_into().unwrap());
+                        let (_, lookup) = reply(1);
+                        let nodeid = u64::from_le_bytes(lookup[0..8].try_into().unwrap());
+                        let mut read = fh.to_le_bytes().to_vec();
+                        read.extend_from_slice(&0u64.to_le_bytes());
+                        read.extend_from_slice(&1024u32.to_le_bytes());
+                        read.extend_from_slice(&[0u8; 20]);
+                        Some(fuse_request(15, 4, nodeid, &read))
+                    }
+                    _ => {
+                        content = Some(String::from_utf8_lossy(&body).into_owned());
+                        None
+                    }
+                };
+                phase += 1;
+                if let Some(req) = next {
+                    offer(&mut ring, phase, &req);
+                    mem.write_obj(1u32, GuestAddress(MAILBOX)).unwrap();
+                }
+            }
+            VcpuExit::IoOut { port: EXIT_PORT, data } => {
+                exit = Some(data[0]);
+                break;
+            }
+            VcpuExit::Other(what) if what == "interrupted" => {}
+            other => panic!("unexpected exit {other:?} in phase {phase}"),
+        }
+    }
+    assert_eq!(exit, Some(0), "the guest program failed its checks of the device");
+    assert_eq!(content.as_deref(), Some("bytes from a host file\n"));
+    assert!(transport.interrupt_pending() || phase == 4);
+    std::fs::remove_dir_all(&share).unwrap();
+}
