@@ -139,10 +139,8 @@ impl MmioTransport {
         };
         match offset {
             0x014 => self.device_features_sel = v,
-            0x020 => {
-                if self.driver_features_sel < 2 {
-                    set_half(&mut self.driver_features, self.driver_features_sel == 1, v);
-                }
+            0x020 if self.driver_features_sel < 2 => {
+                set_half(&mut self.driver_features, self.driver_features_sel == 1, v);
             }
             0x024 => self.driver_features_sel = v,
             0x030 => self.queue_sel = v,
