@@ -268,10 +268,10 @@ fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
     let mut exit = None;
     for _ in 0..100_000 {
         match vcpu.run().unwrap() {
-            VcpuExit::MmioRead { addr, data } if addr >= MMIO_BASE && addr < MMIO_BASE + 0x1000 => {
+            VcpuExit::MmioRead { addr, data } if (MMIO_BASE..MMIO_BASE + 0x1000).contains(&addr) => {
                 transport.read(addr - MMIO_BASE, data)
             }
-            VcpuExit::MmioWrite { addr, data } if addr >= MMIO_BASE && addr < MMIO_BASE + 0x1000 => {
+            VcpuExit::MmioWrite { addr, data } if (MMIO_BASE..MMIO_BASE + 0x1000).contains(&addr) => {
                 transport.write(addr - MMIO_BASE, data, &mem)
             }
             VcpuExit::IoOut { port: PHASE_PORT, .. } => {
