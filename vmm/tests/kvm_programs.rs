@@ -59,6 +59,17 @@ fn run_program(name: &str, source: &str) -> Outcome {
         .expect("the guest program did not finish within 60 s")
 }
 
+/// KVM, if this machine has it; tests say so and return when it does not.
+fn kvm() -> Option<KvmHypervisor> {
+    match KvmHypervisor::open() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            eprintln!("SKIP: no usable /dev/kvm here ({e}); these programs need real KVM");
+            None
+        }
+    }
+}
+
 fn run_on_vcpu(name: &str, source: &str) -> Outcome {
     let code = assemble(name, source);
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
