@@ -84,6 +84,9 @@ pub struct Replay {
     /// Name or inode -> when the guest last changed it, and how (bits).
     guest_names: Mutex<HashMap<Vec<u8>, (Instant, u8)>>,
     guest_inos: Mutex<HashMap<u64, (Instant, u8)>>,
+    /// Names whose create replay found the host file already gone: the
+    /// guest never saw them, so their delete must not be replayed either.
+    unseen: Mutex<Vec<Vec<u8>>>,
     /// Node id -> host inode, for changes made through a node id.
     node_inos: Mutex<HashMap<u64, (u64, Instant)>>,
 }
@@ -159,6 +162,26 @@ impl Replay {
                 m.retain(|_, (t, _)| t.elapsed() < ECHO_WINDOW);
             }
             m.insert(ino, (Instant::now(), kinds));
+        }
+    }
+
+    fn remember_unseen(&self, name: &[u8]) {
+        if let Ok(mut u) = self.unseen.lock() {
+            if u.len() > 4096 {
+                u.clear();
+            }
+            u.push(name.to_vec());
+        }
+    }
+
+    fn forget_unseen(&self, name: &[u8]) -> bool {
+        let Ok(mut u) = self.unseen.lock() else { return false };
+        match u.iter().position(|n| n == name) {
+            Some(i) => {
+                u.swap_remove(i);
+                true
+            }
+            None => false,
         }
     }
 
@@ -296,6 +319,12 @@ where
             let removing =
                 |x: &Expected| matches!(x.change.kind, ChangeKind::Delete | ChangeKind::Move(_)) && x.name == name;
             let gone = replay.peek(removing)?;
+            if replay.forget_unseen(name) {
+                // Created and removed on the host before the guest saw it:
+                // let the guest find nothing, so it replays nothing.
+                replay.take(removing);
+                return reply(mem, chain, h.unique, -libc::ENOENT, &[]);
+            }
             let id = STAND_IN_BASE + replay.next_stand_in.fetch_add(1, Ordering::Relaxed);
             replay.stand_ins.lock().ok()?.insert(id, gone.is_dir);
             let out = EntryOut {
@@ -320,7 +349,10 @@ where
             let cname = CString::new(name).ok()?;
             let entry = match fs.lookup(&ctx, h.nodeid, &cname) {
                 Ok(e) => e,
-                Err(e) => return reply(mem, chain, h.unique, -e.raw_os_error().unwrap_or(libc::EIO), &[]),
+                Err(e) => {
+                    replay.remember_unseen(name);
+                    return reply(mem, chain, h.unique, -e.raw_os_error().unwrap_or(libc::EIO), &[]);
+                }
             };
             let mut out = EntryOut::from(entry).as_slice().to_vec();
             if h.opcode == OP_CREATE {
