@@ -9,6 +9,7 @@ pub mod console;
 pub mod devices;
 pub mod hypervisor;
 pub mod image;
+pub mod machine;
 pub mod qemu;
 pub mod virtio_mmio;
 pub mod x86_64;

@@ -42,6 +42,7 @@ pub struct MmioTransport {
     driver_features: u64,
     status: u32,
     interrupt_status: u32,
+    interrupts: u64,
 }
 
 fn set_half(v: &mut u64, high: bool, x: u32) {
@@ -68,12 +69,19 @@ impl MmioTransport {
             driver_features: 0,
             status: 0,
             interrupt_status: 0,
+            interrupts: 0,
         }
     }
 
-    /// Whether the device has raised its interrupt (used buffers).
+    /// Whether the device has raised its interrupt (used buffers) and the
+    /// driver has not acknowledged it.
     pub fn interrupt_pending(&self) -> bool {
         self.interrupt_status != 0
+    }
+
+    /// How many times the device has raised its interrupt.
+    pub fn interrupts_raised(&self) -> u64 {
+        self.interrupts
     }
 
     fn selected(&mut self) -> Option<&mut Queue> {
@@ -160,6 +168,7 @@ impl MmioTransport {
                     if let Some(q) = self.queues.get_mut(i) {
                         if q.ready() && self.device.process_queue(i, q, mem) {
                             self.interrupt_status |= INT_USED_BUFFER;
+                            self.interrupts += 1;
                         }
                     }
                 }

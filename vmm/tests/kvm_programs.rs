@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use ferry_vmm::hypervisor::kvm::KvmHypervisor;
-use ferry_vmm::hypervisor::{Hypervisor, LongModeEntry, Vcpu, VcpuExit, Vm};
+use ferry_vmm::hypervisor::kvm::{KvmHypervisor, KvmVcpu, KvmVm};
+use ferry_vmm::hypervisor::{Hypervisor, LongModeEntry, Vcpu, Vm};
+use ferry_vmm::machine::{Machine, Stop, EXIT_PORT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 const LOAD_ADDR: u64 = 0x10_0000;
@@ -34,10 +35,9 @@ fn assemble(name: &str, source: &str) -> Vec<u8> {
     code
 }
 
-/// Programs end by writing their status here (QEMU's isa-debug-exit
-/// convention): with the in-kernel interrupt controller, `hlt` waits in
-/// KVM for an interrupt instead of exiting to the VMM.
-const EXIT_PORT: u16 = 0x501;
+// Programs end by writing their status to EXIT_PORT (QEMU's
+// isa-debug-exit convention): with the in-kernel interrupt controller,
+// `hlt` waits in KVM for an interrupt instead of exiting to the VMM.
 
 /// What a program did: serial output, port writes, how it ended.
 #[derive(Debug, Default)]
@@ -45,6 +45,7 @@ struct Outcome {
     serial: String,
     ports: Vec<(u16, u8)>,
     exit: Option<u8>,
+    boot_time: Option<std::time::Duration>,
 }
 
 /// Runs `source` on a vCPU thread; a program that neither exits nor
@@ -72,13 +73,36 @@ fn kvm() -> Option<KvmHypervisor> {
 
 fn run_on_vcpu(name: &str, source: &str) -> Outcome {
     let code = assemble(name, source);
+    let (mut machine, mut vcpu, _vm) = boot(&code);
+    let mut ports = Vec::new();
+    let stop = machine
+        .run(&mut vcpu, &mut |_, port, b| {
+            ports.push((port, b));
+            None
+        })
+        .unwrap();
+    Outcome {
+        serial: String::from_utf8_lossy(&machine.serial).into_owned(),
+        ports,
+        exit: match stop {
+            Stop::Exit(code) => Some(code),
+            other => panic!("the program stopped with {other:?}"),
+        },
+        boot_time: machine.boot_time,
+    }
+}
+
+/// A machine with `code` loaded at [`LOAD_ADDR`] and a vCPU about to run
+/// it in 64-bit mode (the VM is returned to keep it alive).
+fn boot(code: &[u8]) -> (Machine, KvmVcpu, KvmVm) {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    mem.write_slice(&code, GuestAddress(LOAD_ADDR)).unwrap();
+    mem.write_slice(code, GuestAddress(LOAD_ADDR)).unwrap();
     let (cr3, gdt_base, gdt_limit) = ferry_vmm::x86_64::write_boot_tables(&mem).unwrap();
     let kvm = KvmHypervisor::open().expect("/dev/kvm");
     let mut vm = kvm.create_vm().unwrap();
     let host = mem.get_host_address(GuestAddress(0)).unwrap();
-    // SAFETY: `mem` outlives the VM (both live to the end of this function).
+    // SAFETY: the machine owns `mem` and is returned with the VM; tests
+    // drop them together.
     unsafe { vm.map_memory(0, 0, host, MEM_SIZE as u64) }.unwrap();
     let mut vcpu = vm.create_vcpu(0).unwrap();
     vcpu.enter_long_mode(&LongModeEntry {
@@ -90,21 +114,7 @@ fn run_on_vcpu(name: &str, source: &str) -> Outcome {
         gdt_limit,
     })
     .unwrap();
-    let mut out = Outcome::default();
-    for _ in 0..100_000 {
-        match vcpu.run().unwrap() {
-            VcpuExit::IoOut { port: 0x3f8, data } => out.serial.push(char::from(data[0])),
-            VcpuExit::IoOut { port: EXIT_PORT, data } => {
-                out.exit = Some(data[0]);
-                return out;
-            }
-            VcpuExit::IoOut { port, data } => out.ports.push((port, data[0])),
-            VcpuExit::IoIn { data, .. } => data.fill(0),
-            VcpuExit::Other(what) if what == "interrupted" => {}
-            other => panic!("unexpected exit {other:?}; so far {out:?}"),
-        }
-    }
-    panic!("the program did not exit: {out:?}");
+    (Machine::new(mem), vcpu, vm)
 }
 
 #[test]
@@ -123,6 +133,8 @@ fn a_program_prints_to_the_serial_port_and_exits() {
             loop 1b
             mov $123, %al
             out %al, $0x80
+            mov $0x42, %al
+            out %al, $0x99
             mov $0x501, %dx
             mov $7, %al
             out %al, (%dx)
@@ -131,7 +143,8 @@ fn a_program_prints_to_the_serial_port_and_exits() {
         "#,
     );
     assert_eq!(out.serial, "hello from 64-bit guest code\n");
-    assert_eq!(out.ports, [(0x80, 123)]);
+    assert!(out.boot_time.is_some(), "the boot timer was not recorded");
+    assert_eq!(out.ports, [(0x99, 0x42)]);
     assert_eq!(out.exit, Some(7));
 }
 
@@ -161,7 +174,7 @@ fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
     std::fs::create_dir_all(&share).unwrap();
     std::fs::write(share.join("hello.txt"), "bytes from a host file\n").unwrap();
     let fs = ferry_fs::device::FsDevice::new(&share, &ferry_fs::FsOptions::default()).unwrap();
-    let mut transport = MmioTransport::new(Box::new(ferry_vmm::devices::VirtioFs::new(fs, "share", 1)));
+    let transport = MmioTransport::new(Box::new(ferry_vmm::devices::VirtioFs::new(fs, "share", 1)));
 
     let queue = SplitQueue::new(RING, 16);
     let (desc, avail, used) = queue.addresses();
@@ -226,35 +239,22 @@ fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
         "#,
         used_idx = used + 2,
     );
-    let Some(kvm) = kvm() else { return };
+    if kvm().is_none() {
+        return;
+    }
     let code = assemble("virtio-fs", &source);
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    mem.write_slice(&code, GuestAddress(LOAD_ADDR)).unwrap();
-    let (cr3, gdt_base, gdt_limit) = ferry_vmm::x86_64::write_boot_tables(&mem).unwrap();
-    let mut vm = kvm.create_vm().unwrap();
-    let host = mem.get_host_address(GuestAddress(0)).unwrap();
-    // SAFETY: `mem` outlives the VM (both live to the end of this test).
-    unsafe { vm.map_memory(0, 0, host, MEM_SIZE as u64) }.unwrap();
-    let mut vcpu = vm.create_vcpu(0).unwrap();
-    vcpu.enter_long_mode(&LongModeEntry {
-        rip: LOAD_ADDR,
-        rsp: 0x8_0000,
-        rsi: 0,
-        cr3,
-        gdt_base,
-        gdt_limit,
-    })
-    .unwrap();
+    let (mut machine, mut vcpu, _vm) = boot(&code);
+    machine.add_device(MMIO_BASE, transport);
 
     // The requests, one per phase; each reply is read before the next is
     // written (LOOKUP's node id feeds OPEN, OPEN's handle feeds READ).
     let mut ring = queue;
     let mut phase = 0u64;
-    let offer = |ring: &mut SplitQueue, n: u64, req: &[u8]| {
+    let offer = |mem: &GuestMemoryMmap, ring: &mut SplitQueue, n: u64, req: &[u8]| {
         let at = BUFS + n * 0x2000;
         mem.write_slice(req, GuestAddress(at)).unwrap();
         ring.offer(
-            &mem,
+            mem,
             &[
                 Buffer::readable(at, req.len() as u32),
                 Buffer::writable(at + 0x1000, 0x1000),
@@ -262,7 +262,7 @@ fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
         )
         .unwrap();
     };
-    let reply = |n: u64| -> (i32, Vec<u8>) {
+    let reply = |mem: &GuestMemoryMmap, n: u64| -> (i32, Vec<u8>) {
         let mut hdr = [0u8; 16];
         mem.read_slice(&mut hdr, GuestAddress(BUFS + n * 0x2000 + 0x1000))
             .unwrap();
@@ -277,57 +277,52 @@ fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
     for v in [7u32, 31, 128 << 10, 0] {
         init.extend_from_slice(&v.to_le_bytes());
     }
-    offer(&mut ring, 0, &fuse_request(26, 1, 0, &init));
+    offer(&machine.mem, &mut ring, 0, &fuse_request(26, 1, 0, &init));
     let mut content = None;
-    let mut exit = None;
-    for _ in 0..100_000 {
-        match vcpu.run().unwrap() {
-            VcpuExit::MmioRead { addr, data } if (MMIO_BASE..MMIO_BASE + 0x1000).contains(&addr) => {
-                transport.read(addr - MMIO_BASE, data)
+    let stop = machine
+        .run(&mut vcpu, &mut |m, port, _| {
+            if port != PHASE_PORT {
+                return Some(Stop::Error(format!("unexpected port {port:#x}")));
             }
-            VcpuExit::MmioWrite { addr, data } if (MMIO_BASE..MMIO_BASE + 0x1000).contains(&addr) => {
-                transport.write(addr - MMIO_BASE, data, &mem)
-            }
-            VcpuExit::IoOut { port: PHASE_PORT, .. } => {
-                let (error, body) = reply(phase);
-                assert_eq!(error, 0, "request {phase} failed");
-                let next = match phase {
-                    0 => Some(fuse_request(1, 2, 1, b"hello.txt\0")),
-                    1 => {
-                        let nodeid = u64::from_le_bytes(body[0..8].try_into().unwrap());
-                        Some(fuse_request(14, 3, nodeid, &[0u8; 8]))
-                    }
-                    2 => {
-                        let fh = u64::from_le_bytes(body[0..8].try_into().unwrap());
-                        let (_, lookup) = reply(1);
-                        let nodeid = u64::from_le_bytes(lookup[0..8].try_into().unwrap());
-                        let mut read = fh.to_le_bytes().to_vec();
-                        read.extend_from_slice(&0u64.to_le_bytes());
-                        read.extend_from_slice(&1024u32.to_le_bytes());
-                        read.extend_from_slice(&[0u8; 20]);
-                        Some(fuse_request(15, 4, nodeid, &read))
-                    }
-                    _ => {
-                        content = Some(String::from_utf8_lossy(&body).into_owned());
-                        None
-                    }
-                };
-                phase += 1;
-                if let Some(req) = next {
-                    offer(&mut ring, phase, &req);
-                    mem.write_obj(1u32, GuestAddress(MAILBOX)).unwrap();
+            let (error, body) = reply(&m.mem, phase);
+            assert_eq!(error, 0, "request {phase} failed");
+            let next = match phase {
+                0 => Some(fuse_request(1, 2, 1, b"hello.txt\0")),
+                1 => {
+                    let nodeid = u64::from_le_bytes(body[0..8].try_into().unwrap());
+                    Some(fuse_request(14, 3, nodeid, &[0u8; 8]))
                 }
+                2 => {
+                    let fh = u64::from_le_bytes(body[0..8].try_into().unwrap());
+                    let (_, lookup) = reply(&m.mem, 1);
+                    let nodeid = u64::from_le_bytes(lookup[0..8].try_into().unwrap());
+                    let mut read = fh.to_le_bytes().to_vec();
+                    read.extend_from_slice(&0u64.to_le_bytes());
+                    read.extend_from_slice(&1024u32.to_le_bytes());
+                    read.extend_from_slice(&[0u8; 20]);
+                    Some(fuse_request(15, 4, nodeid, &read))
+                }
+                _ => {
+                    content = Some(String::from_utf8_lossy(&body).into_owned());
+                    None
+                }
+            };
+            phase += 1;
+            if let Some(req) = next {
+                offer(&m.mem, &mut ring, phase, &req);
+                m.mem.write_obj(1u32, GuestAddress(MAILBOX)).unwrap();
             }
-            VcpuExit::IoOut { port: EXIT_PORT, data } => {
-                exit = Some(data[0]);
-                break;
-            }
-            VcpuExit::Other(what) if what == "interrupted" => {}
-            other => panic!("unexpected exit {other:?} in phase {phase}"),
-        }
-    }
+            None
+        })
+        .unwrap();
+    let exit = match stop {
+        Stop::Exit(code) => Some(code),
+        other => panic!("stopped with {other:?} in phase {phase}"),
+    };
     assert_eq!(exit, Some(0), "the guest program failed its checks of the device");
     assert_eq!(content.as_deref(), Some("bytes from a host file\n"));
-    assert!(transport.interrupt_pending() || phase == 4);
+    // One interrupt per notified request, each acknowledged by the guest.
+    let t = machine.device(MMIO_BASE).unwrap();
+    assert_eq!((t.interrupts_raised(), t.interrupt_pending()), (4, false));
     std::fs::remove_dir_all(&share).unwrap();
 }
