@@ -1,7 +1,7 @@
 //! ferry's devices for the in-process VMM, each the same device logic its
-//! vhost-user back end runs: virtio-fs over [`ferry_fs::device::FsDevice`]
-//! (virtio-net over `ferry_net::virtio` and virtio-vsock over
-//! `ferry_vsock::device` are next).
+//! vhost-user back end runs: virtio-fs over [`ferry_fs::device::FsDevice`],
+//! virtio-vsock over [`ferry_vsock::device::VsockDevice`] (virtio-net over
+//! `ferry_net::virtio` is next).
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -49,7 +49,10 @@ impl VirtioDevice for VirtioFs {
         }
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        let Some(queue) = queues.get_mut(index) else {
+            return false;
+        };
         match self.device.process_queue(queue, mem) {
             Ok(used) => used,
             Err(e) => {
@@ -57,5 +60,59 @@ impl VirtioDevice for VirtioFs {
                 false
             }
         }
+    }
+}
+
+/// virtio-vsock: queue 0 receive, 1 transmit, 2 events; host sockets as
+/// Firecracker's hybrid vsock maps them.
+pub struct VirtioVsock {
+    device: ferry_vsock::device::VsockDevice,
+}
+
+impl VirtioVsock {
+    pub fn new(device: ferry_vsock::device::VsockDevice) -> VirtioVsock {
+        VirtioVsock { device }
+    }
+
+    /// Moves what host sockets have for the guest into its receive queue
+    /// (the machine's event loop calls this when a host socket is ready).
+    pub fn poll_host(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        self.device.poll_host();
+        match queues.get_mut(0) {
+            Some(rx) => self.device.fill_rx(rx, mem).unwrap_or(false),
+            None => false,
+        }
+    }
+}
+
+impl VirtioDevice for VirtioVsock {
+    fn device_type(&self) -> u32 {
+        19
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![256; 3]
+    }
+
+    /// struct virtio_vsock_config: guest_cid (le64).
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.device.config();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = config.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        if index == 1 {
+            if let Some(tx) = queues.get_mut(1) {
+                used |= self.device.process_tx(tx, mem).unwrap_or(false);
+            }
+        }
+        used | self.poll_host(queues, mem)
     }
 }

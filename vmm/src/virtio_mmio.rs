@@ -26,9 +26,10 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> Vec<u16>;
     /// Device config space bytes from `offset`.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// The driver notified queue `index`; returns whether any buffer was
-    /// used (the transport then raises its interrupt).
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// The driver notified queue `index` (of `queues`, all of the
+    /// device's); returns whether any buffer was used (the transport then
+    /// raises its interrupt).
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool;
 }
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -164,13 +165,10 @@ impl MmioTransport {
             }
             0x050 => {
                 let i = v as usize;
-                if self.status & STATUS_DRIVER_OK != 0 {
-                    if let Some(q) = self.queues.get_mut(i) {
-                        if q.ready() && self.device.process_queue(i, q, mem) {
-                            self.interrupt_status |= INT_USED_BUFFER;
-                            self.interrupts += 1;
-                        }
-                    }
+                let ready = self.queues.get(i).is_some_and(|q| q.ready());
+                if self.status & STATUS_DRIVER_OK != 0 && ready && self.device.process_queue(i, &mut self.queues, mem) {
+                    self.interrupt_status |= INT_USED_BUFFER;
+                    self.interrupts += 1;
                 }
             }
             0x064 => self.interrupt_status &= !v,

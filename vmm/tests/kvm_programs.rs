@@ -326,3 +326,121 @@ fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
     assert_eq!((t.interrupts_raised(), t.interrupt_pending()), (4, false));
     std::fs::remove_dir_all(&share).unwrap();
 }
+
+/// A guest program sets up virtio-vsock's receive and transmit queues over
+/// MMIO and connects to a host unix socket through the in-process device
+/// (the packets are laid in its memory by the test); the host program
+/// receives the bytes the guest sent.
+#[test]
+fn a_program_connects_to_a_host_socket_through_in_process_vsock() {
+    use std::io::Read;
+
+    use ferry_driver::split_queue::{Buffer, SplitQueue};
+    use ferry_vmm::virtio_mmio::MmioTransport;
+    use ferry_vsock::packet::{Header, HEADER_LEN, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM};
+
+    if kvm().is_none() {
+        return;
+    }
+    let uds = std::env::temp_dir().join(format!("ferry-kvm-vsock-{}.sock", std::process::id()));
+    let host = std::os::unix::net::UnixListener::bind(format!("{}_5000", uds.display())).unwrap();
+    let device = ferry_vsock::device::VsockDevice::new(3, &uds).unwrap();
+    let transport = MmioTransport::new(Box::new(ferry_vmm::devices::VirtioVsock::new(device)));
+
+    let rx = SplitQueue::new(RING, 16);
+    let tx = SplitQueue::new(RING + 0x1_0000, 16);
+    let (rx_desc, rx_avail, rx_used) = rx.addresses();
+    let (tx_desc, tx_avail, tx_used) = tx.addresses();
+    let source = format!(
+        r#"
+            mov ${MMIO_BASE:#x}, %rbx
+            cmpl $19, 8(%rbx)
+            jne fail
+            cmpl $3, 0x100(%rbx)
+            jne fail
+            movl $1, 0x70(%rbx)
+            movl $3, 0x70(%rbx)
+            movl $1, 0x24(%rbx)
+            movl $1, 0x20(%rbx)
+            movl $0xb, 0x70(%rbx)
+            movl $0, 0x30(%rbx)
+            movl $16, 0x38(%rbx)
+            movl ${rx_desc:#x}, 0x80(%rbx)
+            movl ${rx_avail:#x}, 0x90(%rbx)
+            movl ${rx_used:#x}, 0xa0(%rbx)
+            movl $1, 0x44(%rbx)
+            movl $1, 0x30(%rbx)
+            movl $16, 0x38(%rbx)
+            movl ${tx_desc:#x}, 0x80(%rbx)
+            movl ${tx_avail:#x}, 0x90(%rbx)
+            movl ${tx_used:#x}, 0xa0(%rbx)
+            movl $1, 0x44(%rbx)
+            movl $0xf, 0x70(%rbx)
+            movl $0, 0x50(%rbx)
+            movl $1, 0x50(%rbx)
+        1:  movzwl {rx_used_idx:#x}, %eax
+            cmp $1, %eax
+            jb 1b
+            mov ${PHASE_PORT:#x}, %dx
+            out %al, (%dx)
+            movl $1, 0x50(%rbx)
+        2:  movzwl {tx_used_idx:#x}, %eax
+            cmp $2, %eax
+            jb 2b
+            mov ${EXIT_PORT:#x}, %dx
+            mov $0, %al
+            out %al, (%dx)
+        fail:
+            mov ${EXIT_PORT:#x}, %dx
+            mov $1, %al
+            out %al, (%dx)
+        "#,
+        rx_used_idx = rx_used + 2,
+        tx_used_idx = tx_used + 2,
+    );
+    let code = assemble("virtio-vsock", &source);
+    let (mut machine, mut vcpu, _vm) = boot(&code);
+    machine.add_device(MMIO_BASE, transport);
+    let packet = |op: u16, data: &[u8]| {
+        let h = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 1111,
+            dst_port: 5000,
+            len: data.len() as u32,
+            kind: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: 65536,
+            fwd_cnt: 0,
+        };
+        [h.to_bytes().to_vec(), data.to_vec()].concat()
+    };
+    let (mut rx, mut tx) = (rx, tx);
+    let rx_buf = BUFS;
+    rx.offer(&machine.mem, &[Buffer::writable(rx_buf, 4096)]).unwrap();
+    let request = packet(OP_REQUEST, &[]);
+    machine.mem.write_slice(&request, GuestAddress(BUFS + 0x2000)).unwrap();
+    tx.offer(&machine.mem, &[Buffer::readable(BUFS + 0x2000, request.len() as u32)])
+        .unwrap();
+    let stop = machine
+        .run(&mut vcpu, &mut |m, port, _| {
+            assert_eq!(port, PHASE_PORT);
+            let mut hdr = [0u8; HEADER_LEN];
+            m.mem.read_slice(&mut hdr, GuestAddress(rx_buf)).unwrap();
+            let h = Header::parse(&hdr).unwrap();
+            assert_eq!((h.op, h.src_port, h.dst_port), (OP_RESPONSE, 5000, 1111), "{h:?}");
+            let data = packet(OP_RW, b"hello over vsock");
+            m.mem.write_slice(&data, GuestAddress(BUFS + 0x4000)).unwrap();
+            tx.offer(&m.mem, &[Buffer::readable(BUFS + 0x4000, data.len() as u32)])
+                .unwrap();
+            None
+        })
+        .unwrap();
+    assert_eq!(stop, Stop::Exit(0), "the guest program failed its checks of the device");
+    let (mut conn, _) = host.accept().unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut got = [0u8; 16];
+    conn.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello over vsock");
+}
