@@ -199,6 +199,41 @@ fn exec_runs_commands_with_pipes_and_a_terminal() {
         (out.code, out.stdout.as_str(), out.stderr.as_str()),
         (Some(5), "yes 1 /tmp\n", "oops\n")
     );
+    let user = ferry(
+        &state,
+        &[
+            "exec",
+            "-u",
+            "1234:99",
+            "ex",
+            "--",
+            "sh",
+            "-c",
+            "echo $(id -u):$(id -g)",
+        ],
+    );
+    assert_eq!(user.stdout, "1234:99\n", "{}", user.stderr);
+    // Without a terminal, a signal to `ferry exec` reaches the guest process.
+    let mut sleeper = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "exec",
+            "ex",
+            "--",
+            "sh",
+            "-c",
+            "trap 'kill $!; echo got-term; exit 3' TERM; sleep 600 & wait",
+        ])
+        .env("FERRY_STATE_DIR", &state)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(sleeper.id() as i32, libc::SIGTERM) };
+    let status = sleeper.wait().unwrap();
+    let mut said = String::new();
+    std::io::Read::read_to_string(sleeper.stdout.as_mut().unwrap(), &mut said).unwrap();
+    assert_eq!((status.code(), said.as_str()), (Some(3), "got-term\n"));
     let missing = ferry(&state, &["exec", "ex", "--", "/no/such/program"]);
     assert_eq!(missing.code, Some(127), "{}", missing.stderr);
     assert!(missing.stderr.contains("/no/such/program"), "{}", missing.stderr);

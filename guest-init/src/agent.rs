@@ -3,8 +3,8 @@
 //! stdio, deliver signals and window sizes, and report exit codes.
 //!
 //! Frames both ways: one type byte, a big-endian u32 length, the payload.
-//! Host to guest: `E` exec (NUL-separated `arg=`, `env=`, `cwd=`, `tty=1`,
-//! `rows=`, `cols=` items), `I` stdin bytes, `i` end of stdin, `S` signal
+//! Host to guest: `E` exec (NUL-separated `arg=`, `env=`, `cwd=`, `uid=`,
+//! `gid=`, `tty=1`, `rows=`, `cols=` items), `I` stdin bytes, `i` end of stdin, `S` signal
 //! number, `W` "ROWS COLS". Guest to host: `O` stdout (the pty, with a
 //! tty), `R` stderr, `X` exit code, `F` could not start (a message).
 
@@ -83,6 +83,8 @@ struct ExecSpec {
     tty: bool,
     rows: u16,
     cols: u16,
+    uid: Option<u32>,
+    gid: Option<u32>,
 }
 
 fn parse_exec(body: &[u8]) -> ExecSpec {
@@ -105,6 +107,8 @@ fn parse_exec(body: &[u8]) -> ExecSpec {
             "tty" => spec.tty = v == "1",
             "rows" => spec.rows = v.parse().unwrap_or(24),
             "cols" => spec.cols = v.parse().unwrap_or(80),
+            "uid" => spec.uid = v.parse().ok(),
+            "gid" => spec.gid = v.parse().ok(),
             _ => {}
         }
     }
@@ -220,6 +224,15 @@ fn session(conn: File, reaper: &Reaper, base_env: &[(String, String)], root: Opt
         (None, None) => {}
     }
     sys::default_signal_mask(&mut cmd);
+    {
+        use std::os::unix::process::CommandExt;
+        if let Some(gid) = spec.gid {
+            cmd.gid(gid);
+        }
+        if let Some(uid) = spec.uid {
+            cmd.uid(uid);
+        }
+    }
     let mut pty_master = None;
     let mut pumps = Vec::new();
     let mut stdin_pipe = None;
@@ -291,17 +304,12 @@ fn session(conn: File, reaper: &Reaper, base_env: &[(String, String)], root: Opt
         }
     });
     let code = reaper.wait(pid);
-    if pty_master.is_some() {
-        // The pty reader ends at EIO once the last slave holder is gone; a
-        // background job keeping it open must not hold up the exit report.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        while pumps.iter().any(|p| !p.is_finished()) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    } else {
-        for p in pumps {
-            let _ = p.join();
-        }
+    // The output readers end at EOF (EIO for a pty) once the last holder
+    // of the pipe or terminal is gone; a background job that keeps it open
+    // must not hold up the exit report.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while pumps.iter().any(|p| !p.is_finished()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     write_frame(&out, b'X', code.to_string().as_bytes())?;
     drop(input_thread);

@@ -71,6 +71,9 @@ pub struct ExecArgs {
     /// Working directory in the guest.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Run as this numeric user (and group) in the guest.
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
+    pub user: Option<String>,
     /// The VM (see `ferry ps`).
     #[arg(value_name = "NAME")]
     pub name: String,
@@ -117,6 +120,36 @@ pub fn dial(vm_dir: &Path, port: u32) -> anyhow::Result<UnixStream> {
     Ok(s)
 }
 
+/// Sends SIGINT, SIGTERM and SIGHUP received here to the guest process.
+/// They are blocked in this thread first (so in every thread started
+/// after), and a dedicated thread takes them with sigwait(3).
+fn forward_signals(mut sock: UnixStream) {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t for these calls.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+    }
+    // SAFETY: changes this thread's mask only; `set` is valid.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return;
+    }
+    std::thread::spawn(move || loop {
+        let mut sig = 0;
+        // SAFETY: `set` and `sig` are valid for the call.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        if sock.write_all(&frame(b'S', sig.to_string().as_bytes())).is_err() {
+            return;
+        }
+    });
+}
+
 /// Terminal size of stdin's terminal.
 fn window_size() -> Option<(u16, u16)> {
     // SAFETY: winsize is plain data; TIOCGWINSZ fills it on success.
@@ -161,6 +194,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         command: &args.command,
         env: &args.env,
         workdir: args.workdir.as_deref(),
+        user: args.user.as_deref(),
         interactive: args.interactive,
         tty: args.tty,
     };
@@ -173,6 +207,8 @@ pub struct Session<'a> {
     pub command: &'a [String],
     pub env: &'a [String],
     pub workdir: Option<&'a str>,
+    /// `UID[:GID]`.
+    pub user: Option<&'a str>,
     /// Send this process's stdin.
     pub interactive: bool,
     /// A pty in the guest; this terminal goes raw while it runs.
@@ -193,6 +229,14 @@ pub fn run_session(sock: UnixStream, s: &Session) -> anyhow::Result<i32> {
     if let Some(dir) = s.workdir {
         spec.extend_from_slice(format!("cwd={dir}\0").as_bytes());
     }
+    if let Some(user) = s.user {
+        let (uid, gid) = user.split_once(':').unwrap_or((user, user));
+        anyhow::ensure!(
+            uid.parse::<u32>().is_ok() && gid.parse::<u32>().is_ok(),
+            "-u {user:?}: expected a numeric UID[:GID]"
+        );
+        spec.extend_from_slice(format!("uid={uid}\0gid={gid}\0").as_bytes());
+    }
     let tty = s.tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
     if s.tty {
         let (rows, cols) = window_size().unwrap_or((24, 80));
@@ -200,6 +244,10 @@ pub fn run_session(sock: UnixStream, s: &Session) -> anyhow::Result<i32> {
     }
     let mut writer = sock.try_clone()?;
     writer.write_all(&frame(b'E', &spec))?;
+    if !tty {
+        // Without a terminal, ^C and `kill` reach this process: pass them on.
+        forward_signals(sock.try_clone()?);
+    }
     let raw = if tty { RawTerminal::enter() } else { None };
     if s.interactive || s.tty {
         let mut w = sock.try_clone()?;

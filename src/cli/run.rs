@@ -250,6 +250,7 @@ fn run_attached(
         command: if args.command.is_empty() { &shell } else { &args.command },
         env: &[],
         workdir: args.workdir.as_deref(),
+        user: None,
         interactive: args.interactive || args.tty,
         tty: args.tty,
     };
