@@ -1,7 +1,7 @@
 //! ferry's devices for the in-process VMM, each the same device logic its
 //! vhost-user back end runs: virtio-fs over [`ferry_fs::device::FsDevice`],
-//! virtio-vsock over [`ferry_vsock::device::VsockDevice`] (virtio-net over
-//! `ferry_net::virtio` is next).
+//! virtio-vsock over [`ferry_vsock::device::VsockDevice`], virtio-net over
+//! [`ferry_net::virtio`] and the NAT's switch.
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -114,5 +114,125 @@ impl VirtioDevice for VirtioVsock {
             }
         }
         used | self.poll_host(queues, mem)
+    }
+}
+
+/// Frames the NAT sends to this guest, waiting for its receive buffers.
+struct NetPort {
+    out: std::cell::RefCell<std::collections::VecDeque<Vec<u8>>>,
+}
+
+const NET_BACKLOG: usize = 256;
+
+impl ferry_net::Frontend for NetPort {
+    fn poll_recv(&self, _cx: &mut std::task::Context<'_>, _buf: &mut [u8]) -> std::task::Poll<std::io::Result<usize>> {
+        // Transmitted frames are handed to the stack on the queue
+        // notification itself.
+        std::task::Poll::Pending
+    }
+
+    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        let mut out = self.out.borrow_mut();
+        if out.len() >= NET_BACKLOG {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        out.push_back(frame.to_vec());
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "virtio-mmio-net"
+    }
+}
+
+/// virtio-net: queue 0 receive, 1 transmit, on a port of the NAT's switch.
+pub struct VirtioNet {
+    stack: ferry_net::StackRef,
+    port: ferry_net::switch::PortId,
+    frames: std::rc::Rc<NetPort>,
+    mac: [u8; 6],
+    buf: Vec<u8>,
+}
+
+impl VirtioNet {
+    pub fn new(stack: ferry_net::StackRef, mac: [u8; 6]) -> VirtioNet {
+        let frames = std::rc::Rc::new(NetPort {
+            out: Default::default(),
+        });
+        let port = stack.borrow_mut().add_port(frames.clone());
+        VirtioNet {
+            stack,
+            port,
+            frames,
+            mac,
+            buf: vec![0u8; 65536],
+        }
+    }
+
+    /// Hands frames the NAT has for the guest to its receive queue.
+    pub fn deliver(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        let Some(rx) = queues.get_mut(0) else { return false };
+        let mut used = false;
+        let neg = ferry_net::virtio::Negotiated::default();
+        loop {
+            let Some(frame) = self.frames.out.borrow_mut().pop_front() else {
+                break;
+            };
+            match ferry_net::virtio::push_rx(rx, mem, &frame, neg) {
+                Ok(()) => used = true,
+                Err(ferry_net::virtio::RxError::NoBuffers) => {
+                    self.frames.out.borrow_mut().push_front(frame);
+                    break;
+                }
+                Err(_) => used = true,
+            }
+        }
+        used
+    }
+}
+
+impl VirtioDevice for VirtioNet {
+    fn device_type(&self) -> u32 {
+        1
+    }
+
+    /// VIRTIO_NET_F_MAC.
+    fn features(&self) -> u64 {
+        1 << 5
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![256, 256]
+    }
+
+    /// struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut config = [0u8; 12];
+        config[..6].copy_from_slice(&self.mac);
+        config[6] = 1; // VIRTIO_NET_S_LINK_UP
+        config[8] = 1;
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = config.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        if index == 1 {
+            let neg = ferry_net::virtio::Negotiated::default();
+            while let Some(tx) = queues.get_mut(1) {
+                match ferry_net::virtio::pop_tx(tx, mem, &mut self.buf, neg) {
+                    None => break,
+                    Some(Ok(len)) => {
+                        used = true;
+                        let mut stack = self.stack.borrow_mut();
+                        stack.ingress_frame(self.port, &self.buf[..len]);
+                        stack.poll();
+                    }
+                    Some(Err(_)) => used = true,
+                }
+            }
+        }
+        used | self.deliver(queues, mem)
     }
 }

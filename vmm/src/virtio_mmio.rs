@@ -17,7 +17,7 @@ const STATUS_DRIVER_OK: u32 = 4;
 const INT_USED_BUFFER: u32 = 1;
 
 /// A device's half of virtio: what it is and what it does with a queue.
-pub trait VirtioDevice: Send {
+pub trait VirtioDevice {
     /// Virtio device ID (1 net, 19 vsock, 26 fs).
     fn device_type(&self) -> u32;
     /// Feature bits offered (VIRTIO_F_VERSION_1 is added by the transport).

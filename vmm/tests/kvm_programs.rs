@@ -444,3 +444,96 @@ fn a_program_connects_to_a_host_socket_through_in_process_vsock() {
     conn.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"hello over vsock");
 }
+
+/// A guest program brings up virtio-net over MMIO and sends an ARP request
+/// for the gateway; the NAT (the net crate's stack, in-process) answers,
+/// and the reply lands in the guest's receive buffer.
+#[test]
+fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
+    use ferry_driver::split_queue::{Buffer, SplitQueue};
+    use ferry_vmm::virtio_mmio::MmioTransport;
+
+    if kvm().is_none() {
+        return;
+    }
+    let cfg = ferry_net::NetConfig::default();
+    let (gateway, gateway_mac) = (cfg.gateway, cfg.gateway_mac);
+    let stack = ferry_net::Stack::new(cfg, std::sync::Arc::new(ferry_net::NetMetrics::default()));
+    let guest_mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    let transport = MmioTransport::new(Box::new(ferry_vmm::devices::VirtioNet::new(stack, guest_mac)));
+
+    let rx = SplitQueue::new(RING, 16);
+    let tx = SplitQueue::new(RING + 0x1_0000, 16);
+    let (rx_desc, rx_avail, rx_used) = rx.addresses();
+    let (tx_desc, tx_avail, tx_used) = tx.addresses();
+    let source = format!(
+        r#"
+            mov ${MMIO_BASE:#x}, %rbx
+            cmpl $1, 8(%rbx)
+            jne fail
+            movl $1, 0x70(%rbx)
+            movl $3, 0x70(%rbx)
+            movl $1, 0x24(%rbx)
+            movl $1, 0x20(%rbx)
+            movl $0xb, 0x70(%rbx)
+            movl $0, 0x30(%rbx)
+            movl $16, 0x38(%rbx)
+            movl ${rx_desc:#x}, 0x80(%rbx)
+            movl ${rx_avail:#x}, 0x90(%rbx)
+            movl ${rx_used:#x}, 0xa0(%rbx)
+            movl $1, 0x44(%rbx)
+            movl $1, 0x30(%rbx)
+            movl $16, 0x38(%rbx)
+            movl ${tx_desc:#x}, 0x80(%rbx)
+            movl ${tx_avail:#x}, 0x90(%rbx)
+            movl ${tx_used:#x}, 0xa0(%rbx)
+            movl $1, 0x44(%rbx)
+            movl $0xf, 0x70(%rbx)
+            movl $0, 0x50(%rbx)
+            movl $1, 0x50(%rbx)
+        1:  movzwl {rx_used_idx:#x}, %eax
+            cmp $1, %eax
+            jb 1b
+            mov ${EXIT_PORT:#x}, %dx
+            mov $0, %al
+            out %al, (%dx)
+        fail:
+            mov ${EXIT_PORT:#x}, %dx
+            mov $1, %al
+            out %al, (%dx)
+        "#,
+        rx_used_idx = rx_used + 2,
+    );
+    let code = assemble("virtio-net", &source);
+    let (mut machine, mut vcpu, _vm) = boot(&code);
+    machine.add_device(MMIO_BASE, transport);
+    // virtio-net header (12 bytes) + who-has gateway, tell 10.0.2.2.
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&guest_mac);
+    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&guest_mac);
+    frame.extend_from_slice(&[10, 0, 2, 2]);
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&gateway.octets());
+    let (mut rx, mut tx) = (rx, tx);
+    rx.offer(&machine.mem, &[Buffer::writable(BUFS, 4096)]).unwrap();
+    machine.mem.write_slice(&frame, GuestAddress(BUFS + 0x2000)).unwrap();
+    tx.offer(&machine.mem, &[Buffer::readable(BUFS + 0x2000, frame.len() as u32)])
+        .unwrap();
+    let stop = machine
+        .run(&mut vcpu, &mut |_, port, _| {
+            Some(Stop::Error(format!("port {port:#x}")))
+        })
+        .unwrap();
+    assert_eq!(stop, Stop::Exit(0), "the guest program failed its checks of the device");
+    let mut reply = [0u8; 12 + 42];
+    machine.mem.read_slice(&mut reply, GuestAddress(BUFS)).unwrap();
+    let eth = &reply[12..];
+    assert_eq!(&eth[0..6], &guest_mac, "to the guest");
+    assert_eq!(&eth[6..12], &gateway_mac, "from the gateway");
+    assert_eq!(&eth[12..14], &[0x08, 0x06], "ARP");
+    assert_eq!(&eth[20..22], &[0, 2], "a reply");
+    assert_eq!(&eth[22..28], &gateway_mac);
+    assert_eq!(&eth[28..32], &gateway.octets());
+}
