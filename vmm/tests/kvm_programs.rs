@@ -327,6 +327,27 @@ fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
     std::fs::remove_dir_all(&share).unwrap();
 }
 
+/// Guest code that checks the device at [`MMIO_BASE`] is `device_id`,
+/// negotiates VIRTIO_F_VERSION_1, sets up `queues` (in order, from queue
+/// 0) and sets DRIVER_OK, leaving %rbx at the registers; jumps to `fail`
+/// when the device is not what it should be.
+fn bring_up(device_id: u32, queues: &[&ferry_driver::split_queue::SplitQueue]) -> String {
+    let mut asm = format!(
+        "mov ${MMIO_BASE:#x}, %rbx\n cmpl ${device_id}, 8(%rbx)\n jne fail\n \
+         movl $1, 0x70(%rbx)\n movl $3, 0x70(%rbx)\n \
+         movl $1, 0x24(%rbx)\n movl $1, 0x20(%rbx)\n movl $0xb, 0x70(%rbx)\n"
+    );
+    for (i, q) in queues.iter().enumerate() {
+        let (desc, avail, used) = q.addresses();
+        asm += &format!(
+            "movl ${i}, 0x30(%rbx)\n movl ${size}, 0x38(%rbx)\n movl ${desc:#x}, 0x80(%rbx)\n \
+             movl ${avail:#x}, 0x90(%rbx)\n movl ${used:#x}, 0xa0(%rbx)\n movl $1, 0x44(%rbx)\n",
+            size = q.size()
+        );
+    }
+    asm + "movl $0xf, 0x70(%rbx)\n"
+}
+
 /// A guest program sets up virtio-vsock's receive and transmit queues over
 /// MMIO and connects to a host unix socket through the in-process device
 /// (the packets are laid in its memory by the test); the host program
@@ -349,33 +370,13 @@ fn a_program_connects_to_a_host_socket_through_in_process_vsock() {
 
     let rx = SplitQueue::new(RING, 16);
     let tx = SplitQueue::new(RING + 0x1_0000, 16);
-    let (rx_desc, rx_avail, rx_used) = rx.addresses();
-    let (tx_desc, tx_avail, tx_used) = tx.addresses();
+    let (_, _, rx_used) = rx.addresses();
+    let (_, _, tx_used) = tx.addresses();
     let source = format!(
         r#"
-            mov ${MMIO_BASE:#x}, %rbx
-            cmpl $19, 8(%rbx)
-            jne fail
+            {setup}
             cmpl $3, 0x100(%rbx)
             jne fail
-            movl $1, 0x70(%rbx)
-            movl $3, 0x70(%rbx)
-            movl $1, 0x24(%rbx)
-            movl $1, 0x20(%rbx)
-            movl $0xb, 0x70(%rbx)
-            movl $0, 0x30(%rbx)
-            movl $16, 0x38(%rbx)
-            movl ${rx_desc:#x}, 0x80(%rbx)
-            movl ${rx_avail:#x}, 0x90(%rbx)
-            movl ${rx_used:#x}, 0xa0(%rbx)
-            movl $1, 0x44(%rbx)
-            movl $1, 0x30(%rbx)
-            movl $16, 0x38(%rbx)
-            movl ${tx_desc:#x}, 0x80(%rbx)
-            movl ${tx_avail:#x}, 0x90(%rbx)
-            movl ${tx_used:#x}, 0xa0(%rbx)
-            movl $1, 0x44(%rbx)
-            movl $0xf, 0x70(%rbx)
             movl $0, 0x50(%rbx)
             movl $1, 0x50(%rbx)
         1:  movzwl {rx_used_idx:#x}, %eax
@@ -395,6 +396,7 @@ fn a_program_connects_to_a_host_socket_through_in_process_vsock() {
             mov $1, %al
             out %al, (%dx)
         "#,
+        setup = bring_up(19, &[&rx, &tx]),
         rx_used_idx = rx_used + 2,
         tx_used_idx = tx_used + 2,
     );
@@ -464,31 +466,10 @@ fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
 
     let rx = SplitQueue::new(RING, 16);
     let tx = SplitQueue::new(RING + 0x1_0000, 16);
-    let (rx_desc, rx_avail, rx_used) = rx.addresses();
-    let (tx_desc, tx_avail, tx_used) = tx.addresses();
+    let (_, _, rx_used) = rx.addresses();
     let source = format!(
         r#"
-            mov ${MMIO_BASE:#x}, %rbx
-            cmpl $1, 8(%rbx)
-            jne fail
-            movl $1, 0x70(%rbx)
-            movl $3, 0x70(%rbx)
-            movl $1, 0x24(%rbx)
-            movl $1, 0x20(%rbx)
-            movl $0xb, 0x70(%rbx)
-            movl $0, 0x30(%rbx)
-            movl $16, 0x38(%rbx)
-            movl ${rx_desc:#x}, 0x80(%rbx)
-            movl ${rx_avail:#x}, 0x90(%rbx)
-            movl ${rx_used:#x}, 0xa0(%rbx)
-            movl $1, 0x44(%rbx)
-            movl $1, 0x30(%rbx)
-            movl $16, 0x38(%rbx)
-            movl ${tx_desc:#x}, 0x80(%rbx)
-            movl ${tx_avail:#x}, 0x90(%rbx)
-            movl ${tx_used:#x}, 0xa0(%rbx)
-            movl $1, 0x44(%rbx)
-            movl $0xf, 0x70(%rbx)
+            {setup}
             movl $0, 0x50(%rbx)
             movl $1, 0x50(%rbx)
         1:  movzwl {rx_used_idx:#x}, %eax
@@ -502,6 +483,7 @@ fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
             mov $1, %al
             out %al, (%dx)
         "#,
+        setup = bring_up(1, &[&rx, &tx]),
         rx_used_idx = rx_used + 2,
     );
     let code = assemble("virtio-net", &source);
