@@ -132,6 +132,66 @@ fn bad_names_and_unknown_vms_are_explained() {
     assert!(stop.stderr.contains("no VM named \"nosuchvm\""), "{}", stop.stderr);
 }
 
+/// ferry with this test's state directory and guest image.
+fn ferry_cmd(state: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(args)
+        .env("FERRY_STATE_DIR", state)
+        .env("FERRY_GUEST_INIT", common::guest_init());
+    cmd
+}
+
+/// Runs `cmd` with `input` on its stdin and collects its output.
+fn with_stdin(mut cmd: std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(input)?;
+            c.wait_with_output()
+        })
+        .unwrap()
+}
+
+/// Starts `cmd` on a new pty of `rows` x `cols`; returns the master side.
+fn on_pty(mut cmd: std::process::Command, rows: u16, cols: u16) -> (std::fs::File, std::process::Child) {
+    use std::os::fd::FromRawFd;
+    let (mut master_fd, mut slave_fd) = (-1, -1);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors; `ws` is a valid winsize.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master_fd,
+            &mut slave_fd,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(rc, 0);
+    // SAFETY: fresh descriptors owned by nobody else.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master_fd),
+            std::fs::File::from_raw_fd(slave_fd),
+        )
+    };
+    let child = cmd
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    (master, child)
+}
+
 /// Reads from `master` until `want` shows up (or 60 s pass).
 fn read_until(master: &mut std::fs::File, seen: &mut String, want: &str) {
     use std::io::Read;
@@ -151,7 +211,6 @@ fn read_until(master: &mut std::fs::File, seen: &mut String, want: &str) {
 #[test]
 fn exec_runs_commands_with_pipes_and_a_terminal() {
     use std::io::Write;
-    use std::os::fd::FromRawFd;
     require_tool("qemu-system-x86_64", "qemu-system-x86");
     let state = state_dir("exec");
     let out = ferry(
@@ -239,53 +298,15 @@ fn exec_runs_commands_with_pipes_and_a_terminal() {
     assert!(missing.stderr.contains("/no/such/program"), "{}", missing.stderr);
 
     // stdin with -i.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["exec", "-i", "ex", "--", "sh", "-c", "tr a-z A-Z; echo end"])
-        .env("FERRY_STATE_DIR", &state)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(b"quiet words\n")?;
-            c.wait_with_output()
-        })
-        .unwrap();
+    let out = with_stdin(
+        ferry_cmd(&state, &["exec", "-i", "ex", "--", "sh", "-c", "tr a-z A-Z; echo end"]),
+        b"quiet words\n",
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "QUIET WORDS\nend\n");
 
     // A terminal: -it with a pty driven from here: the guest sees a tty of
     // our size, ^C interrupts the foreground job, the exit code comes back.
-    let (mut master_fd, mut slave_fd) = (-1, -1);
-    let ws = libc::winsize {
-        ws_row: 33,
-        ws_col: 101,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty writes two descriptors; `ws` is a valid winsize.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master_fd,
-            &mut slave_fd,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &ws,
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    let (mut master, slave) = unsafe {
-        (
-            std::fs::File::from_raw_fd(master_fd),
-            std::fs::File::from_raw_fd(slave_fd),
-        )
-    };
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.args(["exec", "-it", "ex", "--", "sh"])
-        .env("FERRY_STATE_DIR", &state)
-        .stdin(slave.try_clone().unwrap())
-        .stdout(slave.try_clone().unwrap())
-        .stderr(slave);
-    let mut term = cmd.spawn().unwrap();
+    let (mut master, mut term) = on_pty(ferry_cmd(&state, &["exec", "-it", "ex", "--", "sh"]), 33, 101);
     let mut seen = String::new();
     read_until(&mut master, &mut seen, "# ");
     master.write_all(b"tty; stty size\r").unwrap();
@@ -315,74 +336,34 @@ fn exec_runs_commands_with_pipes_and_a_terminal() {
 #[test]
 fn run_with_a_terminal_and_stdin() {
     use std::io::Write;
-    use std::os::fd::FromRawFd;
     require_tool("qemu-system-x86_64", "qemu-system-x86");
     let state = state_dir("run-it");
     // -i: stdin reaches the command; -e and -w apply; the exit code returns.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "run",
-            "-i",
-            "--no-net",
-            "-e",
-            "K=v",
-            "-w",
-            "/tmp",
-            "--",
-            "sh",
-            "-c",
-            "cat; echo $K $(pwd); exit 4",
-        ])
-        .env("FERRY_STATE_DIR", &state)
-        .env("FERRY_GUEST_INIT", common::guest_init())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(b"piped in\n")?;
-            c.wait_with_output()
-        })
-        .unwrap();
+    let out = with_stdin(
+        ferry_cmd(
+            &state,
+            &[
+                "run",
+                "-i",
+                "--no-net",
+                "-e",
+                "K=v",
+                "-w",
+                "/tmp",
+                "--",
+                "sh",
+                "-c",
+                "cat; echo $K $(pwd); exit 4",
+            ],
+        ),
+        b"piped in\n",
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text, "piped in\nv /tmp\n", "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(4));
 
     // -it from a pty: a shell with our terminal size, its exit code back.
-    let (mut master_fd, mut slave_fd) = (-1, -1);
-    let ws = libc::winsize {
-        ws_row: 40,
-        ws_col: 120,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty writes two descriptors; `ws` is a valid winsize.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master_fd,
-            &mut slave_fd,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &ws,
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    let (mut master, slave) = unsafe {
-        (
-            std::fs::File::from_raw_fd(master_fd),
-            std::fs::File::from_raw_fd(slave_fd),
-        )
-    };
-    let mut term = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["run", "-it", "--no-net"])
-        .env("FERRY_STATE_DIR", &state)
-        .env("FERRY_GUEST_INIT", common::guest_init())
-        .stdin(slave.try_clone().unwrap())
-        .stdout(slave.try_clone().unwrap())
-        .stderr(slave)
-        .spawn()
-        .unwrap();
+    let (mut master, mut term) = on_pty(ferry_cmd(&state, &["run", "-it", "--no-net"]), 40, 120);
     let mut seen = String::new();
     read_until(&mut master, &mut seen, "# ");
     master.write_all(b"stty size; exit 6\r").unwrap();

@@ -343,6 +343,12 @@ impl FuseClient {
     }
 
     pub fn read(&mut self, nodeid: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        self.data_request(Opcode::Read, nodeid, fh, offset, size)
+    }
+
+    /// READ and READDIRPLUS: a `ReadIn`, and a reply buffer of header +
+    /// `size` bytes.
+    fn data_request(&mut self, opcode: Opcode, nodeid: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let arg = ReadIn {
             fh,
             offset,
@@ -350,7 +356,7 @@ impl FuseClient {
             ..Default::default()
         };
         let cap = (std::mem::size_of::<OutHeader>() as u32).saturating_add(size);
-        self.call_with_reply(Opcode::Read, nodeid, &[arg.as_slice()], cap)
+        self.call_with_reply(opcode, nodeid, &[arg.as_slice()], cap)
     }
 
     pub fn write(&mut self, nodeid: u64, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
@@ -398,14 +404,7 @@ impl FuseClient {
 
     /// One READDIRPLUS of up to `size` bytes from `offset`.
     pub fn readdirplus(&mut self, nodeid: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<DirEntry>> {
-        let arg = ReadIn {
-            fh,
-            offset,
-            size,
-            ..Default::default()
-        };
-        let cap = (std::mem::size_of::<OutHeader>() as u32).saturating_add(size);
-        let body = self.call_with_reply(Opcode::Readdirplus, nodeid, &[arg.as_slice()], cap)?;
+        let body = self.data_request(Opcode::Readdirplus, nodeid, fh, offset, size)?;
         let mut out = Vec::new();
         let mut at = 0;
         let fixed = std::mem::size_of::<Direntplus>();

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use ferry_driver::split_queue::{Buffer, SplitQueue};
 use ferry_vmm::hypervisor::kvm::{KvmHypervisor, KvmVcpu, KvmVm};
 use ferry_vmm::hypervisor::{Hypervisor, LongModeEntry, Vcpu, Vm};
 use ferry_vmm::machine::{Machine, Stop, EXIT_PORT};
@@ -166,7 +167,6 @@ fn fuse_request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
 /// memory by the test between phases, the way firmware tables are.
 #[test]
 fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
-    use ferry_driver::split_queue::{Buffer, SplitQueue};
     use ferry_vmm::virtio_mmio::MmioTransport;
 
     let share = std::env::temp_dir().join(format!("ferry-kvm-fs-{}", std::process::id()));
@@ -229,20 +229,13 @@ fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
             inc %ecx
             jmp again
         done:
-            mov ${EXIT_PORT:#x}, %dx
-            mov $0, %al
-            out %al, (%dx)
-        fail:
-            mov ${EXIT_PORT:#x}, %dx
-            mov $1, %al
-            out %al, (%dx)
         "#,
         used_idx = used + 2,
     );
     if kvm().is_none() {
         return;
     }
-    let code = assemble("virtio-fs", &source);
+    let code = assemble("virtio-fs", &finish(&source));
     let (mut machine, mut vcpu, _vm) = boot(&code);
     machine.add_device(MMIO_BASE, transport);
 
@@ -327,11 +320,29 @@ fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
     std::fs::remove_dir_all(&share).unwrap();
 }
 
+/// Ends a device program: falling off `body` exits with status 0; its
+/// `fail` label exits with status 1.
+fn finish(body: &str) -> String {
+    format!(
+        "{body}\n mov ${EXIT_PORT:#x}, %dx\n mov $0, %al\n out %al, (%dx)\n\
+         fail:\n mov ${EXIT_PORT:#x}, %dx\n mov $1, %al\n out %al, (%dx)\n"
+    )
+}
+
+/// Receive and transmit queues for the two-queue devices (net, vsock).
+fn rx_tx_queues() -> (
+    ferry_driver::split_queue::SplitQueue,
+    ferry_driver::split_queue::SplitQueue,
+) {
+    use ferry_driver::split_queue::SplitQueue;
+    (SplitQueue::new(RING, 16), SplitQueue::new(RING + 0x1_0000, 16))
+}
+
 /// Guest code that checks the device at [`MMIO_BASE`] is `device_id`,
 /// negotiates VIRTIO_F_VERSION_1, sets up `queues` (in order, from queue
 /// 0) and sets DRIVER_OK, leaving %rbx at the registers; jumps to `fail`
 /// when the device is not what it should be.
-fn bring_up(device_id: u32, queues: &[&ferry_driver::split_queue::SplitQueue]) -> String {
+fn bring_up(device_id: u32, queues: &[&SplitQueue]) -> String {
     let mut asm = format!(
         "mov ${MMIO_BASE:#x}, %rbx\n cmpl ${device_id}, 8(%rbx)\n jne fail\n \
          movl $1, 0x70(%rbx)\n movl $3, 0x70(%rbx)\n \
@@ -356,7 +367,6 @@ fn bring_up(device_id: u32, queues: &[&ferry_driver::split_queue::SplitQueue]) -
 fn a_program_connects_to_a_host_socket_through_in_process_vsock() {
     use std::io::Read;
 
-    use ferry_driver::split_queue::{Buffer, SplitQueue};
     use ferry_vmm::virtio_mmio::MmioTransport;
     use ferry_vsock::packet::{Header, HEADER_LEN, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM};
 
@@ -368,8 +378,7 @@ fn a_program_connects_to_a_host_socket_through_in_process_vsock() {
     let device = ferry_vsock::device::VsockDevice::new(3, &uds).unwrap();
     let transport = MmioTransport::new(Box::new(ferry_vmm::devices::VirtioVsock::new(device)));
 
-    let rx = SplitQueue::new(RING, 16);
-    let tx = SplitQueue::new(RING + 0x1_0000, 16);
+    let (rx, tx) = rx_tx_queues();
     let (_, _, rx_used) = rx.addresses();
     let (_, _, tx_used) = tx.addresses();
     let source = format!(
@@ -388,19 +397,12 @@ fn a_program_connects_to_a_host_socket_through_in_process_vsock() {
         2:  movzwl {tx_used_idx:#x}, %eax
             cmp $2, %eax
             jb 2b
-            mov ${EXIT_PORT:#x}, %dx
-            mov $0, %al
-            out %al, (%dx)
-        fail:
-            mov ${EXIT_PORT:#x}, %dx
-            mov $1, %al
-            out %al, (%dx)
         "#,
         setup = bring_up(19, &[&rx, &tx]),
         rx_used_idx = rx_used + 2,
         tx_used_idx = tx_used + 2,
     );
-    let code = assemble("virtio-vsock", &source);
+    let code = assemble("virtio-vsock", &finish(&source));
     let (mut machine, mut vcpu, _vm) = boot(&code);
     machine.add_device(MMIO_BASE, transport);
     let packet = |op: u16, data: &[u8]| {
@@ -452,7 +454,6 @@ fn a_program_connects_to_a_host_socket_through_in_process_vsock() {
 /// and the reply lands in the guest's receive buffer.
 #[test]
 fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
-    use ferry_driver::split_queue::{Buffer, SplitQueue};
     use ferry_vmm::virtio_mmio::MmioTransport;
 
     if kvm().is_none() {
@@ -464,8 +465,7 @@ fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
     let guest_mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
     let transport = MmioTransport::new(Box::new(ferry_vmm::devices::VirtioNet::new(stack, guest_mac)));
 
-    let rx = SplitQueue::new(RING, 16);
-    let tx = SplitQueue::new(RING + 0x1_0000, 16);
+    let (rx, tx) = rx_tx_queues();
     let (_, _, rx_used) = rx.addresses();
     let source = format!(
         r#"
@@ -475,18 +475,11 @@ fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
         1:  movzwl {rx_used_idx:#x}, %eax
             cmp $1, %eax
             jb 1b
-            mov ${EXIT_PORT:#x}, %dx
-            mov $0, %al
-            out %al, (%dx)
-        fail:
-            mov ${EXIT_PORT:#x}, %dx
-            mov $1, %al
-            out %al, (%dx)
         "#,
         setup = bring_up(1, &[&rx, &tx]),
         rx_used_idx = rx_used + 2,
     );
-    let code = assemble("virtio-net", &source);
+    let code = assemble("virtio-net", &finish(&source));
     let (mut machine, mut vcpu, _vm) = boot(&code);
     machine.add_device(MMIO_BASE, transport);
     // virtio-net header (12 bytes) + who-has gateway, tell 10.0.2.2.
