@@ -134,17 +134,6 @@ impl Stack {
         self.switch.tx.send_frame(&self.scratch[..len], None);
     }
 
-    /// Processes `frame` from `port` (for front ends that hold the frame
-    /// elsewhere, such as the in-process VMM's virtio-net).
-    pub fn ingress_frame(&mut self, port: PortId, frame: &[u8]) {
-        if frame.len() > self.switch.rx.buf.len() {
-            NetMetrics::inc(&self.metrics.drop_oversized);
-            return;
-        }
-        self.switch.rx.buf[..frame.len()].copy_from_slice(frame);
-        self.ingress(port, frame.len());
-    }
-
     /// Processes the frame a front end just read into `switch.rx.buf[..len]`.
     pub fn ingress(&mut self, port: PortId, len: usize) {
         NetMetrics::inc(&self.metrics.rx_frames);

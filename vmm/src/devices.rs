@@ -1,7 +1,11 @@
 //! ferry's devices for the in-process VMM, each the same device logic its
 //! vhost-user back end runs: virtio-fs over [`ferry_fs::device::FsDevice`],
 //! virtio-vsock over [`ferry_vsock::device::VsockDevice`], virtio-net over
-//! [`ferry_net::virtio`] and the NAT's switch.
+//! [`ferry_net::virtio`] on a link to the NAT's switch.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -106,6 +110,27 @@ impl VirtioDevice for VirtioVsock {
         }
     }
 
+    fn host_fds(&self) -> Vec<(RawFd, i16)> {
+        self.device
+            .poll_fds()
+            .into_iter()
+            .map(|p| {
+                let mut events = 0;
+                if p.read {
+                    events |= libc::POLLIN;
+                }
+                if p.write {
+                    events |= libc::POLLOUT;
+                }
+                (p.fd, events)
+            })
+            .collect()
+    }
+
+    fn poll_host(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        VirtioVsock::poll_host(self, queues, mem)
+    }
+
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
         if index == 1 {
@@ -117,77 +142,98 @@ impl VirtioDevice for VirtioVsock {
     }
 }
 
-/// Frames the NAT sends to this guest, waiting for its receive buffers.
-struct NetPort {
-    out: std::cell::RefCell<std::collections::VecDeque<Vec<u8>>>,
+/// virtio-net: queue 0 receive, 1 transmit. Frames go to and come from
+/// the NAT's switch over a stream socket with QEMU's framing (a 4-byte
+/// big-endian length before each frame): the same front end QEMU's
+/// `-netdev stream` uses, so `ferry net --listen-qemu` and `ferry run`'s
+/// network serve it unchanged.
+pub struct VirtioNet {
+    link: UnixStream,
+    mac: [u8; 6],
+    tx_buf: Vec<u8>,
+    /// Bytes read from the link not yet delivered as whole frames.
+    rx_bytes: Vec<u8>,
 }
 
-const NET_BACKLOG: usize = 256;
+/// Frames above this are garbage on the link, not something to buffer.
+const MAX_FRAME: usize = 65_536;
 
-impl ferry_net::Frontend for NetPort {
-    fn poll_recv(&self, _cx: &mut std::task::Context<'_>, _buf: &mut [u8]) -> std::task::Poll<std::io::Result<usize>> {
-        // Transmitted frames are handed to the stack on the queue
-        // notification itself.
-        std::task::Poll::Pending
+impl VirtioNet {
+    pub fn new(link: UnixStream, mac: [u8; 6]) -> std::io::Result<VirtioNet> {
+        link.set_nonblocking(true)?;
+        Ok(VirtioNet {
+            link,
+            mac,
+            tx_buf: vec![0u8; MAX_FRAME],
+            rx_bytes: Vec::new(),
+        })
     }
 
-    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
-        let mut out = self.out.borrow_mut();
-        if out.len() >= NET_BACKLOG {
-            return Err(std::io::ErrorKind::WouldBlock.into());
+    /// Writes one frame to the link, waiting for room if the network is
+    /// behind (the guest's transmit queue is the backpressure).
+    fn send(&mut self, len: usize) -> std::io::Result<()> {
+        let mut out = Vec::with_capacity(4 + len);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.extend_from_slice(&self.tx_buf[..len]);
+        let mut done = 0;
+        while done < out.len() {
+            match self.link.write(&out[done..]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut p = libc::pollfd {
+                        fd: self.link.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: one live pollfd.
+                    unsafe { libc::poll(&mut p, 1, 100) };
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-        out.push_back(frame.to_vec());
         Ok(())
     }
 
-    fn name(&self) -> &str {
-        "virtio-mmio-net"
-    }
-}
-
-/// virtio-net: queue 0 receive, 1 transmit, on a port of the NAT's switch.
-pub struct VirtioNet {
-    stack: ferry_net::StackRef,
-    port: ferry_net::switch::PortId,
-    frames: std::rc::Rc<NetPort>,
-    mac: [u8; 6],
-    buf: Vec<u8>,
-}
-
-impl VirtioNet {
-    pub fn new(stack: ferry_net::StackRef, mac: [u8; 6]) -> VirtioNet {
-        let frames = std::rc::Rc::new(NetPort {
-            out: Default::default(),
-        });
-        let port = stack.borrow_mut().add_port(frames.clone());
-        VirtioNet {
-            stack,
-            port,
-            frames,
-            mac,
-            buf: vec![0u8; 65536],
-        }
-    }
-
-    /// Hands frames the NAT has for the guest to its receive queue.
-    pub fn deliver(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    /// Hands whole frames read from the link to the guest's receive
+    /// queue while it has buffers.
+    fn deliver(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
         let Some(rx) = queues.get_mut(0) else { return false };
-        let mut used = false;
         let neg = ferry_net::virtio::Negotiated::default();
+        let mut used = false;
+        let mut chunk = [0u8; 16384];
         loop {
-            let Some(frame) = self.frames.out.borrow_mut().pop_front() else {
-                break;
-            };
-            match ferry_net::virtio::push_rx(rx, mem, &frame, neg) {
-                Ok(()) => used = true,
-                Err(ferry_net::virtio::RxError::NoBuffers) => {
-                    self.frames.out.borrow_mut().push_front(frame);
+            // Deliver what is buffered before reading more.
+            while self.rx_bytes.len() >= 4 {
+                let len = u32::from_be_bytes([self.rx_bytes[0], self.rx_bytes[1], self.rx_bytes[2], self.rx_bytes[3]]) as usize;
+                if len > MAX_FRAME {
+                    tracing::warn!(len, "virtio-net: the network sent an oversized frame; dropping the link's buffer");
+                    self.rx_bytes.clear();
                     break;
                 }
-                Err(_) => used = true,
+                if self.rx_bytes.len() < 4 + len {
+                    break;
+                }
+                match ferry_net::virtio::push_rx(rx, mem, &self.rx_bytes[4..4 + len], neg) {
+                    Ok(()) => used = true,
+                    Err(ferry_net::virtio::RxError::NoBuffers) => return used,
+                    // A chain the device cannot use is consumed and the
+                    // frame dropped, as a NIC would.
+                    Err(_) => used = true,
+                }
+                self.rx_bytes.drain(..4 + len);
+            }
+            if self.rx_bytes.len() > 4 + MAX_FRAME {
+                return used;
+            }
+            match self.link.read(&mut chunk) {
+                Ok(0) => return used,
+                Ok(n) => self.rx_bytes.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return used,
             }
         }
-        used
     }
 }
 
@@ -221,18 +267,26 @@ impl VirtioDevice for VirtioNet {
         if index == 1 {
             let neg = ferry_net::virtio::Negotiated::default();
             while let Some(tx) = queues.get_mut(1) {
-                match ferry_net::virtio::pop_tx(tx, mem, &mut self.buf, neg) {
+                match ferry_net::virtio::pop_tx(tx, mem, &mut self.tx_buf, neg) {
                     None => break,
                     Some(Ok(len)) => {
                         used = true;
-                        let mut stack = self.stack.borrow_mut();
-                        stack.ingress_frame(self.port, &self.buf[..len]);
-                        stack.poll();
+                        if let Err(e) = self.send(len) {
+                            tracing::warn!("virtio-net: the network link failed: {e}");
+                        }
                     }
                     Some(Err(_)) => used = true,
                 }
             }
         }
         used | self.deliver(queues, mem)
+    }
+
+    fn host_fds(&self) -> Vec<(RawFd, i16)> {
+        vec![(self.link.as_raw_fd(), libc::POLLIN)]
+    }
+
+    fn poll_host(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        self.deliver(queues, mem)
     }
 }

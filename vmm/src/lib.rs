@@ -3,12 +3,16 @@
 //! in-process KVM micro-VMM will sit beside it behind a `Hypervisor` trait.
 
 pub mod accel;
+#[cfg(target_arch = "x86_64")]
+pub mod boot;
 pub mod cmdline;
 pub mod console;
 #[cfg(target_os = "linux")]
 pub mod devices;
 pub mod hypervisor;
 pub mod image;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod linux;
 pub mod machine;
 pub mod qemu;
 pub mod virtio_mmio;

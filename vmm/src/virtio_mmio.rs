@@ -4,8 +4,13 @@
 //! [`VirtioDevice`]: the same queue logic ferry's vhost-user back ends
 //! run, here called in-process on a queue notification.
 
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+
+use crate::hypervisor::IrqLine;
 
 const MAGIC: u32 = 0x7472_6976;
 const VERSION: u32 = 2;
@@ -17,7 +22,7 @@ const STATUS_DRIVER_OK: u32 = 4;
 const INT_USED_BUFFER: u32 = 1;
 
 /// A device's half of virtio: what it is and what it does with a queue.
-pub trait VirtioDevice {
+pub trait VirtioDevice: Send {
     /// Virtio device ID (1 net, 19 vsock, 26 fs).
     fn device_type(&self) -> u32;
     /// Feature bits offered (VIRTIO_F_VERSION_1 is added by the transport).
@@ -30,6 +35,16 @@ pub trait VirtioDevice {
     /// device's); returns whether any buffer was used (the transport then
     /// raises its interrupt).
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool;
+    /// Descriptors (with poll(2) events) whose readiness means the host
+    /// side has something to move (sockets behind the device).
+    fn host_fds(&self) -> Vec<(RawFd, i16)> {
+        Vec::new()
+    }
+    /// Moves what the host side has into the guest's queues; returns
+    /// whether any buffer was used.
+    fn poll_host(&mut self, _queues: &mut [Queue], _mem: &GuestMemoryMmap) -> bool {
+        false
+    }
 }
 
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -44,6 +59,7 @@ pub struct MmioTransport {
     status: u32,
     interrupt_status: u32,
     interrupts: u64,
+    irq: Option<Arc<dyn IrqLine>>,
 }
 
 fn set_half(v: &mut u64, high: bool, x: u32) {
@@ -71,6 +87,43 @@ impl MmioTransport {
             status: 0,
             interrupt_status: 0,
             interrupts: 0,
+            irq: None,
+        }
+    }
+
+    /// Raises `irq` whenever the device uses buffers (without one the
+    /// driver polls the interrupt status register).
+    pub fn with_irq(mut self, irq: Arc<dyn IrqLine>) -> MmioTransport {
+        self.irq = Some(irq);
+        self
+    }
+
+    fn used_buffers(&mut self) {
+        self.interrupt_status |= INT_USED_BUFFER;
+        self.interrupts += 1;
+        if let Some(irq) = &self.irq {
+            if let Err(e) = irq.pulse() {
+                tracing::warn!("virtio-mmio: {e}");
+            }
+        }
+    }
+
+    fn driver_ok(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0
+    }
+
+    pub fn host_fds(&self) -> Vec<(RawFd, i16)> {
+        if self.driver_ok() {
+            self.device.host_fds()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Lets the device move host-side data into its queues.
+    pub fn poll_host(&mut self, mem: &GuestMemoryMmap) {
+        if self.driver_ok() && self.device.poll_host(&mut self.queues, mem) {
+            self.used_buffers();
         }
     }
 
@@ -166,9 +219,8 @@ impl MmioTransport {
             0x050 => {
                 let i = v as usize;
                 let ready = self.queues.get(i).is_some_and(|q| q.ready());
-                if self.status & STATUS_DRIVER_OK != 0 && ready && self.device.process_queue(i, &mut self.queues, mem) {
-                    self.interrupt_status |= INT_USED_BUFFER;
-                    self.interrupts += 1;
+                if self.driver_ok() && ready && self.device.process_queue(i, &mut self.queues, mem) {
+                    self.used_buffers();
                 }
             }
             0x064 => self.interrupt_status &= !v,

@@ -10,7 +10,7 @@ use std::process::Command;
 use ferry_driver::split_queue::{Buffer, SplitQueue};
 use ferry_vmm::hypervisor::kvm::{KvmHypervisor, KvmVcpu, KvmVm};
 use ferry_vmm::hypervisor::{Hypervisor, LongModeEntry, Vcpu, Vm};
-use ferry_vmm::machine::{Machine, Stop, EXIT_PORT};
+use ferry_vmm::machine::{CapturedOutput, Irq, Machine, Stop, EXIT_PORT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 const LOAD_ADDR: u64 = 0x10_0000;
@@ -74,7 +74,7 @@ fn kvm() -> Option<KvmHypervisor> {
 
 fn run_on_vcpu(name: &str, source: &str) -> Outcome {
     let code = assemble(name, source);
-    let (mut machine, mut vcpu, _vm) = boot(&code);
+    let (machine, mut vcpu, _vm, serial) = boot(&code);
     let mut ports = Vec::new();
     let stop = machine
         .run(&mut vcpu, &mut |_, port, b| {
@@ -82,20 +82,21 @@ fn run_on_vcpu(name: &str, source: &str) -> Outcome {
             None
         })
         .unwrap();
+    let boot_time = machine.bus().boot_time;
     Outcome {
-        serial: String::from_utf8_lossy(&machine.serial).into_owned(),
+        serial: String::from_utf8_lossy(&serial.contents()).into_owned(),
         ports,
         exit: match stop {
             Stop::Exit(code) => Some(code),
             other => panic!("the program stopped with {other:?}"),
         },
-        boot_time: machine.boot_time,
+        boot_time,
     }
 }
 
 /// A machine with `code` loaded at [`LOAD_ADDR`] and a vCPU about to run
 /// it in 64-bit mode (the VM is returned to keep it alive).
-fn boot(code: &[u8]) -> (Machine, KvmVcpu, KvmVm) {
+fn boot(code: &[u8]) -> (Machine, KvmVcpu, KvmVm, CapturedOutput) {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     mem.write_slice(code, GuestAddress(LOAD_ADDR)).unwrap();
     let (cr3, gdt_base, gdt_limit) = ferry_vmm::x86_64::write_boot_tables(&mem).unwrap();
@@ -115,7 +116,8 @@ fn boot(code: &[u8]) -> (Machine, KvmVcpu, KvmVm) {
         gdt_limit,
     })
     .unwrap();
-    (Machine::new(mem), vcpu, vm)
+    let serial = CapturedOutput::default();
+    (Machine::new(mem, Box::new(serial.clone()), Irq(None)), vcpu, vm, serial)
 }
 
 #[test]
@@ -236,7 +238,7 @@ fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
         return;
     }
     let code = assemble("virtio-fs", &finish(&source));
-    let (mut machine, mut vcpu, _vm) = boot(&code);
+    let (mut machine, mut vcpu, _vm, _) = boot(&code);
     machine.add_device(MMIO_BASE, transport);
 
     // The requests, one per phase; each reply is read before the next is
@@ -315,7 +317,8 @@ fn a_program_reads_a_host_file_through_in_process_virtio_fs() {
     assert_eq!(exit, Some(0), "the guest program failed its checks of the device");
     assert_eq!(content.as_deref(), Some("bytes from a host file\n"));
     // One interrupt per notified request, each acknowledged by the guest.
-    let t = machine.device(MMIO_BASE).unwrap();
+    let bus = machine.bus();
+    let t = bus.device(MMIO_BASE).unwrap();
     assert_eq!((t.interrupts_raised(), t.interrupt_pending()), (4, false));
     std::fs::remove_dir_all(&share).unwrap();
 }
@@ -403,7 +406,7 @@ fn a_program_connects_to_a_host_socket_through_in_process_vsock() {
         tx_used_idx = tx_used + 2,
     );
     let code = assemble("virtio-vsock", &finish(&source));
-    let (mut machine, mut vcpu, _vm) = boot(&code);
+    let (mut machine, mut vcpu, _vm, _) = boot(&code);
     machine.add_device(MMIO_BASE, transport);
     let packet = |op: u16, data: &[u8]| {
         let h = Header {
@@ -450,8 +453,9 @@ fn a_program_connects_to_a_host_socket_through_in_process_vsock() {
 }
 
 /// A guest program brings up virtio-net over MMIO and sends an ARP request
-/// for the gateway; the NAT (the net crate's stack, in-process) answers,
-/// and the reply lands in the guest's receive buffer.
+/// for the gateway; the NAT (the net crate's stack on its own thread, as
+/// `ferry run` runs it, reached through its QEMU stream front end)
+/// answers, and the reply lands in the guest's receive buffer.
 #[test]
 fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
     use ferry_vmm::virtio_mmio::MmioTransport;
@@ -461,9 +465,25 @@ fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
     }
     let cfg = ferry_net::NetConfig::default();
     let (gateway, gateway_mac) = (cfg.gateway, cfg.gateway_mac);
-    let stack = ferry_net::Stack::new(cfg, std::sync::Arc::new(ferry_net::NetMetrics::default()));
+    let sock = std::env::temp_dir().join(format!("ferry-vmm-net-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let listen: ferry_net::frontend::listen::ListenAddr = format!("unix://{}", sock.display()).parse().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            let stack = ferry_net::Stack::new(cfg, std::sync::Arc::new(ferry_net::NetMetrics::default()));
+            tokio::task::spawn_local(ferry_net::run_timers(stack.clone()));
+            let serve = ferry_net::frontend::listen::qemu_stream(stack, listen).await.unwrap();
+            ready_tx.send(()).unwrap();
+            serve.await;
+        });
+    });
+    ready_rx.recv().unwrap();
+    let link = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     let guest_mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-    let transport = MmioTransport::new(Box::new(ferry_vmm::devices::VirtioNet::new(stack, guest_mac)));
+    let transport = MmioTransport::new(Box::new(ferry_vmm::devices::VirtioNet::new(link, guest_mac).unwrap()));
 
     let (rx, tx) = rx_tx_queues();
     let (_, _, rx_used) = rx.addresses();
@@ -480,7 +500,7 @@ fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
         rx_used_idx = rx_used + 2,
     );
     let code = assemble("virtio-net", &finish(&source));
-    let (mut machine, mut vcpu, _vm) = boot(&code);
+    let (mut machine, mut vcpu, _vm, _) = boot(&code);
     machine.add_device(MMIO_BASE, transport);
     // virtio-net header (12 bytes) + who-has gateway, tell 10.0.2.2.
     let mut frame = vec![0u8; 12];
@@ -496,11 +516,15 @@ fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
     machine.mem.write_slice(&frame, GuestAddress(BUFS + 0x2000)).unwrap();
     tx.offer(&machine.mem, &[Buffer::readable(BUFS + 0x2000, frame.len() as u32)])
         .unwrap();
-    let stop = machine
-        .run(&mut vcpu, &mut |_, port, _| {
-            Some(Stop::Error(format!("port {port:#x}")))
-        })
-        .unwrap();
+    // The reply comes back on the network's thread: the host side serves
+    // it while the program waits.
+    let stop = std::thread::scope(|scope| {
+        let m = &machine;
+        scope.spawn(move || m.serve_host(std::time::Duration::from_millis(20)));
+        machine.run(&mut vcpu, &mut |_, port, _| Some(Stop::Error(format!("port {port:#x}"))))
+    })
+    .unwrap();
+    let _ = std::fs::remove_file(&sock);
     assert_eq!(stop, Stop::Exit(0), "the guest program failed its checks of the device");
     let mut reply = [0u8; 12 + 42];
     machine.mem.read_slice(&mut reply, GuestAddress(BUFS)).unwrap();

@@ -4,7 +4,11 @@
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit as KvmExit, VcpuFd, VmFd};
 
-use super::{HypervisorError, LongModeEntry, Result, Vcpu, VcpuExit, Vm};
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{HypervisorError, IrqLine, LongModeEntry, Result, Vcpu, VcpuExit, Vm};
 
 fn err(what: &str) -> impl FnOnce(kvm_ioctls::Error) -> HypervisorError + '_ {
     move |e| HypervisorError(format!("KVM {what}: {e}"))
@@ -36,8 +40,18 @@ impl super::Hypervisor for KvmHypervisor {
 
     fn create_vm(&self) -> Result<KvmVm> {
         let fd = self.kvm.create_vm().map_err(err("creating a VM"))?;
+        // The TSS needs three pages below 4 GiB that are not RAM; Intel's
+        // VMX needs it for real-mode emulation (Firecracker's address).
+        fd.set_tss_address(0xfffb_d000).map_err(err("setting the TSS address"))?;
         fd.create_irq_chip()
             .map_err(err("creating the in-kernel interrupt controller"))?;
+        // The i8254 timer, which Linux calibrates against; its speaker
+        // port is a dummy.
+        let pit = kvm_bindings::kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(err("creating the in-kernel PIT"))?;
         let cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -64,12 +78,63 @@ impl Vm for KvmVm {
     fn create_vcpu(&mut self, id: u8) -> Result<KvmVcpu> {
         let fd = self.fd.create_vcpu(u64::from(id)).map_err(err("creating a vCPU"))?;
         fd.set_cpuid2(&self.cpuid).map_err(err("setting CPUID"))?;
+        set_lint(&fd)?;
+        // The FPU as after FNINIT, SSE exceptions masked (Linux expects
+        // the state a BIOS leaves).
+        let fpu = kvm_bindings::kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        fd.set_fpu(&fpu).map_err(err("setting the FPU state"))?;
         Ok(KvmVcpu { fd })
     }
 
     fn set_irq_line(&self, irq: u32, active: bool) -> Result<()> {
         self.fd.set_irq_line(irq, active).map_err(err("raising an interrupt"))
     }
+
+    fn irq_line(&mut self, gsi: u32) -> Result<Arc<dyn IrqLine>> {
+        let event = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| HypervisorError(format!("creating an eventfd for interrupt {gsi}: {e}")))?;
+        self.fd
+            .register_irqfd(&event, gsi)
+            .map_err(err("registering an irqfd"))?;
+        Ok(Arc::new(IrqFd(event)))
+    }
+}
+
+/// Writing the eventfd makes KVM pulse the interrupt line in the kernel.
+struct IrqFd(EventFd);
+
+impl IrqLine for IrqFd {
+    fn pulse(&self) -> Result<()> {
+        self.0
+            .write(1)
+            .map_err(|e| HypervisorError(format!("raising an interrupt through its irqfd: {e}")))
+    }
+}
+
+/// Local APIC LINT0 as ExtINT and LINT1 as NMI: the "virtual wire" a
+/// BIOS sets up, through which the legacy PIC's interrupts reach a kernel
+/// that finds no MP table or ACPI.
+fn set_lint(fd: &VcpuFd) -> Result<()> {
+    const APIC_LVT0: usize = 0x350;
+    const APIC_LVT1: usize = 0x360;
+    const DELIVERY_MODE_EXTINT: u32 = 7;
+    const DELIVERY_MODE_NMI: u32 = 4;
+    let mut lapic = fd.get_lapic().map_err(err("reading the local APIC"))?;
+    let mut set = |offset: usize, mode: u32| {
+        let reg = &mut lapic.regs[offset..offset + 4];
+        let bytes: [u8; 4] = [reg[0] as u8, reg[1] as u8, reg[2] as u8, reg[3] as u8];
+        let v = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+        for (dst, b) in reg.iter_mut().zip(v.to_le_bytes()) {
+            *dst = b as _;
+        }
+    };
+    set(APIC_LVT0, DELIVERY_MODE_EXTINT);
+    set(APIC_LVT1, DELIVERY_MODE_NMI);
+    fd.set_lapic(&lapic).map_err(err("setting the local APIC"))
 }
 
 pub struct KvmVcpu {

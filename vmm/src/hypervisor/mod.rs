@@ -76,6 +76,14 @@ pub trait Vm {
     /// Asserts (`true`) or deasserts an interrupt line of the VM's
     /// interrupt controller.
     fn set_irq_line(&self, irq: u32, active: bool) -> Result<()>;
+    /// A handle that raises interrupt `gsi` from any thread (KVM: an
+    /// irqfd), for devices served off the vCPU thread.
+    fn irq_line(&mut self, gsi: u32) -> Result<std::sync::Arc<dyn IrqLine>>;
+}
+
+/// An edge-triggered interrupt input of the VM.
+pub trait IrqLine: Send + Sync {
+    fn pulse(&self) -> Result<()>;
 }
 
 /// One virtual CPU.
