@@ -536,3 +536,174 @@ fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
     assert_eq!(&eth[22..28], &gateway_mac);
     assert_eq!(&eth[28..32], &gateway.octets());
 }
+
+/// A stand-in kernel: checks the zero page a boot loader must fill (the
+/// 64-bit boot protocol: %rsi points at it), prints the command line, the
+/// initramfs and the first virtio-mmio device's magic (one 32-bit load, as
+/// the spec requires) to the 8250, writes
+/// the boot timer and exits. Whatever it finds wrong exits with status 1.
+const FAKE_KERNEL: &str = r#"
+    entry:
+        mov %rsi, %rbx
+        cmpw $0xaa55, 0x1fe(%rbx)
+        jne fail
+        cmpl $0x53726448, 0x202(%rbx)
+        jne fail
+        cmpb $0xff, 0x210(%rbx)
+        jne fail
+        cmpb $2, 0x1e8(%rbx)
+        jne fail
+        cmpq $0, 0x2d0(%rbx)
+        jne fail
+        cmpl $1, 0x2d0+16(%rbx)
+        jne fail
+        cmpq $0x100000, 0x2d0+20(%rbx)
+        jne fail
+        cmpl $1, 0x2d0+20+16(%rbx)
+        jne fail
+        mov 0x228(%rbx), %esi
+        call puts
+        mov $'|', %al
+        call putc
+        mov 0x218(%rbx), %esi
+        mov 0x21c(%rbx), %ecx
+        test %ecx, %ecx
+        jz fail
+    1:  lodsb
+        call putc
+        loop 1b
+        mov $'|', %al
+        call putc
+        mov $0xd0000000, %esi
+        mov (%rsi), %edx
+        mov $4, %ecx
+    2:  mov %dl, %al
+        call putc
+        shr $8, %edx
+        loop 2b
+        mov $'\n', %al
+        call putc
+        mov $123, %al
+        out %al, $0x80
+        mov $0x501, %dx
+        mov $0, %al
+        out %al, (%dx)
+    fail:
+        mov $0x501, %dx
+        mov $1, %al
+        out %al, (%dx)
+    puts:
+        lodsb
+        test %al, %al
+        jz 3f
+        call putc
+        jmp puts
+    3:  ret
+    putc:
+        push %rdx
+        push %rax
+        mov $0x3fd, %dx
+    4:  in (%dx), %al
+        test $0x20, %al
+        jz 4b
+        pop %rax
+        mov $0x3f8, %dx
+        out %al, (%dx)
+        pop %rdx
+        ret
+"#;
+
+/// A bzImage around `code`: one setup sector with the boot protocol 2.15
+/// header (loaded high, 64-bit entry), then the protected-mode part with
+/// `code` at its 64-bit entry, 0x200 bytes in.
+fn bzimage(code: &[u8]) -> Vec<u8> {
+    let mut image = vec![0u8; 1024 + 0x200];
+    image[0x1f1] = 1; // setup_sects
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 1; // loadflags: LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    image[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    image[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes());
+    image[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
+    image[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
+    image.extend_from_slice(code);
+    image
+}
+
+/// `source` linked as an ELF executable at 16 MiB, as vmlinux is.
+fn vmlinux(name: &str, source: &str) -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!("ferry-elf-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, obj, elf) = (dir.join("k.S"), dir.join("k.o"), dir.join("vmlinux"));
+    std::fs::write(&src, format!(".code64\n.text\n.globl entry\n{source}\n")).unwrap();
+    let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src)));
+    assert!(ok(Command::new("ld")
+        .args(["-N", "-e", "entry", "-Ttext=0x1000000", "-o"])
+        .arg(&elf)
+        .arg(&obj)));
+    let image = std::fs::read(&elf).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    image
+}
+
+/// Boots `kernel` with ferry's Linux runner (what `ferry vmm` runs) and
+/// one virtio device; returns the console and how it ended.
+fn boot_kernel(name: &str, kernel: &[u8]) -> (String, ferry_vmm::linux::LinuxVmExit) {
+    let dir = std::env::temp_dir().join(format!("ferry-kernel-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("kernel"), kernel).unwrap();
+    std::fs::write(dir.join("initrd"), b"initramfs bytes").unwrap();
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let fs = ferry_fs::device::FsDevice::new(&share, &Default::default()).unwrap();
+    let console = CapturedOutput::default();
+    let cfg = ferry_vmm::linux::LinuxVmConfig {
+        kernel: dir.join("kernel"),
+        initrd: Some(dir.join("initrd")),
+        cmdline: "console=ttyS0 ferry.cmd=true".into(),
+        memory_mib: 128,
+        devices: vec![Box::new(ferry_vmm::devices::VirtioFs::new(fs, "share", 1))],
+        console: Box::new(console.clone()),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(ferry_vmm::linux::boot_linux(cfg));
+    });
+    let exit = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the stand-in kernel did not finish within 60 s")
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (String::from_utf8_lossy(&console.contents()).into_owned(), exit)
+}
+
+fn check_boot(console: &str, exit: &ferry_vmm::linux::LinuxVmExit) {
+    assert_eq!(exit.stop, Stop::Exit(0), "the stand-in kernel rejected its zero page; console: {console:?}");
+    let (cmdline, rest) = console.split_once('|').unwrap();
+    assert!(cmdline.starts_with("console=ttyS0 ferry.cmd=true pci=off"), "{cmdline}");
+    assert!(cmdline.ends_with(" virtio_mmio.device=4K@0xd0000000:5"), "{cmdline}");
+    assert_eq!(rest, "initramfs bytes|virt\n", "initramfs, then the device window's magic");
+    assert!(exit.boot_time.is_some(), "the boot timer was not recorded");
+}
+
+#[test]
+fn a_bzimage_kernel_boots_with_the_64_bit_boot_protocol() {
+    if kvm().is_none() {
+        return;
+    }
+    let code = assemble("bzimage", FAKE_KERNEL);
+    let (console, exit) = boot_kernel("bz", &bzimage(&code));
+    check_boot(&console, &exit);
+}
+
+#[test]
+fn a_vmlinux_elf_kernel_boots_at_its_entry() {
+    if kvm().is_none() {
+        return;
+    }
+    let (console, exit) = boot_kernel("elf", &vmlinux("elf", FAKE_KERNEL));
+    check_boot(&console, &exit);
+}
