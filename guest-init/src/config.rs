@@ -216,6 +216,9 @@ impl Config {
                     cfg.cwd = Some(dir);
                 }
                 "modules" => cfg.modules.extend(split_list(value)?),
+                // Read again at the end by sys::power_off.
+                "halt" if matches!(value, "poweroff" | "reboot") => {}
+                "halt" => return err(format!("ferry.halt={value:?}: expected poweroff or reboot")),
                 _ => return err(format!("unknown key ferry.{key} (see docs/guest.md for the keys)")),
             }
         }
@@ -232,7 +235,7 @@ mod tests {
         let cfg = Config::from_cmdline(
             "console=ttyS0 quiet ferry.cmd=sh,-c,echo%20hi%2Cthere ferry.hostname=web \
              ferry.net=static:10.0.2.2/24,10.0.2.1,10.0.2.1 ferry.mount=src:/src ferry.mount=data:/data:ro \
-             ferry.env=A%3Db=c ferry.cwd=/src ferry.modules=fuse",
+             ferry.env=A%3Db=c ferry.cwd=/src ferry.modules=fuse ferry.halt=reboot",
         )
         .unwrap();
         assert_eq!(cfg.argv, ["sh", "-c", "echo hi,there"]);
@@ -275,6 +278,7 @@ mod tests {
             "ferry.hostname=bad%20name",
             "ferry.cwd=rel",
             "ferry.cmd=%ff",
+            "ferry.halt=sometimes",
         ] {
             assert!(Config::from_cmdline(bad).is_err(), "{bad} should be rejected");
         }

@@ -44,6 +44,7 @@ struct Outcome {
 }
 
 fn run() -> Outcome {
+    sys::signal_boot_timer();
     if let Err(e) = sys::block_signals() {
         eprintln!("ferry-init: blocking signals: {e}");
     }

@@ -46,13 +46,34 @@ pub fn finit_module(file: &File, params: &str) -> io::Result<()> {
     }
 }
 
-/// Flushes filesystems and powers the machine off; only returns on failure.
+/// Flushes filesystems and powers the machine off (or reboots it, with
+/// `ferry.halt=reboot`: machines without ACPI, such as ferry's built-in
+/// VMM, end when the guest resets); only returns on failure.
 pub fn power_off() -> io::Error {
+    let reboot = std::fs::read_to_string("/proc/cmdline")
+        .is_ok_and(|line| line.split_ascii_whitespace().any(|w| w == "ferry.halt=reboot"));
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
+    let how = if reboot { libc::RB_AUTOBOOT } else { libc::RB_POWER_OFF };
     // SAFETY: reboot(2) with a valid command; as PID 1 we hold the capability.
-    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    unsafe { libc::reboot(how) };
     io::Error::last_os_error()
+}
+
+/// Firecracker's boot timer: a write of 123 to I/O port 0x80 tells the
+/// VMM that userspace is up (it logs the time since start). QEMU ignores
+/// the port; where port access is refused (not PID 1) nothing happens.
+pub fn signal_boot_timer() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: ioperm(2) only changes this process's I/O permission map.
+        if unsafe { libc::ioperm(0x80, 1, 1) } != 0 {
+            return;
+        }
+        // SAFETY: port 0x80 is the POST/diagnostic port, with no effect
+        // on guest state; ioperm above granted access to it.
+        unsafe { std::arch::asm!("out 0x80, al", in("al") 123u8, options(nomem, nostack, preserves_flags)) };
+    }
 }
 
 /// The signals PID 1 handles synchronously instead of through handlers.

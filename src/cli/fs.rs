@@ -215,7 +215,7 @@ fn listen(path: &std::path::Path) -> anyhow::Result<vhost::vhost_user::Listener>
 
 /// `TAG=DIR[:ro]`.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn parse_share(spec: &str) -> anyhow::Result<(String, PathBuf, bool)> {
+pub(super) fn parse_share(spec: &str) -> anyhow::Result<(String, PathBuf, bool)> {
     let (tag, rest) = spec
         .split_once('=')
         .ok_or_else(|| anyhow::anyhow!("--share {spec:?}: expected TAG=DIR[:ro]"))?;

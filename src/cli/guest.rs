@@ -38,6 +38,10 @@ pub enum GuestCommand {
     Build(ImageOptions),
     /// Print the kernel guests boot and its release.
     Kernel(ImageOptions),
+    /// Check whether this host's KVM boots the guest in ferry's built-in
+    /// VMM (what `ferry run --hypervisor auto` probes): exits 0 if it
+    /// does, else 1 with the reason.
+    CheckKvm(ImageOptions),
 }
 
 pub fn run(cmd: GuestCommand) -> anyhow::Result<ExitCode> {
@@ -52,6 +56,17 @@ pub fn run(cmd: GuestCommand) -> anyhow::Result<ExitCode> {
         GuestCommand::Kernel(opts) => {
             let kernel = find_kernel(&opts)?;
             println!("{}\t{}", kernel.path.display(), kernel.release);
+        }
+        GuestCommand::CheckKvm(opts) => {
+            let image = prepare(&opts)?;
+            if let Err(why) = super::run::probe_builtin(&image, 256) {
+                println!(
+                    "KVM here does not boot the guest ({}) in ferry's VMM: {why}",
+                    image.kernel.release
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("KVM boots the guest ({}) in ferry's VMM", image.kernel.release);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -11,6 +11,7 @@ mod run;
 mod share;
 pub mod slirp;
 mod version;
+mod vmm;
 mod vms;
 
 use std::process::ExitCode;
@@ -63,6 +64,8 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Boot a kernel in ferry's built-in VMM (KVM), devices in-process.
+    Vmm(vmm::VmmArgs),
     /// Guest image tools: build the initramfs, find the kernel.
     #[command(subcommand)]
     Guest(guest::GuestCommand),
@@ -92,6 +95,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Net(args) => net::run(args),
         Command::Fs { args } => Ok(fs::run(&args, true)),
         Command::Guest(cmd) => guest::run(cmd),
+        Command::Vmm(args) => vmm::run(args),
         Command::Slirp4netns { args } => Ok(compat::run_after_logging(compat::Tool::Slirp4netns, &args)),
         Command::Gvproxy { args } => Ok(compat::run_after_logging(compat::Tool::Gvproxy, &args)),
         Command::Version => {

@@ -19,6 +19,14 @@ pub enum AccelArg {
     Tcg,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HypervisorArg {
+    Auto,
+    /// ferry's built-in VMM on KVM.
+    Kvm,
+    Qemu,
+}
+
 const EXAMPLES: &str = "\
 Examples:
   ferry run -- uname -r
@@ -27,6 +35,7 @@ Examples:
   ferry run -v .:/src -w /src -- ls
   ferry run -it -- sh                  (an interactive shell with a terminal)
   ferry run --rootfs ./alpine-root -- cat /etc/os-release
+  ferry run --hypervisor kvm -- uname -a   (ferry's own VMM; needs a KVM that boots Linux)
 
 The exit code is the guest command's; 125 means the guest could not start it
 (bad configuration or a failed mount), 127 that the command was not found.";
@@ -57,6 +66,12 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
+    /// Which VMM runs the guest: kvm is ferry's built-in VMM (devices
+    /// in-process, one vCPU); qemu is QEMU; auto uses the built-in VMM when
+    /// KVM can really boot the guest here (probed once, cached) and the run
+    /// needs nothing only QEMU has, else QEMU.
+    #[arg(long, value_enum, env = "FERRY_HYPERVISOR", default_value = "auto")]
+    pub hypervisor: HypervisorArg,
     /// How QEMU runs guest code.
     #[arg(long, value_enum, env = "FERRY_ACCEL", default_value = "auto")]
     pub accel: AccelArg,
@@ -206,7 +221,7 @@ fn detach(name: &str, name_given: bool) -> anyhow::Result<ExitCode> {
 /// `-i`/`-t`: waits for the guest agent, runs the command through it with
 /// this terminal, then powers the guest off; returns the command's code.
 fn run_attached(
-    mut vm: ferry_vmm::QemuVm,
+    mut vm: ferry_vmm::VmProcess,
     console: std::fs::File,
     args: &RunArgs,
     reg: &super::registry::Registration,
@@ -318,6 +333,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let console = std::fs::File::create(reg.console_log())
         .with_context(|| format!("creating {}", reg.console_log().display()))?;
     let image = guest::prepare(&args.image)?;
+    let builtin = use_builtin(&args, &image)?;
 
     // -i/-t: the guest idles and the command runs through the agent,
     // which gives it this terminal's stdin (and a pty).
@@ -397,19 +413,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             read_only: root,
         });
     }
+    let share_specs = super::share::share_specs(&volumes)?;
+    for ((tag, _), vol) in share_specs.iter().zip(&args.volume) {
+        let ro = if vol.read_only { ":ro" } else { "" };
+        line.key("mount", &format!("{tag}:{}{ro}", vol.guest));
+    }
+    if args.rootfs.is_some() {
+        let (tag, _) = share_specs.last().expect("the rootfs share");
+        line.key("rootfs", tag);
+    }
+    if builtin {
+        // No ACPI in the built-in machine: the guest ends by resetting.
+        line.key("halt", "reboot");
+        let cmdline = line.build()?;
+        let vm = builtin_vm(
+            &args,
+            &image,
+            &cmdline,
+            net.as_ref().map(|(_, s)| s.as_path()),
+            &share_specs,
+            &reg,
+        )?;
+        return supervise(vm, console, &args, &mut reg, interactive)
+            .context("in ferry's VMM (if this host's KVM cannot boot Linux, use --hypervisor qemu)");
+    }
     let shares = if volumes.is_empty() {
         None
     } else {
         let mut server = super::share::ShareServer::start(&volumes, &run_dir.0)?;
         server.relay_changes(&reg.dir);
-        for ((tag, _), vol) in server.devices.iter().zip(&args.volume) {
-            let ro = if vol.read_only { ":ro" } else { "" };
-            line.key("mount", &format!("{tag}:{}{ro}", vol.guest));
-        }
-        if args.rootfs.is_some() {
-            let (tag, _) = server.devices.last().expect("the rootfs share");
-            line.key("rootfs", tag);
-        }
         Some(server)
     };
     // The control channel: vhost-user-vsock, with host programs (`ferry
@@ -455,10 +487,129 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             qemu.accel.as_str()
         );
     }
-    let mut vm = qemu.spawn()?;
+    let vm = qemu.spawn()?;
+    let code = supervise(vm, console, &args, &mut reg, interactive);
+    drop(shares);
+    drop(vsock);
+    code
+}
+
+/// Whether this run goes to the built-in VMM: asked for, or `auto` with
+/// KVM able to boot the guest and nothing only QEMU has in the run.
+fn use_builtin(args: &RunArgs, image: &ferry_vmm::GuestImage) -> anyhow::Result<bool> {
+    // What the built-in VMM cannot do at all, and what it does with less
+    // than QEMU (auto then prefers QEMU).
+    let unsupported = if args.cpus != 1 {
+        Some("--cpus above 1 (the built-in VMM runs one vCPU)")
+    } else if args.network.as_deref().is_some_and(|n| !n.starts_with("unix://")) {
+        Some("--network vhost-user:// or unixgram:// (the built-in VMM attaches to unix:// stream sockets)")
+    } else {
+        None
+    };
+    let lesser = (!args.volume.is_empty()).then_some("-v (the built-in VMM shares files without inotify passthrough)");
+    match args.hypervisor {
+        HypervisorArg::Qemu => Ok(false),
+        HypervisorArg::Kvm => {
+            if let Some(why) = unsupported {
+                anyhow::bail!("--hypervisor kvm cannot do {why}; use --hypervisor qemu");
+            }
+            anyhow::ensure!(
+                cfg!(all(target_os = "linux", target_arch = "x86_64")),
+                "--hypervisor kvm needs x86_64 Linux; use --hypervisor qemu"
+            );
+            #[cfg(target_os = "linux")]
+            ferry_vmm::hypervisor::kvm::KvmHypervisor::open().map_err(|e| anyhow::anyhow!("--hypervisor kvm: {e}"))?;
+            Ok(true)
+        }
+        HypervisorArg::Auto => {
+            if let Some(why) = unsupported.or(lesser) {
+                tracing::debug!("using QEMU: the run asks for {why}");
+                return Ok(false);
+            }
+            let cache = accel::probe_cache_file(&image::cache_dir(), &image.kernel.path, Path::new("ferry-vmm"));
+            let probe = || probe_builtin(image, args.memory).is_ok();
+            Ok(accel::kvm_boots(
+                &cache,
+                probe,
+                &mut |l| eprintln!("ferry: {l}"),
+                "QEMU",
+            ))
+        }
+    }
+}
+
+/// Boots a guest that runs `true` in the built-in VMM; the error says why
+/// it did not come back (`ferry guest check-kvm` prints it).
+pub(super) fn probe_builtin(image: &ferry_vmm::GuestImage, memory: u32) -> Result<(), String> {
+    let mut line = GuestCmdline::new();
+    line.command(&["true".into()]).key("halt", "reboot");
+    let cmdline = line.build().map_err(|e| e.to_string())?;
+    let mut cmd = vmm_command(memory, image, &cmdline).map_err(|e| e.to_string())?;
+    cmd.args(["--timeout", &accel::PROBE_TIMEOUT.as_secs().to_string()]);
+    accel::probe_builtin(cmd)
+}
+
+/// `ferry vmm` for this image and memory.
+fn vmm_command(memory: u32, image: &ferry_vmm::GuestImage, cmdline: &str) -> anyhow::Result<std::process::Command> {
+    let mut cmd = std::process::Command::new(std::env::current_exe().context("finding ferry's own binary")?);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.args(["--log-level", "warn"]);
+    }
+    cmd.arg("vmm")
+        .arg("--kernel")
+        .arg(&image.kernel.path)
+        .arg("--initrd")
+        .arg(&image.initrd)
+        .args(["--memory", &memory.to_string(), "--cmdline", cmdline]);
+    Ok(cmd)
+}
+
+/// Starts the built-in VMM with this run's devices: the NIC on the run's
+/// network, the shares, and the vsock control channel at the VM's
+/// registry socket.
+fn builtin_vm(
+    args: &RunArgs,
+    image: &ferry_vmm::GuestImage,
+    cmdline: &str,
+    net: Option<&Path>,
+    shares: &[(String, String)],
+    reg: &super::registry::Registration,
+) -> anyhow::Result<ferry_vmm::VmProcess> {
+    let mut cmd = vmm_command(args.memory, image, cmdline)?;
+    if let Some(sock) = net {
+        cmd.arg("--net")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["--mac", &guest_mac()]);
+    }
+    for (_, spec) in shares {
+        cmd.arg("--share").arg(spec);
+    }
+    cmd.args(["--sandbox", super::share::sandbox_mode()]);
+    cmd.arg("--vsock").arg(reg.dir.join("vsock.sock"));
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "ferry: booting kernel {} in ferry's VMM on KVM...",
+            image.kernel.release
+        );
+    }
+    Ok(ferry_vmm::VmProcess::start(
+        cmd,
+        "ferry vmm is this same binary; see the message above",
+    )?)
+}
+
+/// Waits for the guest (or, with -i/-t, runs the command through its
+/// agent) and records and returns the exit code.
+fn supervise(
+    mut vm: ferry_vmm::VmProcess,
+    console: std::fs::File,
+    args: &RunArgs,
+    reg: &mut super::registry::Registration,
+    interactive: bool,
+) -> anyhow::Result<ExitCode> {
     reg.set("qemu_pid", &vm.pid().to_string())?;
     if interactive {
-        let code = run_attached(vm, console, &args, &reg)?;
+        let code = run_attached(vm, console, args, reg)?;
         reg.set("exit", &code.to_string())?;
         return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
     }

@@ -37,6 +37,43 @@ impl std::str::FromStr for Volume {
     }
 }
 
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// How a share server confines itself: root can confine it to the
+/// shares; otherwise the file system's own checks keep requests inside.
+pub fn sandbox_mode() -> &'static str {
+    if is_root() {
+        "namespace"
+    } else {
+        "none"
+    }
+}
+
+/// Each volume as `ferry fs --share` and `ferry vmm --share` take it:
+/// (tag, `TAG=DIR[:ro]`); share `n` gets the tag `ferryN`.
+pub fn share_specs(vols: &[Volume]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut specs = Vec::new();
+    for (n, vol) in vols.iter().enumerate() {
+        let host = vol
+            .host
+            .canonicalize()
+            .with_context(|| format!("-v {}: the host directory does not exist", vol.host.display()))?;
+        anyhow::ensure!(host.is_dir(), "-v {}: not a directory", vol.host.display());
+        anyhow::ensure!(
+            is_root() || !vol.read_only,
+            "-v {}:ro needs root here (the read-only mount lives in a mount namespace)",
+            vol.host.display()
+        );
+        let tag = format!("ferry{n}");
+        let ro = if vol.read_only { ":ro" } else { "" };
+        specs.push((tag.clone(), format!("{tag}={}{ro}", host.display())));
+    }
+    Ok(specs)
+}
+
 /// The `ferry fs` process serving every share of a run (one vhost-user-fs
 /// device, and socket, per share); killed when dropped.
 pub struct ShareServer {
@@ -59,11 +96,6 @@ impl ShareServer {
     /// until they are there. Share `n` gets the tag `ferryN`.
     pub fn start(vols: &[Volume], dir: &Path) -> anyhow::Result<ShareServer> {
         let exe = std::env::current_exe().context("finding ferry's own binary")?;
-        // Root can confine the server to the shares; otherwise the file
-        // system's own checks keep requests inside them.
-        // SAFETY: geteuid(2) takes no arguments and cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
-        let sandbox = if root { "namespace" } else { "none" };
         let mut cmd = Command::new(exe);
         if std::env::var_os("RUST_LOG").is_none() {
             // Its progress lines are noise in the run's output; errors stay.
@@ -72,22 +104,10 @@ impl ShareServer {
         cmd.arg("fs")
             .arg("--socket-dir")
             .arg(dir)
-            .args(["--sandbox", sandbox, "--cache", "auto", "--xattr"]);
+            .args(["--sandbox", sandbox_mode(), "--cache", "auto", "--xattr"]);
         let mut devices = Vec::new();
-        for (n, vol) in vols.iter().enumerate() {
-            let host = vol
-                .host
-                .canonicalize()
-                .with_context(|| format!("-v {}: the host directory does not exist", vol.host.display()))?;
-            anyhow::ensure!(host.is_dir(), "-v {}: not a directory", vol.host.display());
-            anyhow::ensure!(
-                root || !vol.read_only,
-                "-v {}:ro needs root here (the read-only mount lives in a mount namespace)",
-                vol.host.display()
-            );
-            let tag = format!("ferry{n}");
-            let ro = if vol.read_only { ":ro" } else { "" };
-            cmd.arg("--share").arg(format!("{tag}={}{ro}", host.display()));
+        for (tag, spec) in share_specs(vols)? {
+            cmd.arg("--share").arg(spec);
             devices.push((tag.clone(), dir.join(format!("{tag}.sock"))));
         }
         // Host changes come back on this pair, for the guest agent.

@@ -67,8 +67,52 @@ pub fn probe_kvm(probe: &QemuConfig) -> bool {
     matches!(result, Ok(ref exit) if exit.code == 0 && exit.error.is_none())
 }
 
-/// Resolves the choice. `probe` is run only for `Auto` when /dev/kvm opens
-/// and no cached verdict exists; `progress` explains the wait.
+/// Boots a probe guest in `ferry vmm` (`cmd`, whose guest runs `true`)
+/// and checks that guest-init came back with exit code 0 in time; the
+/// error says what happened instead.
+pub fn probe_builtin(cmd: std::process::Command) -> Result<(), String> {
+    let mut vm = crate::qemu::VmProcess::start(cmd, "").map_err(|e| e.to_string())?;
+    match vm.wait_guest(Some(PROBE_TIMEOUT), &mut |_| {}, &mut |_| {}) {
+        Ok(exit) if exit.code == 0 && exit.error.is_none() => Ok(()),
+        Ok(exit) => Err(format!("the probe guest exited with code {}", exit.code)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether KVM can boot the guest here: never without a usable /dev/kvm;
+/// else the verdict cached in `cache_file`, else what `probe` finds (run
+/// once, then cached). `progress` explains the wait; `fallback` names what
+/// is used instead.
+pub fn kvm_boots(
+    cache_file: &Path,
+    probe: impl FnOnce() -> bool,
+    progress: &mut dyn FnMut(&str),
+    fallback: &str,
+) -> bool {
+    if !kvm_device_usable() {
+        return false;
+    }
+    match std::fs::read_to_string(cache_file).as_deref().map(str::trim) {
+        Ok("kvm") => return true,
+        Ok("tcg") => return false,
+        _ => {}
+    }
+    progress("checking whether KVM can boot the guest kernel (once, then cached)...");
+    let works = probe();
+    if works {
+        progress("KVM works: using it");
+    } else {
+        progress(&format!("KVM cannot boot this kernel here: using {fallback}"));
+    }
+    if let Some(dir) = cache_file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(cache_file, if works { "kvm" } else { "tcg" });
+    works
+}
+
+/// Resolves QEMU's accelerator; `probe` runs only for `Auto` (see
+/// [`kvm_boots`]).
 pub fn resolve(
     choice: AccelChoice,
     cache_file: &Path,
@@ -76,34 +120,11 @@ pub fn resolve(
     progress: &mut dyn FnMut(&str),
 ) -> Accel {
     match choice {
-        AccelChoice::Kvm => return Accel::Kvm,
-        AccelChoice::Tcg => return Accel::Tcg,
-        AccelChoice::Auto => {}
+        AccelChoice::Kvm => Accel::Kvm,
+        AccelChoice::Tcg => Accel::Tcg,
+        AccelChoice::Auto if kvm_boots(cache_file, probe, progress, "QEMU's TCG") => Accel::Kvm,
+        AccelChoice::Auto => Accel::Tcg,
     }
-    if !kvm_device_usable() {
-        return Accel::Tcg;
-    }
-    match std::fs::read_to_string(cache_file).as_deref().map(str::trim) {
-        Ok("kvm") => return Accel::Kvm,
-        Ok("tcg") => return Accel::Tcg,
-        _ => {}
-    }
-    progress("checking whether KVM can boot the guest kernel (once, then cached)...");
-    let accel = if probe() { Accel::Kvm } else { Accel::Tcg };
-    progress(&format!(
-        "KVM {}: using {}",
-        if accel == Accel::Kvm {
-            "works"
-        } else {
-            "cannot boot this kernel here"
-        },
-        accel.as_str()
-    ));
-    if let Some(dir) = cache_file.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::write(cache_file, accel.as_str());
-    accel
 }
 
 #[cfg(test)]

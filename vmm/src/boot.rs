@@ -99,8 +99,8 @@ pub fn load_linux(mem: &GuestMemoryMmap, boot: &LinuxBoot<'_>) -> Result<Loaded,
             (r, rip)
         }
         Err(loader::Error::Elf(loader::elf::Error::InvalidElfMagicNumber)) => {
-            let r = loader::BzImage::load(mem, None, &mut open()?, Some(GuestAddress(HIMEM_START)))
-                .map_err(kernel_err)?;
+            let r =
+                loader::BzImage::load(mem, None, &mut open()?, Some(GuestAddress(HIMEM_START))).map_err(kernel_err)?;
             let hdr = r.setup_header.unwrap_or_default();
             if hdr.xloadflags & XLF_KERNEL_64 == 0 {
                 return Err(BootError::Not64Bit(path));

@@ -206,9 +206,13 @@ impl VirtioNet {
         loop {
             // Deliver what is buffered before reading more.
             while self.rx_bytes.len() >= 4 {
-                let len = u32::from_be_bytes([self.rx_bytes[0], self.rx_bytes[1], self.rx_bytes[2], self.rx_bytes[3]]) as usize;
+                let len = u32::from_be_bytes([self.rx_bytes[0], self.rx_bytes[1], self.rx_bytes[2], self.rx_bytes[3]])
+                    as usize;
                 if len > MAX_FRAME {
-                    tracing::warn!(len, "virtio-net: the network sent an oversized frame; dropping the link's buffer");
+                    tracing::warn!(
+                        len,
+                        "virtio-net: the network sent an oversized frame; dropping the link's buffer"
+                    );
                     self.rx_bytes.clear();
                     break;
                 }

@@ -21,4 +21,4 @@ pub mod x86_64;
 pub use accel::AccelChoice;
 pub use cmdline::GuestCmdline;
 pub use image::{GuestImage, ImageSpec, Kernel};
-pub use qemu::{Accel, GuestExit, QemuConfig, QemuVm};
+pub use qemu::{Accel, GuestExit, QemuConfig, VmProcess};

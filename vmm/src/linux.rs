@@ -37,6 +37,10 @@ pub struct LinuxVmConfig {
     pub devices: Vec<Box<dyn VirtioDevice>>,
     /// Where the serial console's output goes.
     pub console: Console,
+    /// Runs once every host resource is open (kernel files read, KVM and
+    /// the VM created) and before any thread starts: where a caller
+    /// confines the process (the shares' mount namespace).
+    pub confine: Option<Box<dyn FnOnce() -> std::io::Result<()> + Send>>,
 }
 
 #[derive(Debug)]
@@ -58,6 +62,8 @@ pub enum VmmError {
     TooLittleMemory(u32),
     #[error("{count} devices: the built-in VMM has interrupt lines for at most {max}")]
     TooManyDevices { count: usize, max: usize },
+    #[error("confining the VMM to its shares: {0}")]
+    Confine(std::io::Error),
     #[error("allocating {mib} MiB of guest memory: {reason}")]
     Memory { mib: u32, reason: String },
 }
@@ -85,10 +91,11 @@ pub fn boot_linux(cfg: LinuxVmConfig) -> Result<LinuxVmExit, VmmError> {
             max: DEVICE_IRQS.len(),
         });
     }
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).map_err(|e| VmmError::Memory {
-        mib: cfg.memory_mib,
-        reason: e.to_string(),
-    })?;
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).map_err(|e| VmmError::Memory {
+            mib: cfg.memory_mib,
+            reason: e.to_string(),
+        })?;
     let mut cmdline = format!("{} {MACHINE_CMDLINE}", cfg.cmdline);
     for i in 0..cfg.devices.len() {
         if let Some((_, _, word)) = device_slot(i) {
@@ -118,6 +125,9 @@ pub fn boot_linux(cfg: LinuxVmConfig) -> Result<LinuxVmExit, VmmError> {
     let mut vcpu = vm.create_vcpu(0)?;
     vcpu.enter_long_mode(&loaded.entry)?;
 
+    if let Some(confine) = cfg.confine {
+        confine().map_err(VmmError::Confine)?;
+    }
     let serial_irq = vm.irq_line(SERIAL_IRQ)?;
     let mut machine = Machine::new(mem, cfg.console, Irq(Some(serial_irq)));
     for (i, device) in cfg.devices.into_iter().enumerate() {

@@ -144,19 +144,10 @@ impl Machine {
     /// device move what is ready into the guest's queues.
     pub fn serve_host(&self, tick: Duration) {
         while !self.stopped.load(Ordering::Relaxed) {
-            let fds: Vec<(RawFd, i16)> = self
-                .bus()
-                .devices
-                .iter()
-                .flat_map(|(_, t)| t.host_fds())
-                .collect();
+            let fds: Vec<(RawFd, i16)> = self.bus().devices.iter().flat_map(|(_, t)| t.host_fds()).collect();
             let mut polls: Vec<libc::pollfd> = fds
                 .iter()
-                .map(|&(fd, events)| libc::pollfd {
-                    fd,
-                    events,
-                    revents: 0,
-                })
+                .map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 })
                 .collect();
             let ms = tick.as_millis().min(i32::MAX as u128) as i32;
             // SAFETY: `polls` is a live, correctly sized array of pollfd.
@@ -200,6 +191,9 @@ impl Machine {
                 VcpuExit::IoIn { port, data } => {
                     let v = if serial_ports.contains(&port) {
                         self.bus().serial.read((port - SERIAL_PORT) as u8)
+                    } else if port == I8042_PORT {
+                        // Input buffer empty: Linux's reset path waits for it.
+                        0
                     } else {
                         // Nothing here: a floating bus reads all ones.
                         0xff

@@ -36,9 +36,13 @@ impl Accel {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
-    /// The QEMU binary could not be started.
-    #[error("cannot start {binary}: {source}; install it with `apt-get install qemu-system-x86`")]
-    Spawn { binary: String, source: std::io::Error },
+    /// The VM process could not be started.
+    #[error("cannot start {binary}: {source}; {hint}")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+        hint: &'static str,
+    },
     /// Reading the console or waiting for QEMU failed.
     #[error("supervising QEMU: {0}")]
     Io(#[from] std::io::Error),
@@ -124,15 +128,22 @@ impl QemuConfig {
         args
     }
 
-    /// Starts QEMU with the serial console on a pipe. QEMU is put in its own
-    /// process group and is killed if this process dies, so it never
-    /// outlives ferry.
-    pub fn spawn(&self) -> Result<QemuVm, QemuError> {
+    /// Starts QEMU with the serial console on a pipe.
+    pub fn spawn(&self) -> Result<VmProcess, QemuError> {
         let mut cmd = Command::new(&self.binary);
-        cmd.args(self.args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(self.args());
+        tracing::debug!(args = ?self.args(), "starting QEMU");
+        VmProcess::start(cmd, "install it with `apt-get install qemu-system-x86`")
+    }
+}
+
+impl VmProcess {
+    /// Starts a VM process (QEMU, or `ferry vmm`) whose stdout is the
+    /// guest's serial console. It is put in its own process group and is
+    /// killed if this process dies, so it never outlives ferry. `hint`
+    /// says what to do when it cannot be started.
+    pub fn start(mut cmd: Command, hint: &'static str) -> Result<VmProcess, QemuError> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.process_group(0);
         // SAFETY: the closure only calls prctl(2), which is async-signal-safe,
         // between fork and exec.
@@ -144,32 +155,33 @@ impl QemuConfig {
                 Ok(())
             });
         }
-        tracing::debug!(args = ?self.args(), "starting QEMU");
+        let binary = cmd.get_program().to_string_lossy().into_owned();
         let mut child = cmd.spawn().map_err(|source| QemuError::Spawn {
-            binary: self.binary.display().to_string(),
+            binary: binary.clone(),
             source,
+            hint,
         })?;
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        // QEMU's own complaints go to our log, line by line.
+        // The VM process's own complaints go to our log, line by line.
         if let Some(stderr) = stderr {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     // ferry itself stops QEMU with SIGTERM (`ferry stop`, -it).
                     if line.contains("terminating on signal") {
-                        tracing::debug!(target: "qemu", "{line}");
+                        tracing::debug!(target: "vm", "{line}");
                     } else {
-                        tracing::warn!(target: "qemu", "{line}");
+                        tracing::warn!(target: "vm", "{binary}: {line}");
                     }
                 }
             });
         }
-        Ok(QemuVm { child, console: stdout })
+        Ok(VmProcess { child, console: stdout })
     }
 }
 
-/// A running QEMU; killed when dropped.
-pub struct QemuVm {
+/// A running VM process; killed when dropped.
+pub struct VmProcess {
     child: Child,
     console: Option<ChildStdout>,
 }
@@ -182,7 +194,7 @@ pub struct GuestExit {
     pub error: Option<String>,
 }
 
-impl QemuVm {
+impl VmProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -290,7 +302,7 @@ impl QemuVm {
     }
 }
 
-impl Drop for QemuVm {
+impl Drop for VmProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.kill();

@@ -470,7 +470,10 @@ fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let listen: ferry_net::frontend::listen::ListenAddr = format!("unix://{}", sock.display()).parse().unwrap();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async move {
             let stack = ferry_net::Stack::new(cfg, std::sync::Arc::new(ferry_net::NetMetrics::default()));
@@ -521,7 +524,9 @@ fn a_program_gets_the_nats_arp_reply_through_in_process_virtio_net() {
     let stop = std::thread::scope(|scope| {
         let m = &machine;
         scope.spawn(move || m.serve_host(std::time::Duration::from_millis(20)));
-        machine.run(&mut vcpu, &mut |_, port, _| Some(Stop::Error(format!("port {port:#x}"))))
+        machine.run(&mut vcpu, &mut |_, port, _| {
+            Some(Stop::Error(format!("port {port:#x}")))
+        })
     })
     .unwrap();
     let _ = std::fs::remove_file(&sock);
@@ -667,6 +672,7 @@ fn boot_kernel(name: &str, kernel: &[u8]) -> (String, ferry_vmm::linux::LinuxVmE
         memory_mib: 128,
         devices: vec![Box::new(ferry_vmm::devices::VirtioFs::new(fs, "share", 1))],
         console: Box::new(console.clone()),
+        confine: None,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -681,11 +687,18 @@ fn boot_kernel(name: &str, kernel: &[u8]) -> (String, ferry_vmm::linux::LinuxVmE
 }
 
 fn check_boot(console: &str, exit: &ferry_vmm::linux::LinuxVmExit) {
-    assert_eq!(exit.stop, Stop::Exit(0), "the stand-in kernel rejected its zero page; console: {console:?}");
+    assert_eq!(
+        exit.stop,
+        Stop::Exit(0),
+        "the stand-in kernel rejected its zero page; console: {console:?}"
+    );
     let (cmdline, rest) = console.split_once('|').unwrap();
     assert!(cmdline.starts_with("console=ttyS0 ferry.cmd=true pci=off"), "{cmdline}");
     assert!(cmdline.ends_with(" virtio_mmio.device=4K@0xd0000000:5"), "{cmdline}");
-    assert_eq!(rest, "initramfs bytes|virt\n", "initramfs, then the device window's magic");
+    assert_eq!(
+        rest, "initramfs bytes|virt\n",
+        "initramfs, then the device window's magic"
+    );
     assert!(exit.boot_time.is_some(), "the boot timer was not recorded");
 }
 

@@ -42,7 +42,8 @@ impl super::Hypervisor for KvmHypervisor {
         let fd = self.kvm.create_vm().map_err(err("creating a VM"))?;
         // The TSS needs three pages below 4 GiB that are not RAM; Intel's
         // VMX needs it for real-mode emulation (Firecracker's address).
-        fd.set_tss_address(0xfffb_d000).map_err(err("setting the TSS address"))?;
+        fd.set_tss_address(0xfffb_d000)
+            .map_err(err("setting the TSS address"))?;
         fd.create_irq_chip()
             .map_err(err("creating the in-kernel interrupt controller"))?;
         // The i8254 timer, which Linux calibrates against; its speaker
