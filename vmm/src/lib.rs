@@ -1,6 +1,7 @@
 //! ferry's virtual machine side: the guest image, the kernel command line
-//! guest-init reads, and VM launchers. QEMU is the launcher today; the
-//! in-process KVM micro-VMM will sit beside it behind a `Hypervisor` trait.
+//! guest-init reads, and the two ways to run a guest: ferry's own micro-VMM
+//! ([`linux`], behind the [`hypervisor`] trait, devices in-process) and
+//! the QEMU launcher ([`qemu`]).
 
 pub mod accel;
 #[cfg(target_arch = "x86_64")]
