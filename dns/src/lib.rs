@@ -15,7 +15,7 @@ pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 
-pub use records::{Owner, Records};
+pub use records::{NameAddrs, Owner, Records};
 pub use server::{DnsConfig, DnsServer, Step, Transport};
 
 /// The nameservers of a resolv.conf, as upstreams on port 53.

@@ -1,8 +1,9 @@
-//! The names ferry answers itself: local zones (default `test`) holding one
-//! A record per registered guest, and the built-in host names.
+//! The names ferry answers itself: local zones (default `test`) holding an
+//! A and, once the guest uses IPv6, an AAAA record per registered guest,
+//! and the built-in host names.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Who registered a name, so it can be removed when that guest goes away.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -13,11 +14,31 @@ pub enum Owner {
     Static(String),
 }
 
+/// A name's addresses: one per family. A name with only one of them
+/// answers the other family's query with NODATA, not NXDOMAIN.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameAddrs {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+    /// Whether `v6` is the guest's stable (EUI-64) address, which later
+    /// addresses (temporary, privacy) do not replace.
+    pub v6_stable: bool,
+}
+
+impl NameAddrs {
+    pub fn v4(ip: Ipv4Addr) -> NameAddrs {
+        NameAddrs {
+            v4: Some(ip),
+            ..NameAddrs::default()
+        }
+    }
+}
+
 /// What the local data says about a name.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Local {
-    /// The name exists with this address.
-    Address(Ipv4Addr),
+    /// The name exists with these addresses.
+    Address(NameAddrs),
     /// The name is in a local zone but does not exist.
     NxDomain,
     /// The name is not ours: forward it.
@@ -29,8 +50,8 @@ pub struct Records {
     /// Lower-case zone names without a trailing dot, e.g. "test".
     zones: Vec<String>,
     /// Lower-case FQDN without trailing dot → (address, owner).
-    names: HashMap<String, (Ipv4Addr, Owner)>,
-    builtins: HashMap<String, Ipv4Addr>,
+    names: HashMap<String, (NameAddrs, Owner)>,
+    builtins: HashMap<String, NameAddrs>,
 }
 
 /// Names that mean "the host", as Docker, Podman and friends spell them.
@@ -62,14 +83,37 @@ impl Records {
         let mut builtins = HashMap::new();
         if let Some(host) = host {
             for name in HOST_NAMES {
-                builtins.insert(name.to_string(), host);
+                builtins.insert(name.to_string(), NameAddrs::v4(host));
             }
         }
-        builtins.insert(GATEWAY_NAME.to_string(), gateway);
+        builtins.insert(GATEWAY_NAME.to_string(), NameAddrs::v4(gateway));
         Records {
             zones: zones.iter().map(|z| normalise(z)).collect(),
             names: HashMap::new(),
             builtins,
+        }
+    }
+
+    /// Gives the built-in names their IPv6 addresses (the host alias's and
+    /// the gateway's).
+    pub fn set_builtin_v6(&mut self, host: Option<Ipv6Addr>, gateway: Ipv6Addr) {
+        if let Some(host) = host {
+            for name in HOST_NAMES {
+                self.builtins.entry(name.to_string()).or_default().v6 = Some(host);
+            }
+        }
+        self.builtins.entry(GATEWAY_NAME.to_string()).or_default().v6 = Some(gateway);
+    }
+
+    /// Adds `v6` to every name whose IPv4 address is `v4` (a guest's SLAAC
+    /// address learnt from its traffic). A stable address replaces any; an
+    /// unstable one only fills a name that has none.
+    pub fn set_v6_for(&mut self, v4: Ipv4Addr, v6: Ipv6Addr, stable: bool) {
+        for (addrs, _) in self.names.values_mut() {
+            if addrs.v4 == Some(v4) && (stable || addrs.v6.is_none()) {
+                addrs.v6 = Some(v6);
+                addrs.v6_stable = stable;
+            }
         }
     }
 
@@ -103,7 +147,13 @@ impl Records {
             return Err(format!("{label:?} is not a valid DNS name"));
         }
         for zone in &self.zones {
-            self.names.insert(format!("{label}.{zone}"), (addr, owner.clone()));
+            let key = format!("{label}.{zone}");
+            // Re-registering (a renewed lease) keeps a learnt IPv6 address.
+            let mut addrs = NameAddrs::v4(addr);
+            if let Some((old, _)) = self.names.get(&key).filter(|(old, _)| old.v4 == Some(addr)) {
+                addrs = *old;
+            }
+            self.names.insert(key, (addrs, owner.clone()));
         }
         Ok(())
     }
@@ -144,10 +194,10 @@ impl Records {
         Local::NotLocal
     }
 
-    /// Every registered (name, address), sorted, for the control API.
-    pub fn list(&self) -> Vec<(String, Ipv4Addr)> {
+    /// Every registered (name, addresses), sorted, for the control API.
+    pub fn list(&self) -> Vec<(String, NameAddrs)> {
         let mut all: Vec<_> = self.names.iter().map(|(n, (a, _))| (n.clone(), *a)).collect();
-        all.sort();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 }
@@ -169,11 +219,27 @@ mod tests {
         let mut r = records();
         let owner = Owner::Dhcp([2, 0, 0, 0, 0, 1]);
         r.register("Web", Ipv4Addr::new(10, 0, 2, 5), owner.clone()).unwrap();
-        assert_eq!(r.lookup("web.test."), Local::Address(Ipv4Addr::new(10, 0, 2, 5)));
-        assert_eq!(r.lookup("WEB.lab"), Local::Address(Ipv4Addr::new(10, 0, 2, 5)));
+        assert_eq!(
+            r.lookup("web.test."),
+            Local::Address(NameAddrs::v4(Ipv4Addr::new(10, 0, 2, 5)))
+        );
+        assert_eq!(
+            r.lookup("WEB.lab"),
+            Local::Address(NameAddrs::v4(Ipv4Addr::new(10, 0, 2, 5)))
+        );
         assert_eq!(r.lookup("db.test"), Local::NxDomain);
         assert_eq!(r.lookup("test"), Local::NxDomain);
         assert_eq!(r.lookup("example.com"), Local::NotLocal);
+        // An IPv6 address learnt for the guest joins its names; a renewed
+        // lease keeps it; a temporary address does not replace a stable one.
+        let stable: Ipv6Addr = "fd00::ff:fe00:1".parse().unwrap();
+        r.set_v6_for(Ipv4Addr::new(10, 0, 2, 5), stable, true);
+        r.set_v6_for(Ipv4Addr::new(10, 0, 2, 5), "fd00::1234".parse().unwrap(), false);
+        r.register("web", Ipv4Addr::new(10, 0, 2, 5), owner.clone()).unwrap();
+        let Local::Address(a) = r.lookup("web.test") else {
+            panic!()
+        };
+        assert_eq!(a.v6, Some(stable));
         assert_eq!(r.unregister_owner(&owner), 2);
         assert_eq!(r.lookup("web.test"), Local::NxDomain);
         assert!(r
@@ -189,13 +255,20 @@ mod tests {
         let r = records();
         assert_eq!(
             r.lookup("host.docker.internal"),
-            Local::Address(Ipv4Addr::new(10, 0, 2, 254))
+            Local::Address(NameAddrs::v4(Ipv4Addr::new(10, 0, 2, 254)))
         );
         assert_eq!(
             r.lookup("gateway.containers.internal."),
-            Local::Address(Ipv4Addr::new(10, 0, 2, 1))
+            Local::Address(NameAddrs::v4(Ipv4Addr::new(10, 0, 2, 1)))
         );
         assert_eq!(r.lookup("other.container.internal"), Local::NxDomain);
+        let mut r = records();
+        r.set_builtin_v6(Some("fd00::2".parse().unwrap()), "fd00::1".parse().unwrap());
+        let Local::Address(host) = r.lookup("host.container.internal") else {
+            panic!()
+        };
+        assert_eq!(host.v6, Some("fd00::2".parse().unwrap()));
+        assert_eq!(host.v4, Some(Ipv4Addr::new(10, 0, 2, 254)));
         let no_loopback = Records::new(&["test".into()], None, Ipv4Addr::new(10, 0, 2, 1));
         assert_eq!(no_loopback.lookup("host.container.internal"), Local::NxDomain);
     }

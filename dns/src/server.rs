@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::cache::{Cache, Key};
@@ -23,6 +23,10 @@ pub struct DnsConfig {
     /// The host alias (`host.container.internal`), if host loopback is on.
     pub host: Option<Ipv4Addr>,
     pub gateway: Ipv4Addr,
+    /// Their IPv6 addresses (AAAA for the built-in names), when the
+    /// network has IPv6.
+    pub host6: Option<std::net::Ipv6Addr>,
+    pub gateway6: Option<std::net::Ipv6Addr>,
     /// TTL of local answers: short, because guests come and go.
     pub local_ttl: u32,
     /// Per upstream and attempt.
@@ -39,6 +43,8 @@ impl Default for DnsConfig {
             upstreams: Vec::new(),
             host: Some(Ipv4Addr::new(10, 0, 2, 254)),
             gateway: Ipv4Addr::new(10, 0, 2, 1),
+            host6: None,
+            gateway6: None,
             local_ttl: 5,
             upstream_timeout: Duration::from_millis(1500),
             rate_limit: 2000,
@@ -115,8 +121,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl DnsServer {
     pub fn new(cfg: DnsConfig) -> DnsServer {
+        let mut records = Records::new(&cfg.zones, cfg.host, cfg.gateway);
+        if let Some(gateway6) = cfg.gateway6 {
+            records.set_builtin_v6(cfg.host6, gateway6);
+        }
         DnsServer {
-            records: Mutex::new(Records::new(&cfg.zones, cfg.host, cfg.gateway)),
+            records: Mutex::new(records),
             cache: Mutex::new(Cache::new(cfg.cache_entries, CACHE_MAX_TTL)),
             limiter: Mutex::new(RateLimiter {
                 per_sec: f64::from(cfg.rate_limit),
@@ -193,15 +203,14 @@ impl DnsServer {
         match local {
             Local::Address(addr) => {
                 DnsMetrics::inc(&m.local_answers);
-                let answers = if matches!(question.query_type(), RecordType::A | RecordType::ANY) {
-                    vec![Record::from_rdata(
-                        question.name().clone(),
-                        self.cfg.local_ttl,
-                        RData::A(A(addr)),
-                    )]
-                } else {
-                    Vec::new()
-                };
+                let (qtype, ttl) = (question.query_type(), self.cfg.local_ttl);
+                let mut answers = Vec::new();
+                if let (Some(v4), RecordType::A | RecordType::ANY) = (addr.v4, qtype) {
+                    answers.push(Record::from_rdata(question.name().clone(), ttl, RData::A(A(v4))));
+                }
+                if let (Some(v6), RecordType::AAAA | RecordType::ANY) = (addr.v6, qtype) {
+                    answers.push(Record::from_rdata(question.name().clone(), ttl, RData::AAAA(AAAA(v6))));
+                }
                 let authority = if answers.is_empty() {
                     self.soa_for(&name)
                 } else {

@@ -1,6 +1,6 @@
 //! The network's address plan and limits.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// A MAC address (kept as plain bytes so the config stays independent of
@@ -29,6 +29,16 @@ pub enum ConfigError {
     /// MTU out of range.
     #[error("MTU {0} is out of range: use 576..=65520")]
     BadMtu(u32),
+    /// An IPv6 prefix ferry cannot serve with SLAAC.
+    #[error("IPv6 subnet {0}: expected an IPv6 /64, e.g. fd66:6572:7279::/64 (SLAAC needs a /64)")]
+    BadSubnet6(String),
+    /// An IPv6 role outside the /64 or reserved.
+    #[error("{what} {addr} is not a usable address in {subnet}")]
+    OutsideSubnet6 {
+        what: &'static str,
+        addr: Ipv6Addr,
+        subnet: String,
+    },
     /// A malformed static lease.
     #[error("static lease {0:?}: expected MAC=IP, e.g. 5a:94:ef:e4:0c:ee=10.0.2.2")]
     BadLease(String),
@@ -60,6 +70,98 @@ pub struct NetConfig {
     pub tcp_connect_timeout: Duration,
     /// Socket buffer size per TCP flow and direction.
     pub tcp_buffer: usize,
+    /// The IPv6 side of the plan (None: `--no-ipv6`).
+    pub v6: Option<Ipv6Plan>,
+    /// Destinations answered with "network unreachable" (slirp4netns's
+    /// host address under `--disable-host-loopback`).
+    pub unreachable: Vec<IpAddr>,
+}
+
+/// IPv6 on the guest link: one /64 announced for SLAAC, the gateway (also
+/// reachable as `fe80::1`), DNS, and a host alias reaching the host's `::1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6Plan {
+    /// The /64 prefix (low 64 bits zero).
+    pub prefix: Ipv6Addr,
+    pub gateway: Ipv6Addr,
+    pub dns_addr: Ipv6Addr,
+    /// Reaches the host's `::1` (None: `--no-host-loopback`).
+    pub host_alias: Option<Ipv6Addr>,
+}
+
+/// The gateway's link-local address: the router address in every RA.
+pub const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+impl Default for Ipv6Plan {
+    fn default() -> Self {
+        // A ULA prefix spelling "ferry" (66 65 72 72 79).
+        Ipv6Plan::for_prefix(Ipv6Addr::new(0xfd66, 0x6572, 0x7279, 0, 0, 0, 0, 0))
+    }
+}
+
+impl Ipv6Plan {
+    /// The default roles in a /64: gateway ::1, host alias ::fe (as .254).
+    pub fn for_prefix(prefix: Ipv6Addr) -> Ipv6Plan {
+        let at = |n: u16| {
+            let mut s = prefix.segments();
+            s[7] = n;
+            Ipv6Addr::from(s)
+        };
+        Ipv6Plan {
+            prefix,
+            gateway: at(1),
+            dns_addr: at(1),
+            host_alias: Some(at(0xfe)),
+        }
+    }
+
+    /// slirp4netns's plan: fd00::/64, host (and gateway) fd00::2, DNS fd00::3.
+    pub fn slirp() -> Ipv6Plan {
+        let p = Ipv6Plan::for_prefix(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0));
+        let at = |n| Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n);
+        Ipv6Plan {
+            gateway: at(2),
+            dns_addr: at(3),
+            host_alias: Some(at(2)),
+            ..p
+        }
+    }
+
+    pub fn contains(&self, addr: Ipv6Addr) -> bool {
+        addr.segments()[..4] == self.prefix.segments()[..4]
+    }
+
+    /// Whether `addr` is one the gateway answers for (NDP, ICMP echo).
+    pub fn is_ours(&self, addr: Ipv6Addr) -> bool {
+        addr == self.gateway || addr == self.dns_addr || Some(addr) == self.host_alias || addr == GATEWAY_LINK_LOCAL
+    }
+
+    /// Parses `PREFIX/64`.
+    pub fn parse_prefix(s: &str) -> Result<Ipv6Addr, ConfigError> {
+        let bad = || ConfigError::BadSubnet6(s.to_string());
+        let (ip, len) = s.split_once('/').unwrap_or((s, "64"));
+        let ip: Ipv6Addr = ip.parse().map_err(|_| bad())?;
+        if len != "64" || ip.is_loopback() || ip.is_multicast() || ip.is_unspecified() {
+            return Err(bad());
+        }
+        let mut seg = ip.segments();
+        seg[4..].fill(0);
+        Ok(Ipv6Addr::from(seg))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let subnet = format!("{}/64", self.prefix);
+        let mut roles = vec![("IPv6 gateway", self.gateway), ("IPv6 DNS address", self.dns_addr)];
+        if let Some(a) = self.host_alias {
+            roles.push(("IPv6 host alias", a));
+        }
+        for (what, addr) in roles {
+            if !self.contains(addr) || addr == self.prefix {
+                return Err(ConfigError::OutsideSubnet6 { what, addr, subnet });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for NetConfig {
@@ -81,6 +183,8 @@ impl Default for NetConfig {
             udp_idle_timeout: Duration::from_secs(60),
             tcp_connect_timeout: Duration::from_secs(10),
             tcp_buffer: 512 * 1024,
+            v6: Some(Ipv6Plan::default()),
+            unreachable: Vec::new(),
         }
     }
 }
@@ -144,7 +248,37 @@ impl NetConfig {
         self.contains(addr) && addr != self.subnet && addr != self.broadcast()
     }
 
+    /// Whether `addr` is one of the gateway's own addresses (either family).
+    pub fn is_gateway_addr(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => a == self.gateway,
+            IpAddr::V6(a) => self
+                .v6
+                .as_ref()
+                .is_some_and(|p| a == p.gateway || a == GATEWAY_LINK_LOCAL),
+        }
+    }
+
+    /// Where DNS is served for a client of `family`'s address family.
+    pub fn dns_addr_for(&self, family: IpAddr) -> Option<IpAddr> {
+        match family {
+            IpAddr::V4(_) => Some(IpAddr::V4(self.dns_addr)),
+            IpAddr::V6(_) => self.v6.as_ref().map(|p| IpAddr::V6(p.dns_addr)),
+        }
+    }
+
+    /// The gateway address a port forward speaks from to a guest address.
+    pub fn gateway_for(&self, guest: IpAddr) -> Option<IpAddr> {
+        match guest {
+            IpAddr::V4(_) => Some(IpAddr::V4(self.gateway)),
+            IpAddr::V6(_) => self.v6.as_ref().map(|p| IpAddr::V6(p.gateway)),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(v6) = &self.v6 {
+            v6.validate()?;
+        }
         if !(576..=65520).contains(&self.mtu) {
             return Err(ConfigError::BadMtu(self.mtu));
         }
@@ -232,5 +366,32 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::BadMtu(70000)));
         assert!(NetConfig::parse_lease("5a:94:ef:e4:0c:ee=10.0.2.9").is_ok());
         assert!(NetConfig::parse_lease("5a:94:ef:e4:0c=10.0.2.9").is_err());
+    }
+
+    #[test]
+    fn ipv6_plans() {
+        let d = Ipv6Plan::default();
+        assert_eq!(d.gateway, "fd66:6572:7279::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(d.host_alias, Some("fd66:6572:7279::fe".parse().unwrap()));
+        d.validate().unwrap();
+        let s = Ipv6Plan::slirp();
+        assert_eq!(
+            (s.gateway, s.dns_addr),
+            ("fd00::2".parse().unwrap(), "fd00::3".parse().unwrap())
+        );
+        s.validate().unwrap();
+        assert!(s.is_ours(GATEWAY_LINK_LOCAL) && !s.is_ours("fd00::100".parse().unwrap()));
+        assert_eq!(
+            Ipv6Plan::parse_prefix("fd01:2::7/64").unwrap(),
+            "fd01:2::".parse::<Ipv6Addr>().unwrap()
+        );
+        for bad in ["fd01::/48", "10.0.0.0/64", "::1/64", "ff02::/64"] {
+            assert!(Ipv6Plan::parse_prefix(bad).is_err(), "{bad}");
+        }
+        let outside = Ipv6Plan {
+            gateway: "fd99::1".parse().unwrap(),
+            ..Ipv6Plan::default()
+        };
+        assert!(matches!(outside.validate(), Err(ConfigError::OutsideSubnet6 { .. })));
     }
 }

@@ -1,7 +1,7 @@
 //! DNS on the gateway address: UDP and TCP port 53 inside the NAT, served
 //! by ferry-dns. Nothing is bound on the host for this.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -19,9 +19,9 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 
 impl Stack {
     /// A UDP query to the gateway.
-    pub fn dns_udp(&mut self, guest_mac: Mac, src: (Ipv4Addr, u16), payload: &[u8]) {
+    pub fn dns_udp(&mut self, guest_mac: Mac, src: (IpAddr, u16), payload: &[u8]) {
         let Some(dns) = self.dns.clone() else { return };
-        match dns.answer_now(payload, IpAddr::V4(src.0), Transport::Udp) {
+        match dns.answer_now(payload, src.0, Transport::Udp) {
             Step::Reply(reply) => self.dns_reply(guest_mac, src, &reply),
             Step::Forward(pending) => {
                 let stack = self.me.clone();
@@ -36,11 +36,14 @@ impl Stack {
         }
     }
 
-    fn dns_reply(&mut self, guest_mac: Mac, to: (Ipv4Addr, u16), reply: &[u8]) {
+    fn dns_reply(&mut self, guest_mac: Mac, to: (IpAddr, u16), reply: &[u8]) {
+        let Some(src_ip) = self.cfg.dns_addr_for(to.0) else {
+            return;
+        };
         let addrs = Addrs {
             src_mac: self.cfg.gateway_mac,
             dst_mac: guest_mac,
-            src_ip: self.cfg.dns_addr,
+            src_ip,
             dst_ip: to.0,
         };
         if let Some(len) = wire::udp_frame(&mut self.scratch, &addrs, PORT, to.1, reply) {
@@ -60,11 +63,40 @@ impl Stack {
         }
     }
 
+    /// A guest (by MAC) has a new address: names of its IPv4 address get
+    /// its IPv6 addresses in the prefix as AAAA. Names are found through the
+    /// IPv4 address, so DHCP host names and names registered by `ferry run`,
+    /// the API or `--dns-record` all gain it, whichever family the guest
+    /// used first. A guest's EUI-64 (stable SLAAC) address wins.
+    pub fn dns_link_families(&mut self, mac: Mac) {
+        let Some(dns) = &self.dns else { return };
+        let (mut v4s, mut v6s): (Vec<Ipv4Addr>, Vec<Ipv6Addr>) = (Vec::new(), Vec::new());
+        for (ip, m) in &self.switch.tx.neighbors {
+            match ip {
+                _ if *m != mac => {}
+                IpAddr::V4(ip) => v4s.push(*ip),
+                IpAddr::V6(ip) if !ip.is_unicast_link_local() => v6s.push(*ip),
+                IpAddr::V6(_) => {}
+            }
+        }
+        let mut records = dns.records();
+        for v4 in v4s {
+            for v6 in &v6s {
+                records.set_v6_for(v4, *v6, eui64_iid(mac) == v6.octets()[8..]);
+            }
+        }
+    }
+
     pub fn dns_forget(&mut self, mac: Mac) {
         if let Some(dns) = &self.dns {
             dns.records().unregister_owner(&Owner::Dhcp(mac));
         }
     }
+}
+
+/// The interface identifier SLAAC derives from a MAC (modified EUI-64).
+fn eui64_iid(mac: Mac) -> [u8; 8] {
+    [mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]]
 }
 
 /// Serves one DNS-over-TCP connection on a smoltcp socket: 2-byte length,

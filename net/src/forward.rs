@@ -48,7 +48,7 @@ impl Proto {
 /// Which guest a forward goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GuestTarget {
-    Ip(Ipv4Addr),
+    Ip(IpAddr),
     /// A DNS name registered with ferry (`web` or `web.test`).
     Name(String),
 }
@@ -113,7 +113,14 @@ pub fn parse_publish(s: &str, guest: &GuestTarget) -> Result<Vec<ForwardSpec>, F
     };
     let (host_ip, host_ports, guest_ports) = match ports.rsplitn(3, ':').collect::<Vec<_>>().as_slice() {
         [g, h] => (IpAddr::V4(Ipv4Addr::LOCALHOST), *h, *g),
-        [g, h, ip] => (ip.trim_matches(['[', ']']).parse().map_err(|_| bad())?, *h, *g),
+        // IPv6 host addresses are bracketed, as in Docker: `[::1]:8080:80`.
+        [g, h, ip] => {
+            let addr = match ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')) {
+                Some(v6) => IpAddr::V6(v6.parse().map_err(|_| bad())?),
+                None => IpAddr::V4(ip.parse().map_err(|_| bad())?),
+            };
+            (addr, *h, *g)
+        }
         _ => return Err(bad()),
     };
     let (h0, h1) = port_range(host_ports).ok_or_else(bad)?;
@@ -230,7 +237,7 @@ impl Stack {
     }
 
     /// The guest's address, if it is known now.
-    fn resolve_guest(&self, target: &GuestTarget) -> Option<Ipv4Addr> {
+    fn resolve_guest(&self, target: &GuestTarget) -> Option<IpAddr> {
         match target {
             GuestTarget::Ip(ip) => Some(*ip),
             GuestTarget::Name(name) => {
@@ -239,7 +246,7 @@ impl Stack {
                     .leases()
                     .find(|l| l.hostname.as_deref() == Some(name.as_str()))
                 {
-                    return Some(lease.ip);
+                    return Some(IpAddr::V4(lease.ip));
                 }
                 let dns = self.dns.as_ref()?;
                 let records = dns.records();
@@ -249,7 +256,7 @@ impl Stack {
                     format!("{name}.{}", records.zones().first()?)
                 };
                 match records.lookup(&full) {
-                    ferry_dns::records::Local::Address(ip) => Some(ip),
+                    ferry_dns::records::Local::Address(a) => a.v4.map(IpAddr::V4).or(a.v6.map(IpAddr::V6)),
                     _ => None,
                 }
             }
@@ -274,13 +281,17 @@ impl Stack {
         self.send_scratch(len);
     }
 
-    /// The guest's address once it and its MAC are known, probing by ARP.
-    fn reachable_guest(&mut self, target: &GuestTarget) -> Option<Ipv4Addr> {
+    /// The guest's address once it and its MAC are known, probing by ARP
+    /// or neighbour solicitation.
+    fn reachable_guest(&mut self, target: &GuestTarget) -> Option<IpAddr> {
         let ip = self.resolve_guest(target)?;
         if self.switch.tx.neighbors.contains_key(&ip) {
             return Some(ip);
         }
-        self.arp_probe(ip);
+        match ip {
+            IpAddr::V4(ip) => self.arp_probe(ip),
+            IpAddr::V6(ip) => self.ndp_probe(ip),
+        }
         None
     }
 
@@ -349,10 +360,13 @@ impl Stack {
         if let Some(back) = self.fwd.udp_back.get(&port) {
             back.last.set(Instant::now());
         }
+        let Some(src_ip) = self.cfg.gateway_for(guest_ip) else {
+            return;
+        };
         let addrs = Addrs {
             src_mac: self.cfg.gateway_mac,
             dst_mac: guest_mac,
-            src_ip: self.cfg.gateway,
+            src_ip,
             dst_ip: guest_ip,
         };
         if let Some(len) = wire::udp_frame(&mut self.scratch, &addrs, port, spec.guest_port, payload) {
@@ -413,7 +427,7 @@ mod tests {
 
     #[test]
     fn docker_publish_syntax() {
-        let g = GuestTarget::Ip(Ipv4Addr::new(10, 0, 2, 2));
+        let g = GuestTarget::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)));
         let one = parse_publish("8080:80", &g).unwrap();
         assert_eq!(
             one,
@@ -434,7 +448,26 @@ mod tests {
             range.iter().map(|s| (s.host.port(), s.guest_port)).collect::<Vec<_>>(),
             [(8000, 9000), (8001, 9001), (8002, 9002)]
         );
-        for bad in ["80", "a:80", "8080:80/sctp", "0:80", "1.2.3:80:80", "9-8:9-8"] {
+        let v6 = parse_publish("[::1]:8080:80", &g).unwrap();
+        assert_eq!(v6[0].host, "[::1]:8080".parse().unwrap());
+        let any6 = parse_publish("[::]:8080:80/udp", &g).unwrap();
+        assert_eq!(
+            (any6[0].proto, any6[0].host),
+            (Proto::Udp, "[::]:8080".parse().unwrap())
+        );
+        assert_eq!(
+            GuestTarget::parse("fd00::100"),
+            GuestTarget::Ip("fd00::100".parse().unwrap())
+        );
+        for bad in [
+            "80",
+            "a:80",
+            "::1:8080:80",
+            "8080:80/sctp",
+            "0:80",
+            "1.2.3:80:80",
+            "9-8:9-8",
+        ] {
             assert!(parse_publish(bad, &g).is_err(), "{bad}");
         }
         assert!(matches!(

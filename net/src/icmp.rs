@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use crate::stack::Stack;
 use crate::wire::{self, Addrs};
 
 /// (guest address, remote address, guest's echo identifier)
-type FlowKey = (Ipv4Addr, Ipv4Addr, u16);
+type FlowKey = (IpAddr, IpAddr, u16);
 
 const IDLE: Duration = Duration::from_secs(30);
 const MAX_FLOWS: usize = 256;
@@ -50,21 +50,29 @@ impl Default for IcmpNat {
     }
 }
 
-fn ping_socket(target: Ipv4Addr) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4))?;
+fn ping_socket(target: IpAddr) -> io::Result<Socket> {
+    let (domain, protocol) = match target {
+        IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
+        IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(protocol))?;
     socket.set_nonblocking(true)?;
-    socket.connect(&SockAddr::from(SocketAddrV4::new(target, 0)))?;
+    socket.connect(&SockAddr::from(SocketAddr::new(target, 0)))?;
     Ok(socket)
 }
 
 impl Stack {
-    pub fn icmp_from_guest(&mut self, guest_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr, icmp: &[u8]) {
-        // Only echo requests (type 8, code 0) with a valid checksum.
-        if icmp.len() < 8 || icmp[0] != 8 || icmp[1] != 0 {
+    /// An ICMP or ICMPv6 message to somewhere beyond the gateway.
+    pub fn icmp_from_guest(&mut self, guest_mac: Mac, src: IpAddr, dst: IpAddr, icmp: &[u8]) {
+        // Only echo requests (ICMP type 8, ICMPv6 type 128; code 0) with a
+        // valid checksum (ICMPv6's, with its pseudo-header, was checked by
+        // the caller).
+        let echo = if src.is_ipv6() { 128 } else { 8 };
+        if icmp.len() < 8 || icmp[0] != echo || icmp[1] != 0 {
             NetMetrics::inc(&self.metrics.drop_unsupported);
             return;
         }
-        if wire::checksum(icmp) != 0 {
+        if src.is_ipv4() && wire::checksum(icmp) != 0 {
             NetMetrics::inc(&self.metrics.drop_bad_checksum);
             return;
         }
@@ -95,7 +103,7 @@ impl Stack {
         }
     }
 
-    fn open_echo_flow(&mut self, key: FlowKey, target: Ipv4Addr, guest_mac: Mac) -> Option<Rc<EchoFlow>> {
+    fn open_echo_flow(&mut self, key: FlowKey, target: IpAddr, guest_mac: Mac) -> Option<Rc<EchoFlow>> {
         if self.icmp.flows.len() >= MAX_FLOWS {
             NetMetrics::inc(&self.metrics.drop_flow_limit);
             return None;
@@ -159,14 +167,12 @@ impl Stack {
     }
 
     fn echo_reply_to_guest(&mut self, key: FlowKey, flow: &EchoFlow, icmp: &mut [u8]) {
-        if icmp.len() < 8 || icmp[0] != 0 {
+        let reply = if key.0.is_ipv6() { 129 } else { 0 };
+        if icmp.len() < 8 || icmp[0] != reply {
             return;
         }
-        // Restore the guest's identifier and fix the checksum.
+        // Restore the guest's identifier; icmp_frame fixes the checksum.
         icmp[4..6].copy_from_slice(&key.2.to_be_bytes());
-        icmp[2..4].fill(0);
-        let sum = wire::checksum(icmp);
-        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
         let addrs = Addrs {
             src_mac: self.cfg.gateway_mac,
             dst_mac: flow.guest_mac.get(),

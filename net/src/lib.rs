@@ -9,9 +9,11 @@
 pub mod api;
 pub mod config;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod forward;
 pub mod frontend;
 pub mod metrics;
+pub mod ndp;
 pub mod pcap;
 pub mod stack;
 pub mod switch;
@@ -39,7 +41,14 @@ const TIMER_TICK: Duration = Duration::from_millis(50);
 
 /// Attaches `port` to the stack and moves its frames until it closes.
 pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
-    let id = stack.borrow_mut().add_port(port.clone());
+    let id = {
+        let mut st = stack.borrow_mut();
+        let id = st.add_port(port.clone());
+        // Guests that asked for a router before we were here hear one now.
+        let all = ndp::ALL_NODES;
+        st.send_router_advert(ndp::multicast_mac(all), all);
+        id
+    };
     tracing::debug!(port = port.name(), "front end attached");
     let noop = std::task::Waker::noop();
     loop {

@@ -31,6 +31,18 @@ metrics! {
     tx_frames,
     /// Bytes sent to guests.
     tx_bytes,
+    /// IPv4 packets received from guests.
+    rx_ipv4,
+    /// IPv6 packets received from guests.
+    rx_ipv6,
+    /// TCP flows opened to the host over IPv6 (also counted in tcp_flows_opened).
+    tcp6_flows_opened,
+    /// UDP flows opened over IPv6 (also counted in udp_flows_opened).
+    udp6_flows_opened,
+    /// Router and neighbour advertisements sent.
+    ndp_replies,
+    /// DHCPv6 replies sent.
+    dhcp6_replies,
     /// Frames forwarded from one guest port to another.
     switched_frames,
     /// TCP flows opened to the host.

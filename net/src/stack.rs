@@ -4,19 +4,20 @@
 //! no borrow is ever held across an `.await`.
 
 use std::cell::RefCell;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress,
-    IpCidr, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, ETHERNET_HEADER_LEN,
+    IpCidr, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN,
 };
 use tokio::sync::Notify;
 
-use crate::config::{Mac, NetConfig};
+use crate::config::{Mac, NetConfig, GATEWAY_LINK_LOCAL};
 use crate::dhcp::{self, DhcpServer};
+use crate::dhcp6;
 use crate::frontend::Frontend;
 use crate::icmp::IcmpNat;
 use crate::metrics::NetMetrics;
@@ -26,6 +27,20 @@ use crate::udp::UdpNat;
 use crate::wire::{self, Addrs};
 
 pub type StackRef = Rc<RefCell<Stack>>;
+
+/// Where the parts of an IP packet (of either family) are: what the NAT
+/// decides on. Offsets are from the start of the IP header.
+#[derive(Clone, Copy, Debug)]
+pub struct L3 {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The transport protocol, after any IPv6 extension headers.
+    pub proto: IpProtocol,
+    /// IP header length, extension headers included.
+    pub header_len: usize,
+    /// IP packet length.
+    pub total: usize,
+}
 
 /// Egress passes per poll: up to this many segments per socket at once.
 const EGRESS_ROUNDS: usize = 64;
@@ -61,11 +76,17 @@ impl Stack {
         let mut iface = Interface::new(iface_cfg, &mut switch, smoltcp::time::Instant::ZERO);
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(cfg.gateway), cfg.prefix));
+            if let Some(v6) = &cfg.v6 {
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.gateway), 64));
+            }
         });
         // AnyIP plus a default route through our own address: smoltcp accepts
         // TCP for every destination, so a socket can stand in for any host.
         iface.set_any_ip(true);
         let _ = iface.routes_mut().add_default_ipv4_route(cfg.gateway);
+        if let Some(v6) = &cfg.v6 {
+            let _ = iface.routes_mut().add_default_ipv6_route(v6.gateway);
+        }
         let icmp = IcmpNat::new();
         Rc::new_cyclic(|me| {
             RefCell::new(Stack {
@@ -111,22 +132,44 @@ impl Stack {
     }
 
     /// Where a guest-side destination really goes on the host: the host
-    /// alias means the host's loopback; other subnet addresses, the gateway
-    /// and loopback are not NATed.
-    pub fn host_target(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
-        if Some(dst) == self.cfg.host_alias {
-            return Some(Ipv4Addr::LOCALHOST);
+    /// alias means the host's loopback (`127.0.0.1` or `::1`); the guest
+    /// link, the gateway's own addresses, loopback, multicast and IPv4-mapped
+    /// IPv6 addresses are not NATed.
+    pub fn host_target(&self, dst: IpAddr) -> Option<IpAddr> {
+        match dst {
+            IpAddr::V4(dst) => {
+                if Some(dst) == self.cfg.host_alias {
+                    return Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                }
+                if dst == self.cfg.gateway
+                    || self.cfg.contains(dst)
+                    || dst.is_loopback()
+                    || dst.is_broadcast()
+                    || dst.is_multicast()
+                    || dst.is_unspecified()
+                {
+                    return None;
+                }
+                Some(IpAddr::V4(dst))
+            }
+            IpAddr::V6(dst) => {
+                let plan = self.cfg.v6.as_ref()?;
+                if Some(dst) == plan.host_alias {
+                    return Some(IpAddr::V6(Ipv6Addr::LOCALHOST));
+                }
+                if plan.is_ours(dst)
+                    || plan.contains(dst)
+                    || dst.is_loopback()
+                    || dst.is_multicast()
+                    || dst.is_unspecified()
+                    || dst.is_unicast_link_local()
+                    || dst.to_ipv4_mapped().is_some()
+                {
+                    return None;
+                }
+                Some(IpAddr::V6(dst))
+            }
         }
-        if dst == self.cfg.gateway
-            || self.cfg.contains(dst)
-            || dst.is_loopback()
-            || dst.is_broadcast()
-            || dst.is_multicast()
-            || dst.is_unspecified()
-        {
-            return None;
-        }
-        Some(dst)
     }
 
     /// Sends a frame built in `scratch[..len]`.
@@ -183,6 +226,7 @@ impl Stack {
         match eth.ethertype() {
             EthernetProtocol::Arp => self.arp(src, eth.payload()),
             EthernetProtocol::Ipv4 => self.ipv4(src, frame),
+            EthernetProtocol::Ipv6 if self.cfg.v6.is_some() => self.ipv6(src, frame),
             _ => NetMetrics::inc(&self.metrics.drop_unsupported),
         }
     }
@@ -208,7 +252,7 @@ impl Stack {
             NetMetrics::inc(&self.metrics.drop_malformed);
             return;
         }
-        self.learn(source_protocol_addr, src_mac);
+        self.learn(IpAddr::V4(source_protocol_addr), src_mac);
         let ours = target_protocol_addr == self.cfg.gateway
             || target_protocol_addr == self.cfg.dns_addr
             || Some(target_protocol_addr) == self.cfg.host_alias;
@@ -231,10 +275,28 @@ impl Stack {
         self.send_scratch(len);
     }
 
-    fn learn(&mut self, ip: Ipv4Addr, mac: Mac) {
-        if self.cfg.contains(ip) && ip != self.cfg.gateway && ip != self.cfg.dns_addr && Some(ip) != self.cfg.host_alias
-        {
-            self.switch.tx.neighbors.insert(ip, mac);
+    /// Remembers which MAC owns a guest address (either family). A guest's
+    /// first address in the IPv6 prefix also becomes the AAAA of its names.
+    pub(crate) fn learn(&mut self, ip: IpAddr, mac: Mac) {
+        let guest = match ip {
+            IpAddr::V4(ip) => {
+                self.cfg.contains(ip)
+                    && ip != self.cfg.gateway
+                    && ip != self.cfg.dns_addr
+                    && Some(ip) != self.cfg.host_alias
+            }
+            IpAddr::V6(ip) => self
+                .cfg
+                .v6
+                .as_ref()
+                .is_some_and(|p| !p.is_ours(ip) && (p.contains(ip) || ip.is_unicast_link_local())),
+        };
+        if !guest {
+            return;
+        }
+        let previous = self.switch.tx.neighbors.insert(ip, mac);
+        if previous != Some(mac) && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+            self.dns_link_families(mac);
         }
     }
 
@@ -252,41 +314,135 @@ impl Stack {
             NetMetrics::inc(&self.metrics.drop_unsupported);
             return;
         }
-        let total = usize::from(ip.total_len());
+        NetMetrics::inc(&self.metrics.rx_ipv4);
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         if !src.is_unspecified() {
-            self.learn(src, src_mac);
+            self.learn(IpAddr::V4(src), src_mac);
         }
-        let header_len = usize::from(ip.header_len());
+        let l3 = L3 {
+            src: IpAddr::V4(src),
+            dst: IpAddr::V4(dst),
+            proto: ip.next_header(),
+            header_len: usize::from(ip.header_len()),
+            total: usize::from(ip.total_len()),
+        };
+        self.transport(src_mac, frame, l3);
+    }
+
+    fn ipv6(&mut self, src_mac: Mac, frame: &[u8]) {
+        let ip_bytes = &frame[ETHERNET_HEADER_LEN..];
+        let Ok(ip) = Ipv6Packet::new_checked(ip_bytes) else {
+            NetMetrics::inc(&self.metrics.drop_malformed);
+            return;
+        };
+        NetMetrics::inc(&self.metrics.rx_ipv6);
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        if src.is_multicast() {
+            NetMetrics::inc(&self.metrics.drop_malformed);
+            return;
+        }
+        let total = IPV6_HEADER_LEN + usize::from(ip.payload_len());
+        // Walk the extension headers to the transport header. Hop-by-hop
+        // (MLD reports carry one) and destination options are skipped;
+        // fragments and routing headers are not supported.
+        let (mut next, mut at) = (ip.next_header(), IPV6_HEADER_LEN);
+        loop {
+            match next {
+                IpProtocol::HopByHop | IpProtocol::Ipv6Opts => {
+                    let Some(&[nh, len]) = ip_bytes.get(at..at + 2).and_then(|h| <&[u8; 2]>::try_from(h).ok()) else {
+                        NetMetrics::inc(&self.metrics.drop_malformed);
+                        return;
+                    };
+                    next = IpProtocol::from(nh);
+                    at += 8 + 8 * usize::from(len);
+                    if at > total {
+                        NetMetrics::inc(&self.metrics.drop_malformed);
+                        return;
+                    }
+                }
+                IpProtocol::Ipv6Frag | IpProtocol::Ipv6Route => {
+                    NetMetrics::inc(&self.metrics.drop_unsupported);
+                    return;
+                }
+                _ => break,
+            }
+        }
+        if !src.is_unspecified() {
+            self.learn(IpAddr::V6(src), src_mac);
+        }
+        let l3 = L3 {
+            src: IpAddr::V6(src),
+            dst: IpAddr::V6(dst),
+            proto: next,
+            header_len: at,
+            total,
+        };
+        if next == IpProtocol::Icmpv6 {
+            let payload = &ip_bytes[at..total];
+            let sum = wire::checksum_with(
+                wire::pseudo_v6(&src.octets(), &dst.octets(), 58, payload.len()),
+                payload,
+            );
+            if payload.len() < 4 || sum != 0 {
+                NetMetrics::inc(&self.metrics.drop_bad_checksum);
+                return;
+            }
+            if payload[0] != 128 {
+                // Not an echo request: neighbour discovery, MLD, errors.
+                self.ndisc(src_mac, src, dst, ip.hop_limit(), payload);
+                return;
+            }
+            if at != IPV6_HEADER_LEN && self.cfg.is_gateway_addr(l3.dst) {
+                // smoltcp answers echo itself; keep its input simple.
+                NetMetrics::inc(&self.metrics.drop_unsupported);
+                return;
+            }
+        }
+        self.transport(src_mac, frame, l3);
+    }
+
+    /// UDP, TCP and ICMP echo of either family.
+    fn transport(&mut self, src_mac: Mac, frame: &[u8], l3: L3) {
+        let ip_bytes = &frame[ETHERNET_HEADER_LEN..];
+        let L3 {
+            src,
+            dst,
+            proto,
+            header_len,
+            total,
+        } = l3;
         let payload = &ip_bytes[header_len..total];
-        let (s, d) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
-        match ip.next_header() {
+        let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
+        match proto {
             IpProtocol::Udp => {
                 let Ok(udp) = UdpPacket::new_checked(payload) else {
                     NetMetrics::inc(&self.metrics.drop_malformed);
                     return;
                 };
-                // A zero UDP checksum means "none" over IPv4.
-                if udp.checksum() != 0 && !udp.verify_checksum(&s, &d) {
+                // A zero UDP checksum means "none" over IPv4; IPv6 requires one.
+                if (udp.checksum() != 0 || src.is_ipv6()) && !udp.verify_checksum(&s, &d) {
                     NetMetrics::inc(&self.metrics.drop_bad_checksum);
                     return;
                 }
                 let udp_payload = &udp.payload()[..usize::from(udp.len()).saturating_sub(8).min(udp.payload().len())];
-                if udp.dst_port() == dhcp::SERVER_PORT {
-                    self.dhcp(src_mac, udp_payload);
-                } else if dst == self.cfg.dns_addr && udp.dst_port() == crate::dns::PORT && self.dns.is_some() {
-                    self.dns_udp(src_mac, (src, udp.src_port()), udp_payload);
-                } else if dst == self.cfg.gateway && self.udp_forward_reply(udp.dst_port(), udp_payload) {
-                    // A reply through a UDP port forward.
-                } else {
-                    let quote = &ip_bytes[..(header_len + 8).min(total)];
-                    self.udp_from_guest(
-                        src_mac,
-                        (src, udp.src_port()),
-                        (dst, udp.dst_port()),
-                        udp_payload,
-                        quote,
-                    );
+                let dns = self.cfg.dns_addr_for(dst) == Some(dst) && self.dns.is_some();
+                match (src, udp.dst_port()) {
+                    (IpAddr::V4(_), dhcp::SERVER_PORT) => self.dhcp(src_mac, udp_payload),
+                    (IpAddr::V6(from), dhcp6::SERVER_PORT) => self.dhcp6(src_mac, from, udp.src_port(), udp_payload),
+                    (_, crate::dns::PORT) if dns => self.dns_udp(src_mac, (src, udp.src_port()), udp_payload),
+                    (_, port) if self.cfg.is_gateway_addr(dst) && self.udp_forward_reply(port, udp_payload) => {
+                        // A reply through a UDP port forward.
+                    }
+                    _ => {
+                        let quote = &ip_bytes[..(header_len + 8).min(total)];
+                        self.udp_from_guest(
+                            src_mac,
+                            (src, udp.src_port()),
+                            (dst, udp.dst_port()),
+                            udp_payload,
+                            quote,
+                        );
+                    }
                 }
             }
             IpProtocol::Tcp => {
@@ -299,17 +455,17 @@ impl Stack {
                     return;
                 }
                 if tcp.syn() && !tcp.ack() && !self.tcp_flow_exists(src, tcp.src_port(), dst, tcp.dst_port()) {
-                    self.tcp_syn(src_mac, frame, &ip_bytes[..total]);
+                    self.tcp_syn(src_mac, frame, l3);
                     return;
                 }
                 let start = ETHERNET_HEADER_LEN;
                 self.switch.rx.pending = Some(start..start + total);
             }
-            IpProtocol::Icmp => {
-                if dst == self.cfg.gateway {
+            IpProtocol::Icmp | IpProtocol::Icmpv6 => {
+                if self.is_own_echo_target(dst) {
                     // Echo to the gateway is answered by the gateway itself.
                     let start = ETHERNET_HEADER_LEN;
-                    if wire::checksum(payload) == 0 {
+                    if src.is_ipv6() || wire::checksum(payload) == 0 {
                         self.switch.rx.pending = Some(start..start + total);
                     } else {
                         NetMetrics::inc(&self.metrics.drop_bad_checksum);
@@ -319,6 +475,16 @@ impl Stack {
                 }
             }
             _ => NetMetrics::inc(&self.metrics.drop_unsupported),
+        }
+    }
+
+    /// Addresses whose echo requests the gateway answers itself.
+    fn is_own_echo_target(&self, dst: IpAddr) -> bool {
+        match dst {
+            IpAddr::V4(d) => d == self.cfg.gateway,
+            IpAddr::V6(d) => self.cfg.v6.as_ref().is_some_and(|p| {
+                d == p.gateway || d == GATEWAY_LINK_LOCAL || (d == p.dns_addr && p.dns_addr != p.gateway)
+            }),
         }
     }
 
@@ -344,8 +510,8 @@ impl Stack {
         let addrs = Addrs {
             src_mac: self.cfg.gateway_mac,
             dst_mac: if reply.broadcast { BROADCAST } else { src_mac },
-            src_ip: self.cfg.gateway,
-            dst_ip: reply.dst_ip,
+            src_ip: IpAddr::V4(self.cfg.gateway),
+            dst_ip: IpAddr::V4(reply.dst_ip),
         };
         if reply.broadcast {
             // Broadcast replies go only to the asking guest's port.
@@ -384,7 +550,8 @@ impl Stack {
     }
 
     /// Sends an ICMP destination-unreachable to a guest, quoting its packet.
-    pub fn send_unreachable(&mut self, guest_mac: Mac, from: Ipv4Addr, to: Ipv4Addr, code: u8, quote: &[u8]) {
+    /// ICMP codes are ICMPv4's; `wire` maps them for IPv6.
+    pub fn send_unreachable(&mut self, guest_mac: Mac, from: IpAddr, to: IpAddr, code: u8, quote: &[u8]) {
         let addrs = Addrs {
             src_mac: self.cfg.gateway_mac,
             dst_mac: guest_mac,

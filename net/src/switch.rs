@@ -4,14 +4,14 @@
 //! ARP are ours, so the switch decides who answers for which address.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Packet, ETHERNET_HEADER_LEN};
+use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Packet, Ipv6Packet, ETHERNET_HEADER_LEN};
 
 use crate::config::Mac;
 use crate::frontend::Frontend;
@@ -36,7 +36,8 @@ pub struct RxSlot {
 pub struct TxSide {
     pub ports: Vec<Option<Rc<dyn Frontend>>>,
     pub mac_port: HashMap<Mac, PortId>,
-    pub neighbors: HashMap<Ipv4Addr, Mac>,
+    /// Guests' addresses of both families (ARP and neighbour discovery).
+    pub neighbors: HashMap<IpAddr, Mac>,
     pub gateway_mac: Mac,
     buf: Vec<u8>,
     pub metrics: Arc<NetMetrics>,
@@ -88,17 +89,26 @@ impl TxSide {
     /// Frames the IP packet smoltcp wrote at `buf[14..14+len]` for the guest
     /// that owns its destination address.
     fn send_ip(&mut self, len: usize) {
-        let Ok(packet) = Ipv4Packet::new_checked(&self.buf[ETHERNET_HEADER_LEN..ETHERNET_HEADER_LEN + len]) else {
-            return;
+        let packet = &self.buf[ETHERNET_HEADER_LEN..ETHERNET_HEADER_LEN + len];
+        let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
+            Some(4) => match Ipv4Packet::new_checked(packet) {
+                Ok(p) => (IpAddr::V4(p.dst_addr()), EthernetProtocol::Ipv4),
+                Err(_) => return,
+            },
+            Some(6) => match Ipv6Packet::new_checked(packet) {
+                Ok(p) => (IpAddr::V6(p.dst_addr()), EthernetProtocol::Ipv6),
+                Err(_) => return,
+            },
+            _ => return,
         };
-        let Some(dst_mac) = self.neighbors.get(&packet.dst_addr()).copied() else {
+        let Some(dst_mac) = self.neighbors.get(&dst).copied() else {
             NetMetrics::inc(&self.metrics.drop_no_neighbor);
             return;
         };
         let mut frame = EthernetFrame::new_unchecked(&mut self.buf[..ETHERNET_HEADER_LEN]);
         frame.set_dst_addr(EthernetAddress(dst_mac));
         frame.set_src_addr(EthernetAddress(self.gateway_mac));
-        frame.set_ethertype(EthernetProtocol::Ipv4);
+        frame.set_ethertype(ethertype);
         let buf = std::mem::take(&mut self.buf);
         self.send_frame(&buf[..ETHERNET_HEADER_LEN + len], None);
         self.buf = buf;
@@ -203,6 +213,7 @@ impl phy::Device for Switch {
         checksum.tcp = Checksum::Tx;
         checksum.udp = Checksum::Tx;
         checksum.icmpv4 = Checksum::Tx;
+        checksum.icmpv6 = Checksum::Tx;
         caps.checksum = checksum;
         caps
     }

@@ -8,27 +8,30 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use smoltcp::wire::{IpListenEndpoint, Ipv4Packet, TcpPacket, ETHERNET_HEADER_LEN};
+use smoltcp::wire::{IpListenEndpoint, TcpPacket, TcpSeqNumber, ETHERNET_HEADER_LEN};
 use tokio::net::TcpStream;
 
 use crate::config::Mac;
 use crate::metrics::NetMetrics;
-use crate::stack::{Stack, StackRef};
+use crate::stack::{Stack, StackRef, L3};
 use crate::wire::{self, Addrs};
 
 /// (guest address, guest port, remote address, remote port)
-pub type FlowKey = (Ipv4Addr, u16, Ipv4Addr, u16);
+pub type FlowKey = (IpAddr, u16, IpAddr, u16);
 
 /// A SYN waiting for its host connect.
 struct PendingSyn {
+    /// The whole frame, up to the end of the IP packet.
     frame: Vec<u8>,
+    /// IP header length (IPv6 extension headers included).
+    header_len: usize,
 }
 
 #[derive(Default)]
@@ -58,25 +61,30 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 const SPLICE_BUDGET: usize = 32;
 
 impl Stack {
-    pub fn tcp_flow_exists(&self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> bool {
+    pub fn tcp_flow_exists(&self, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> bool {
         self.tcp.flows.contains_key(&(src, sport, dst, dport))
     }
 
     /// A SYN for a flow we do not have yet.
-    pub fn tcp_syn(&mut self, guest_mac: Mac, frame: &[u8], ip_packet: &[u8]) {
-        let Ok(ip) = Ipv4Packet::new_checked(ip_packet) else {
+    pub fn tcp_syn(&mut self, guest_mac: Mac, frame: &[u8], l3: L3) {
+        let ip = &frame[ETHERNET_HEADER_LEN..];
+        let Ok(tcp) = TcpPacket::new_checked(&ip[l3.header_len..l3.total]) else {
             return;
         };
-        let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
-            return;
-        };
-        let key: FlowKey = (ip.src_addr(), tcp.src_port(), ip.dst_addr(), tcp.dst_port());
+        let key: FlowKey = (l3.src, tcp.src_port(), l3.dst, tcp.dst_port());
         if self.tcp.pending.contains_key(&key) {
             // A retransmitted SYN while the host connect is in flight.
             return;
         }
-        if key.2 == self.cfg.dns_addr && key.3 == crate::dns::PORT && self.dns.is_some() {
-            self.tcp_local_service(key, frame);
+        if self.cfg.dns_addr_for(key.2) == Some(key.2) && key.3 == crate::dns::PORT && self.dns.is_some() {
+            self.tcp_local_service(key, frame, l3);
+            return;
+        }
+        if self.cfg.unreachable.contains(&key.2) {
+            // slirp4netns's --disable-host-loopback: "Network is unreachable".
+            NetMetrics::inc(&self.metrics.drop_no_route);
+            let from = self.cfg.gateway_for(key.0).unwrap_or(key.2);
+            self.send_unreachable(guest_mac, from, key.0, 0, &ip[..l3.total]);
             return;
         }
         let Some(target) = self.host_target(key.2) else {
@@ -95,10 +103,19 @@ impl Stack {
             self.tcp_reject(guest_mac, key, tcp.seq_number());
             return;
         }
-        self.tcp.pending.insert(key, PendingSyn { frame: frame.to_vec() });
+        self.tcp.pending.insert(
+            key,
+            PendingSyn {
+                frame: frame[..ETHERNET_HEADER_LEN + l3.total].to_vec(),
+                header_len: l3.header_len,
+            },
+        );
+        if key.0.is_ipv6() {
+            NetMetrics::inc(&self.metrics.tcp6_flows_opened);
+        }
         let stack = self.me.clone();
         let timeout = self.cfg.tcp_connect_timeout;
-        let addr = SocketAddr::V4(SocketAddrV4::new(target, key.3));
+        let addr = SocketAddr::new(target, key.3);
         tokio::task::spawn_local(async move {
             let result = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
                 Ok(r) => r,
@@ -111,14 +128,20 @@ impl Stack {
     }
 
     /// A TCP service of the gateway itself (DNS): accept at once.
-    fn tcp_local_service(&mut self, key: FlowKey, frame: &[u8]) {
+    fn tcp_local_service(&mut self, key: FlowKey, frame: &[u8], l3: L3) {
         if self.tcp.flows.len() + self.tcp.pending.len() >= self.cfg.max_tcp_flows {
             NetMetrics::inc(&self.metrics.drop_flow_limit);
             return;
         }
         // Accept from a task: during dispatch the receive buffer the SYN is
         // replayed through is in use.
-        self.tcp.pending.insert(key, PendingSyn { frame: frame.to_vec() });
+        self.tcp.pending.insert(
+            key,
+            PendingSyn {
+                frame: frame[..ETHERNET_HEADER_LEN + l3.total].to_vec(),
+                header_len: l3.header_len,
+            },
+        );
         let Some(stack) = self.me.upgrade() else { return };
         tokio::task::spawn_local(async move {
             let handle = {
@@ -131,7 +154,7 @@ impl Stack {
                     None => return,
                 }
             };
-            crate::dns::tcp_session(&stack, handle, std::net::IpAddr::V4(key.0)).await;
+            crate::dns::tcp_session(&stack, handle, key.0).await;
             stack.borrow_mut().tcp_release(key, handle);
         });
     }
@@ -139,21 +162,25 @@ impl Stack {
     /// Whether a gateway-side port is used by a TCP flow (port forwards
     /// originate from the gateway).
     pub fn tcp_port_in_use(&self, port: u16) -> bool {
-        self.tcp.flows.keys().any(|k| k.2 == self.cfg.gateway && k.3 == port)
+        self.tcp
+            .flows
+            .keys()
+            .any(|k| self.cfg.is_gateway_addr(k.2) && k.3 == port)
     }
 
     /// Opens a TCP connection from the gateway to a guest (port forwards).
-    pub fn tcp_connect_to_guest(&mut self, guest: Ipv4Addr, port: u16) -> Option<(FlowKey, SocketHandle)> {
+    pub fn tcp_connect_to_guest(&mut self, guest: IpAddr, port: u16) -> Option<(FlowKey, SocketHandle)> {
+        let gateway = self.cfg.gateway_for(guest)?;
         let local_port = self.ephemeral_port_for_tcp();
         let mut socket = self.new_tcp_socket(self.cfg.tcp_buffer);
-        let remote = (smoltcp::wire::IpAddress::Ipv4(guest), port);
-        let local = (smoltcp::wire::IpAddress::Ipv4(self.cfg.gateway), local_port);
+        let remote = (smoltcp::wire::IpAddress::from(guest), port);
+        let local = (smoltcp::wire::IpAddress::from(gateway), local_port);
         if let Err(e) = socket.connect(self.iface.context(), remote, local) {
             tracing::debug!(error = %e, "connect to guest failed");
             return None;
         }
         let handle = self.sockets.add(socket);
-        let key = (guest, port, self.cfg.gateway, local_port);
+        let key = (guest, port, gateway, local_port);
         self.tcp.flows.insert(key, handle);
         NetMetrics::inc(&self.metrics.tcp_flows_opened);
         self.poll();
@@ -227,7 +254,7 @@ impl Stack {
         }
     }
 
-    fn tcp_reject(&mut self, guest_mac: Mac, key: FlowKey, seq: smoltcp::wire::TcpSeqNumber) {
+    fn tcp_reject(&mut self, guest_mac: Mac, key: FlowKey, seq: TcpSeqNumber) {
         let addrs = Addrs {
             src_mac: self.cfg.gateway_mac,
             dst_mac: guest_mac,
@@ -247,7 +274,7 @@ impl Stack {
         let host = match result {
             Ok(host) => host,
             Err(e) => {
-                st.tcp_connect_failed(guest_mac, key, &pending.frame, &e);
+                st.tcp_connect_failed(guest_mac, key, &pending, &e);
                 return;
             }
         };
@@ -266,9 +293,9 @@ impl Stack {
         });
     }
 
-    fn tcp_connect_failed(&mut self, guest_mac: Mac, key: FlowKey, syn_frame: &[u8], e: &io::Error) {
+    fn tcp_connect_failed(&mut self, guest_mac: Mac, key: FlowKey, syn: &PendingSyn, e: &io::Error) {
         tracing::debug!(flow = ?key, error = %e, "tcp connect failed");
-        let ip = &syn_frame[ETHERNET_HEADER_LEN.min(syn_frame.len())..];
+        let ip = &syn.frame[ETHERNET_HEADER_LEN.min(syn.frame.len())..];
         let unreachable = matches!(e.raw_os_error(), Some(libc::ENETUNREACH | libc::EHOSTUNREACH));
         if unreachable {
             NetMetrics::inc(&self.metrics.tcp_unreachable);
@@ -277,8 +304,8 @@ impl Stack {
             } else {
                 1
             };
-            let gateway = self.cfg.gateway;
-            self.send_unreachable(guest_mac, gateway, key.0, code, ip);
+            let from = self.cfg.gateway_for(key.0).unwrap_or(key.2);
+            self.send_unreachable(guest_mac, from, key.0, code, ip);
             return;
         }
         if e.kind() == io::ErrorKind::ConnectionRefused {
@@ -286,9 +313,9 @@ impl Stack {
         } else {
             NetMetrics::inc(&self.metrics.tcp_unreachable);
         }
-        let seq = Ipv4Packet::new_checked(ip)
-            .ok()
-            .and_then(|p| TcpPacket::new_checked(p.payload()).ok().map(|t| t.seq_number()));
+        let seq: Option<TcpSeqNumber> = ip
+            .get(syn.header_len..)
+            .and_then(|t| TcpPacket::new_checked(t).ok().map(|t| t.seq_number()));
         if let Some(seq) = seq {
             self.tcp_reject(guest_mac, key, seq);
         }

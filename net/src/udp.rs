@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -14,10 +14,10 @@ use tokio::net::UdpSocket;
 use crate::config::Mac;
 use crate::metrics::NetMetrics;
 use crate::stack::Stack;
-use crate::wire::{self, Addrs, UDP_PAYLOAD_OFFSET};
+use crate::wire::{self, Addrs};
 
 /// (guest address, guest port, remote address, remote port)
-type FlowKey = (Ipv4Addr, u16, Ipv4Addr, u16);
+type FlowKey = (IpAddr, u16, IpAddr, u16);
 
 struct UdpFlow {
     socket: Rc<UdpSocket>,
@@ -40,11 +40,12 @@ impl UdpNat {
 /// Datagrams relayed per wake-up before yielding.
 const BATCH: usize = 64;
 
-fn open_socket(target: SocketAddrV4) -> io::Result<UdpSocket> {
-    let bind = if target.ip().is_loopback() {
-        Ipv4Addr::LOCALHOST
-    } else {
-        Ipv4Addr::UNSPECIFIED
+fn open_socket(target: SocketAddr) -> io::Result<UdpSocket> {
+    let bind: IpAddr = match (target.ip(), target.ip().is_loopback()) {
+        (IpAddr::V4(_), true) => Ipv4Addr::LOCALHOST.into(),
+        (IpAddr::V4(_), false) => Ipv4Addr::UNSPECIFIED.into(),
+        (IpAddr::V6(_), true) => Ipv6Addr::LOCALHOST.into(),
+        (IpAddr::V6(_), false) => Ipv6Addr::UNSPECIFIED.into(),
     };
     let socket = std::net::UdpSocket::bind((bind, 0))?;
     socket.connect(target)?;
@@ -56,8 +57,8 @@ impl Stack {
     pub fn udp_from_guest(
         &mut self,
         guest_mac: Mac,
-        src: (Ipv4Addr, u16),
-        dst: (Ipv4Addr, u16),
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
         payload: &[u8],
         quote: &[u8],
     ) {
@@ -72,10 +73,9 @@ impl Stack {
         }
         let Some(target) = self.host_target(dst.0) else {
             NetMetrics::inc(&self.metrics.drop_no_route);
-            if dst.0 == self.cfg.gateway {
+            if self.cfg.is_gateway_addr(dst.0) {
                 // Nothing listens on the gateway's UDP ports (yet): say so.
-                let gateway = self.cfg.gateway;
-                self.send_unreachable(guest_mac, gateway, src.0, 3, quote);
+                self.send_unreachable(guest_mac, dst.0, src.0, 3, quote);
             }
             return;
         };
@@ -89,7 +89,7 @@ impl Stack {
             }
             return;
         }
-        let socket = match open_socket(SocketAddrV4::new(target, dst.1)) {
+        let socket = match open_socket(SocketAddr::new(target, dst.1)) {
             Ok(s) => Rc::new(s),
             Err(e) => {
                 tracing::debug!(flow = ?key, error = %e, "udp socket failed");
@@ -107,6 +107,9 @@ impl Stack {
         });
         self.udp.flows.insert(key, flow.clone());
         NetMetrics::inc(&self.metrics.udp_flows_opened);
+        if key.0.is_ipv6() {
+            NetMetrics::inc(&self.metrics.udp6_flows_opened);
+        }
         let stack = self.me.clone();
         let idle = self.cfg.udp_idle_timeout;
         tokio::task::spawn_local(async move {
@@ -153,12 +156,9 @@ impl Stack {
             src_ip: key.2,
             dst_ip: key.0,
         };
+        let offset = wire::udp_payload_offset(key.0);
         for _ in 0..BATCH {
-            let max = self.scratch.len() - UDP_PAYLOAD_OFFSET;
-            match flow
-                .socket
-                .try_recv(&mut self.scratch[UDP_PAYLOAD_OFFSET..UDP_PAYLOAD_OFFSET + max])
-            {
+            match flow.socket.try_recv(&mut self.scratch[offset..]) {
                 Ok(n) => {
                     flow.last_active.set(Instant::now());
                     if let Some(len) = wire::udp_frame_in_place(&mut self.scratch, &addrs, key.3, key.1, n) {
@@ -182,8 +182,8 @@ impl Stack {
     fn udp_host_error(&mut self, key: FlowKey, flow: &UdpFlow, e: &io::Error) {
         if e.kind() == io::ErrorKind::ConnectionRefused {
             tracing::debug!(flow = ?key, "host reports port unreachable");
-            let quote = quote_udp(key);
-            self.send_unreachable(flow.guest_mac.get(), key.2, key.0, 3, &quote);
+            let (quote, len) = quote_udp(key);
+            self.send_unreachable(flow.guest_mac.get(), key.2, key.0, 3, &quote[..len]);
         }
     }
 }
@@ -196,19 +196,35 @@ fn send_now(socket: &UdpSocket, payload: &[u8]) -> io::Result<usize> {
 }
 
 /// The IP and UDP headers of a datagram from the guest, as an ICMP error
-/// quotes them: enough for the guest kernel to find the socket.
-fn quote_udp(key: FlowKey) -> [u8; 28] {
-    let mut q = [0u8; 28];
-    q[0] = 0x45;
-    q[2..4].copy_from_slice(&28u16.to_be_bytes());
-    q[8] = 64;
-    q[9] = 17;
-    q[12..16].copy_from_slice(&key.0.octets());
-    q[16..20].copy_from_slice(&key.2.octets());
-    let sum = wire::checksum(&q[..20]);
-    q[10..12].copy_from_slice(&sum.to_be_bytes());
-    q[20..22].copy_from_slice(&key.1.to_be_bytes());
-    q[22..24].copy_from_slice(&key.3.to_be_bytes());
-    q[24..26].copy_from_slice(&8u16.to_be_bytes());
-    q
+/// quotes them: enough for the guest kernel to find the socket. Returns the
+/// buffer and the quote's length (28 bytes for IPv4, 48 for IPv6).
+fn quote_udp(key: FlowKey) -> ([u8; 48], usize) {
+    let mut q = [0u8; 48];
+    let ip_len = match (key.0, key.2) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            q[0] = 0x45;
+            q[2..4].copy_from_slice(&28u16.to_be_bytes());
+            q[8] = 64;
+            q[9] = 17;
+            q[12..16].copy_from_slice(&src.octets());
+            q[16..20].copy_from_slice(&dst.octets());
+            let sum = wire::checksum(&q[..20]);
+            q[10..12].copy_from_slice(&sum.to_be_bytes());
+            20
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            q[0] = 0x60;
+            q[4..6].copy_from_slice(&8u16.to_be_bytes());
+            q[6] = 17;
+            q[7] = 64;
+            q[8..24].copy_from_slice(&src.octets());
+            q[24..40].copy_from_slice(&dst.octets());
+            40
+        }
+        _ => return (q, 0),
+    };
+    q[ip_len..ip_len + 2].copy_from_slice(&key.1.to_be_bytes());
+    q[ip_len + 2..ip_len + 4].copy_from_slice(&key.3.to_be_bytes());
+    q[ip_len + 4..ip_len + 6].copy_from_slice(&8u16.to_be_bytes());
+    (q, ip_len + 8)
 }

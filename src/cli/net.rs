@@ -1,6 +1,6 @@
 //! `ferry net`: the userspace network for a network namespace.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -21,7 +21,10 @@ Examples:
   curl http://10.0.2.254:8080/
 
 Address plan (defaults): subnet 10.0.2.0/24, gateway and DNS 10.0.2.1,
-host alias 10.0.2.254 (the host's 127.0.0.1), first guest 10.0.2.2.";
+host alias 10.0.2.254 (the host's 127.0.0.1), first guest 10.0.2.2.
+IPv6: prefix fd66:6572:7279::/64 announced for SLAAC, gateway and DNS
+fd66:6572:7279::1 (also fe80::1), host alias fd66:6572:7279::fe (the
+host's ::1); --no-ipv6 turns IPv6 off.";
 
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
@@ -68,6 +71,24 @@ pub struct NetArgs {
     /// Do not let guests reach the host's loopback through the host alias.
     #[arg(long)]
     pub no_host_loopback: bool,
+    /// IPv6 prefix of the guest network, announced for SLAAC (a /64).
+    #[arg(long, default_value = "fd66:6572:7279::/64", value_name = "PREFIX/64")]
+    pub subnet6: String,
+    /// IPv6 gateway (and DNS) address [default: PREFIX::1].
+    #[arg(long, value_name = "IPv6")]
+    pub gateway6: Option<Ipv6Addr>,
+    /// IPv6 address that reaches the host's ::1 [default: PREFIX::fe].
+    #[arg(long = "host-alias6", value_name = "IPv6")]
+    pub host_alias6: Option<Ipv6Addr>,
+    /// No IPv6 on the guest link: no router advertisements, IPv6 frames dropped.
+    #[arg(long = "no-ipv6", conflicts_with_all = ["gateway6", "host_alias6"])]
+    pub no_ipv6: bool,
+    /// The whole IPv6 plan, set by the slirp4netns front end (fd00::/64).
+    #[arg(skip)]
+    pub plan6: Option<ferry_net::config::Ipv6Plan>,
+    /// Destinations answered "network unreachable" (set by the slirp4netns front end).
+    #[arg(skip)]
+    pub unreachable: Vec<std::net::IpAddr>,
     /// First guest address handed out by DHCP (and used by --configure) [default: gateway + 1].
     #[arg(long, value_name = "IP")]
     pub guest_ip: Option<Ipv4Addr>,
@@ -161,6 +182,8 @@ impl DnsArgs {
             upstreams,
             host: cfg.host_alias,
             gateway: cfg.gateway,
+            host6: cfg.v6.as_ref().and_then(|p| p.host_alias),
+            gateway6: cfg.v6.as_ref().map(|p| p.gateway),
             rate_limit: self.rate_limit,
             ..ferry_dns::DnsConfig::default()
         });
@@ -225,6 +248,26 @@ impl NetArgs {
         }
         cfg.max_tcp_flows = self.max_tcp_flows;
         cfg.max_udp_flows = self.max_udp_flows;
+        cfg.v6 = if self.no_ipv6 {
+            None
+        } else if let Some(plan) = &self.plan6 {
+            Some(plan.clone())
+        } else {
+            let mut plan =
+                ferry_net::config::Ipv6Plan::for_prefix(ferry_net::config::Ipv6Plan::parse_prefix(&self.subnet6)?);
+            if let Some(g) = self.gateway6 {
+                plan.gateway = g;
+                plan.dns_addr = g;
+            }
+            if let Some(h) = self.host_alias6 {
+                plan.host_alias = Some(h);
+            }
+            Some(plan)
+        };
+        if let (Some(plan), true) = (&mut cfg.v6, self.no_host_loopback) {
+            plan.host_alias = None;
+        }
+        cfg.unreachable = self.unreachable.clone();
         cfg.validate()?;
         Ok(cfg)
     }
@@ -246,6 +289,12 @@ impl NetArgs {
             gateway: None,
             host_alias: None,
             no_host_loopback: false,
+            subnet6: "fd66:6572:7279::/64".into(),
+            gateway6: None,
+            host_alias6: None,
+            no_ipv6: false,
+            plan6: None,
+            unreachable: Vec::new(),
             guest_ip: None,
             dhcp_leases: Vec::new(),
             search: Vec::new(),
@@ -386,7 +435,7 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
     }
     let target = match &args.publish_to {
         Some(g) => ferry_net::forward::GuestTarget::parse(g),
-        None => ferry_net::forward::GuestTarget::Ip(cfg.first_guest),
+        None => ferry_net::forward::GuestTarget::Ip(cfg.first_guest.into()),
     };
     for publish in &args.publish {
         for spec in ferry_net::forward::parse_publish(publish, &target)? {
@@ -411,6 +460,7 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
             prefix: cfg.prefix,
             gateway: cfg.gateway,
             mtu: cfg.mtu,
+            ipv6: cfg.v6.is_some(),
         });
         let tap = Tap::open(&TapOptions {
             netns: Some(netns.clone()),
@@ -445,8 +495,17 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
             tracing::debug!("network ready: {what}");
             continue;
         }
+        let v6 = match &cfg.v6 {
+            Some(p) => format!(
+                ", IPv6 {}/64 gateway {} host alias {}",
+                p.prefix,
+                p.gateway,
+                p.host_alias.map_or("disabled".to_string(), |a| a.to_string())
+            ),
+            None => ", IPv6 off".to_string(),
+        };
         eprintln!(
-            "ferry: network ready: {what}, gateway {}, host alias {}, guest {guest}, MTU {}, DNS {}",
+            "ferry: network ready: {what}, gateway {}, host alias {}, guest {guest}, MTU {}, DNS {}{v6}",
             cfg.gateway,
             cfg.host_alias.map_or("disabled".to_string(), |a| a.to_string()),
             cfg.mtu,

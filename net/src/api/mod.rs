@@ -113,7 +113,10 @@ fn handle(stack: &StackRef, req: &Request) -> Result<(u16, Value), HttpError> {
                 .records()
                 .list()
                 .into_iter()
-                .map(|(n, ip)| json!({ "name": n, "ip": ip.to_string() }))
+                .map(|(n, a)| {
+                    let show = |ip: Option<String>| ip.map_or(Value::Null, Value::String);
+                    json!({ "name": n, "ip": show(a.v4.map(|i| i.to_string())), "ip6": show(a.v6.map(|i| i.to_string())) })
+                })
                 .collect();
             Ok((200, Value::Array(records)))
         }
@@ -161,7 +164,7 @@ fn handle(stack: &StackRef, req: &Request) -> Result<(u16, Value), HttpError> {
                 .ok_or_else(|| error(400, "missing string field \"publish\""))?;
             let guest = match body.get("guest").and_then(Value::as_str) {
                 Some(g) => GuestTarget::parse(g),
-                None => GuestTarget::Ip(stack.borrow().cfg.first_guest),
+                None => GuestTarget::Ip(stack.borrow().cfg.first_guest.into()),
             };
             let specs = parse_publish(publish, &guest).map_err(|e| error(400, e.to_string()))?;
             add_all(stack, &specs)?;

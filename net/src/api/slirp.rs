@@ -63,7 +63,7 @@ async fn serve(stack: &StackRef, table: &Rc<RefCell<Table>>, mut conn: UnixStrea
     };
     let reply = match request {
         Ok(req) => handle(stack, table, &req),
-        Err(()) => Err("bad request: malformed JSON".to_string()),
+        Err(()) => Err("bad request: cannot parse JSON".to_string()),
     };
     let body = match reply {
         Ok(ret) => json!({ "return": ret }),
@@ -100,7 +100,7 @@ fn handle(stack: &StackRef, table: &Rc<RefCell<Table>>, req: &Value) -> Result<V
             };
             let (host_port, guest_port) = (port("host_port")?, port("guest_port")?);
             let guest = match args.get("guest_addr").and_then(Value::as_str) {
-                None | Some("") => stack.borrow().cfg.first_guest,
+                None | Some("") => IpAddr::V4(stack.borrow().cfg.first_guest),
                 Some(a) => a.parse().map_err(|_| bad("guest_addr"))?,
             };
             let spec = ForwardSpec {

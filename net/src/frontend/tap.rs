@@ -26,6 +26,10 @@ pub struct TapAddress {
     pub prefix: u8,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
+    /// The link has IPv6: SLAAC from ferry's router advertisement, with
+    /// duplicate-address detection off (ferry answers for its own
+    /// addresses, so the one-second wait buys nothing), as podman sets it.
+    pub ipv6: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -125,6 +129,11 @@ fn configure(name: &str, a: &TapAddress) -> io::Result<()> {
         )
     };
     up("lo")?;
+    if a.ipv6 {
+        // /proc/sys/net is this thread's network namespace's.
+        let dad = format!("/proc/sys/net/ipv6/conf/{name}/accept_dad");
+        std::fs::write(&dad, "0").map_err(|e| io::Error::new(e.kind(), format!("writing {dad}: {e}")))?;
+    }
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_mtu = i32::try_from(a.mtu).unwrap_or(1500);
     ioctl(
