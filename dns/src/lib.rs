@@ -15,6 +15,19 @@ pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 
+/// System calls of forwarding to upstream resolvers and the host listener
+/// (the seccomp allow-list).
+#[cfg(target_os = "linux")]
+pub const SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_socket,
+    libc::SYS_bind,
+    libc::SYS_connect,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+];
+
 pub use records::{NameAddrs, Owner, Records};
 pub use server::{DnsConfig, DnsServer, Step, Transport};
 

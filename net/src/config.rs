@@ -75,6 +75,10 @@ pub struct NetConfig {
     /// Destinations answered with "network unreachable" (slirp4netns's
     /// host address under `--disable-host-loopback`).
     pub unreachable: Vec<IpAddr>,
+    /// Local addresses outbound host sockets are bound to, per family
+    /// (slirp4netns's `--outbound-addr` / `--outbound-addr6`).
+    pub outbound4: Option<Ipv4Addr>,
+    pub outbound6: Option<Ipv6Addr>,
 }
 
 /// IPv6 on the guest link: one /64 announced for SLAAC, the gateway (also
@@ -185,6 +189,8 @@ impl Default for NetConfig {
             tcp_buffer: 512 * 1024,
             v6: Some(Ipv6Plan::default()),
             unreachable: Vec::new(),
+            outbound4: None,
+            outbound6: None,
         }
     }
 }
@@ -256,6 +262,14 @@ impl NetConfig {
                 .v6
                 .as_ref()
                 .is_some_and(|p| a == p.gateway || a == GATEWAY_LINK_LOCAL),
+        }
+    }
+
+    /// The local address to bind a host socket to before reaching `target`.
+    pub fn outbound_for(&self, target: IpAddr) -> Option<IpAddr> {
+        match target {
+            IpAddr::V4(_) => self.outbound4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.outbound6.map(IpAddr::V6),
         }
     }
 

@@ -22,6 +22,21 @@ use crate::stack::Stack;
 use crate::switch::BROADCAST;
 use crate::wire::{self, Addrs};
 
+/// System calls of port forwards and the API sockets added at run time
+/// (the seccomp allow-list).
+#[cfg(target_os = "linux")]
+pub const SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_socket,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept4,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_shutdown,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Proto {
     Tcp,

@@ -34,6 +34,11 @@ pub use frontend::Frontend;
 pub use metrics::NetMetrics;
 pub use stack::{Stack, StackRef};
 
+/// Every system call the NAT makes once running, gathered from the lists
+/// beside the code that makes them (for `ferry-confine`'s seccomp filter).
+#[cfg(target_os = "linux")]
+pub const SYSCALLS: &[&[libc::c_long]] = &[tcp::SYSCALLS, udp::SYSCALLS, forward::SYSCALLS, ferry_dns::SYSCALLS];
+
 /// Frames read per wake-up of a port before smoltcp sends what they caused.
 const RX_BATCH: usize = 64;
 /// Upper bound on how late a TCP timer (retransmit, close) may fire.

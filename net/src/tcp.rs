@@ -26,6 +26,20 @@ use crate::wire::{self, Addrs};
 /// (guest address, guest port, remote address, remote port)
 pub type FlowKey = (IpAddr, u16, IpAddr, u16);
 
+/// System calls of the TCP NAT after start-up (the seccomp allow-list).
+#[cfg(target_os = "linux")]
+pub const SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_shutdown,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+];
+
 /// A SYN waiting for its host connect.
 struct PendingSyn {
     /// The whole frame, up to the end of the IP packet.
@@ -116,8 +130,19 @@ impl Stack {
         let stack = self.me.clone();
         let timeout = self.cfg.tcp_connect_timeout;
         let addr = SocketAddr::new(target, key.3);
+        let outbound = self.cfg.outbound_for(target);
         tokio::task::spawn_local(async move {
-            let result = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            let connect = async {
+                let socket = match addr {
+                    SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                if let Some(local) = outbound {
+                    socket.bind(SocketAddr::new(local, 0))?;
+                }
+                socket.connect(addr).await
+            };
+            let result = match tokio::time::timeout(timeout, connect).await {
                 Ok(r) => r,
                 Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
             };

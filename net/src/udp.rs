@@ -19,6 +19,20 @@ use crate::wire::{self, Addrs};
 /// (guest address, guest port, remote address, remote port)
 type FlowKey = (IpAddr, u16, IpAddr, u16);
 
+/// System calls of the UDP and ICMP NAT (the seccomp allow-list).
+#[cfg(target_os = "linux")]
+pub const SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_socket,
+    libc::SYS_bind,
+    libc::SYS_connect,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+];
+
 struct UdpFlow {
     socket: Rc<UdpSocket>,
     guest_mac: Cell<Mac>,
@@ -40,8 +54,9 @@ impl UdpNat {
 /// Datagrams relayed per wake-up before yielding.
 const BATCH: usize = 64;
 
-fn open_socket(target: SocketAddr) -> io::Result<UdpSocket> {
+fn open_socket(target: SocketAddr, outbound: Option<IpAddr>) -> io::Result<UdpSocket> {
     let bind: IpAddr = match (target.ip(), target.ip().is_loopback()) {
+        _ if outbound.is_some() => outbound.unwrap_or(target.ip()),
         (IpAddr::V4(_), true) => Ipv4Addr::LOCALHOST.into(),
         (IpAddr::V4(_), false) => Ipv4Addr::UNSPECIFIED.into(),
         (IpAddr::V6(_), true) => Ipv6Addr::LOCALHOST.into(),
@@ -89,7 +104,7 @@ impl Stack {
             }
             return;
         }
-        let socket = match open_socket(SocketAddr::new(target, dst.1)) {
+        let socket = match open_socket(SocketAddr::new(target, dst.1), self.cfg.outbound_for(target)) {
             Ok(s) => Rc::new(s),
             Err(e) => {
                 tracing::debug!(flow = ?key, error = %e, "udp socket failed");

@@ -62,3 +62,41 @@ fn run_slirp4netns(args: &[OsString]) -> ExitCode {
         }
     }
 }
+
+/// The first address of `family` on interface `name` (drop-ins accept an
+/// interface name where an address is expected, e.g. `--outbound-addr=eth0`).
+pub fn interface_address(name: &str, v6: bool) -> Option<std::net::IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs(3) fills `list`, freed below with freeifaddrs(3).
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = list;
+    while !cur.is_null() && found.is_none() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, alive
+        // until freeifaddrs; its name is a NUL-terminated string and its
+        // address, when non-null, a sockaddr of the family it says.
+        unsafe {
+            let ifa = &*cur;
+            let this = std::ffi::CStr::from_ptr(ifa.ifa_name).to_str().unwrap_or("");
+            if this == name && !ifa.ifa_addr.is_null() {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET if !v6 => {
+                        let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                        found = Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
+                    }
+                    libc::AF_INET6 if v6 => {
+                        let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                        found = Some(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into());
+                    }
+                    _ => {}
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: the list getifaddrs allocated, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    found
+}

@@ -89,6 +89,14 @@ pub struct NetArgs {
     /// Destinations answered "network unreachable" (set by the slirp4netns front end).
     #[arg(skip)]
     pub unreachable: Vec<std::net::IpAddr>,
+    /// Outbound bind addresses (slirp4netns's --outbound-addr/--outbound-addr6).
+    #[arg(skip)]
+    pub outbound4: Option<Ipv4Addr>,
+    #[arg(skip)]
+    pub outbound6: Option<Ipv6Addr>,
+    /// MAC address given to the tap by --configure (slirp4netns's --macaddress).
+    #[arg(skip)]
+    pub tap_mac: Option<[u8; 6]>,
     /// First guest address handed out by DHCP (and used by --configure) [default: gateway + 1].
     #[arg(long, value_name = "IP")]
     pub guest_ip: Option<Ipv4Addr>,
@@ -268,6 +276,8 @@ impl NetArgs {
             plan.host_alias = None;
         }
         cfg.unreachable = self.unreachable.clone();
+        cfg.outbound4 = self.outbound4;
+        cfg.outbound6 = self.outbound6;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -295,6 +305,9 @@ impl NetArgs {
             no_ipv6: false,
             plan6: None,
             unreachable: Vec::new(),
+            outbound4: None,
+            outbound6: None,
+            tap_mac: None,
             guest_ip: None,
             dhcp_leases: Vec::new(),
             search: Vec::new(),
@@ -461,6 +474,7 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
             gateway: cfg.gateway,
             mtu: cfg.mtu,
             ipv6: cfg.v6.is_some(),
+            mac: args.tap_mac,
         });
         let tap = Tap::open(&TapOptions {
             netns: Some(netns.clone()),

@@ -57,13 +57,16 @@ async fn serve(stack: &StackRef, table: &Rc<RefCell<Table>>, mut conn: UnixStrea
         if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
             break Ok(v);
         }
-        if n == 0 || buf.len() > MAX_REQUEST {
-            break Err(());
+        if buf.len() > MAX_REQUEST {
+            break Err("bad request: too large message");
+        }
+        if n == 0 {
+            break Err("bad request: cannot parse JSON");
         }
     };
     let reply = match request {
         Ok(req) => handle(stack, table, &req),
-        Err(()) => Err("bad request: cannot parse JSON".to_string()),
+        Err(desc) => Err(desc.to_string()),
     };
     let body = match reply {
         Ok(ret) => json!({ "return": ret }),
@@ -77,7 +80,7 @@ fn handle(stack: &StackRef, table: &Rc<RefCell<Table>>, req: &Value) -> Result<V
     let execute = req
         .get("execute")
         .and_then(Value::as_str)
-        .ok_or("bad request: missing \"execute\"")?;
+        .ok_or("bad request: no execute found")?;
     let args = req.get("arguments").cloned().unwrap_or(Value::Null);
     match execute {
         "add_hostfwd" => {

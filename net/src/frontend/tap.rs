@@ -30,6 +30,8 @@ pub struct TapAddress {
     /// duplicate-address detection off (ferry answers for its own
     /// addresses, so the one-second wait buys nothing), as podman sets it.
     pub ipv6: bool,
+    /// The tap's own MAC address (slirp4netns's `--macaddress`).
+    pub mac: Option<[u8; 6]>,
 }
 
 #[derive(Clone, Debug)]
@@ -142,6 +144,22 @@ fn configure(name: &str, a: &TapAddress) -> io::Result<()> {
         (&mut req as *mut libc::ifreq).cast(),
         &format!("setting MTU {} on {name}", a.mtu),
     )?;
+    if let Some(mac) = a.mac {
+        let mut req = ifreq(name)?;
+        // SAFETY: sockaddr is plain old data; all-zero is valid.
+        let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
+        hw.sa_family = libc::ARPHRD_ETHER;
+        for (dst, src) in hw.sa_data.iter_mut().zip(mac) {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_hwaddr = hw;
+        ioctl(
+            fd,
+            libc::SIOCSIFHWADDR as _,
+            (&mut req as *mut libc::ifreq).cast(),
+            &format!("setting MAC address on {name}"),
+        )?;
+    }
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_addr = sockaddr_in(a.addr);
     ioctl(
