@@ -178,7 +178,7 @@ fn driven_like_podman() {
 }
 
 #[test]
-fn unsupported_options_are_refused_clearly() {
+fn bad_options_get_slirp4netns_errors() {
     let ns = Netns::new();
     let target = ns.pid().to_string();
     let dir = std::env::temp_dir().join(format!("ferry-slirp-bad-{}", std::process::id()));
@@ -186,11 +186,119 @@ fn unsupported_options_are_refused_clearly() {
     let link = dir.join("slirp4netns");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ferry"), &link).unwrap();
-    let out = Ferry::with_binary(&link, ["--enable-ipv6", &target, "tap0"]).output();
-    assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("IPv6"), "{}", out.stderr);
+    for (args, want) in [
+        (vec!["-c", "--cidr", "24"], "invalid CIDR"),
+        (
+            vec!["-c", "--cidr", "10.0.2.100/24"],
+            "CIDR needs to be a network address like 10.0.2.0/24",
+        ),
+        (vec!["-c", "--cidr", "10.0.2.0/26"], "prefix length needs to be 1-25"),
+        (vec!["--macaddress", "0e:d4:18:d9:38:fb"], "requires --configure"),
+        (vec!["--target-type=bess"], "bess is not implemented"),
+        (vec!["--outbound-addr=no-such-if0"], "no IPv4 address on interface"),
+    ] {
+        let mut all = args.clone();
+        all.extend([target.as_str(), "tap0"]);
+        let out = Ferry::with_binary(&link, &all).output();
+        assert_eq!(out.code, Some(1), "{args:?}");
+        assert!(out.stderr.contains(want), "{args:?}: {}", out.stderr);
+    }
     let out = Ferry::new(["slirp4netns", "--netns-type=pid", "/not/a/pid", "tap0"]).output();
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("not a PID"), "{}", out.stderr);
+    // The version lines clients and slirp4netns's tests parse.
+    let out = Ferry::with_binary(&link, ["--version"]).output();
+    assert!(out.stdout.starts_with("slirp4netns version 1.2.0"), "{}", out.stdout);
+    assert!(out.stdout.contains("\nSLIRP_CONFIG_VERSION_MAX: 4\n"), "{}", out.stdout);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// --enable-sandbox and --enable-seccomp, seen from outside: capabilities,
+/// seccomp mode, no_new_privs and the root in /proc/PID; the network and
+/// the API keep working inside the confinement; IPv6 with --enable-ipv6.
+#[test]
+fn sandbox_and_seccomp_are_real() {
+    let ns = Netns::new();
+    let dir = std::env::temp_dir().join(format!("ferry-slirp-sb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("slirp4netns");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ferry"), &link).unwrap();
+    let (ready_r, ready_w) = pipe();
+    // SAFETY: fcntl(2) on an fd we own.
+    unsafe { libc::fcntl(ready_r.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    let sock = dir.join("api.sock");
+    let args = [
+        "-c".to_string(),
+        "--enable-ipv6".into(),
+        "--enable-sandbox".into(),
+        "--enable-seccomp".into(),
+        "--disable-host-loopback".into(),
+        format!("--ready-fd={}", ready_w.as_raw_fd()),
+        format!("--api-socket={}", sock.display()),
+        ns.pid().to_string(),
+        "tap0".into(),
+    ];
+    let mut running = Ferry::with_binary(&link, &args).spawn();
+    drop(ready_w);
+    let mut got = [0u8; 1];
+    std::fs::File::from(ready_r)
+        .read_exact(&mut got)
+        .expect("nothing on the ready fd");
+    let pid = running.child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:\t")))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .trim()
+            .to_string()
+    };
+    // Root: everything but CAP_NET_BIND_SERVICE (bit 10) is gone.
+    assert_eq!(field("CapEff"), "0000000000000400");
+    assert_eq!(field("CapPrm"), "0000000000000400");
+    assert_eq!(field("CapBnd"), "0000000000000400");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2", "no seccomp filter");
+    let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+    assert!(root.join("etc").is_dir() && root.join("run").is_dir());
+    for gone in ["home", "root", "var", "usr", "proc"] {
+        assert!(!root.join(gone).exists(), "/{gone} is visible in the sandbox");
+    }
+    // The API socket, bound before confinement, still answers.
+    let v = api(&sock, r#"{"execute":"list_hostfwd"}"#);
+    assert!(v["return"]["entries"].is_array(), "{v}");
+    // Outbound still works (to a host service through the gateway is
+    // disabled: "Network is unreachable" as with slirp4netns); IPv6 comes
+    // up by SLAAC in slirp4netns's fd00::/64.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let err = ns.run_in(move || {
+        TcpStream::connect_timeout(&format!("10.0.2.2:{port}").parse().unwrap(), Duration::from_secs(5)).unwrap_err()
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ns.command(
+            &["ip", "-6", "-o", "addr", "show", "tap0", "scope", "global"],
+            Duration::from_secs(5),
+        );
+        if String::from_utf8_lossy(&out.stdout).contains("inet6 fd00::") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no fd00:: address by SLAAC");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = ns.command(
+        &["ping", "-6", "-c", "1", "-W", "3", "fd00::2"],
+        Duration::from_secs(10),
+    );
+    assert!(
+        out.status.success(),
+        "ping fd00::2: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = running.child.kill();
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -52,10 +52,8 @@ pub fn pivot_into(dir: &Path) -> io::Result<()> {
     })?;
     // ...and is then detached, leaving nothing outside the new root.
     // SAFETY: umount2(2) with a valid path.
-    check(
-        "detaching the old root",
-        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) }.into(),
-    )?;
+    let rc = unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) };
+    check("detaching the old root", rc.into())?;
     // SAFETY: chdir(2) with a valid path.
     check("chdir /", unsafe { libc::chdir(c"/".as_ptr()) }.into())
 }
@@ -67,9 +65,10 @@ pub fn pivot_into(dir: &Path) -> io::Result<()> {
 /// user namespace and a single-threaded process.
 pub fn empty_root(keep: &[&str]) -> io::Result<()> {
     // SAFETY: unshare(2) takes only flags.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNS) };
     check(
         "a new mount namespace (needs CAP_SYS_ADMIN, and no other threads)",
-        unsafe { libc::unshare(libc::CLONE_NEWNS) }.into(),
+        rc.into(),
     )?;
     let mount = |src: Option<&std::ffi::CStr>,
                  target: &std::ffi::CStr,

@@ -63,34 +63,19 @@ impl Prepared {
     /// Leaves only the shares visible to this process.
     pub fn confine(self) -> io::Result<()> {
         let new_root = self.staging.as_ref().unwrap_or(&self.dirs[0]);
-        let c = cstr(new_root)?;
         match self.mode {
             SandboxMode::None => Ok(()),
             SandboxMode::Chroot => {
+                let c = cstr(new_root)?;
                 // SAFETY: chroot(2) with a valid NUL-terminated path.
                 let rc = unsafe { libc::chroot(c.as_ptr()) };
                 check("chroot into the shared directory (needs root; try --sandbox none)", rc)?;
                 // SAFETY: chdir(2) with a valid path.
                 check("chdir /", unsafe { libc::chdir(c"/".as_ptr()) })
             }
-            SandboxMode::Namespace => {
-                // SAFETY: chdir(2) with a valid path.
-                check("chdir into the share", unsafe { libc::chdir(c.as_ptr()) })?;
-                let dot = c".";
-                // SAFETY: pivot_root(2) through syscall(2) with two valid
-                // paths: the share becomes "/", the old root is stacked on it...
-                check("pivot_root into the share", unsafe {
-                    libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int
-                })?;
-                // ...and is then detached, leaving nothing outside the share.
-                // Descriptors opened before (the share, /proc/self/fd) stay valid.
-                // SAFETY: umount2(2) with a valid path.
-                check("detaching the old root", unsafe {
-                    libc::umount2(dot.as_ptr(), libc::MNT_DETACH)
-                })?;
-                // SAFETY: chdir(2) with a valid path.
-                check("chdir /", unsafe { libc::chdir(c"/".as_ptr()) })
-            }
+            // The pivot is ferry-confine's, shared with every confined mode.
+            SandboxMode::Namespace => ferry_confine::pivot_into(new_root)
+                .map_err(|e| io::Error::new(e.kind(), format!("pivot_root into the share: {e}"))),
         }
     }
 }

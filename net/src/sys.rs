@@ -145,3 +145,22 @@ pub fn recv_with_fds(
     }
     Ok(n)
 }
+
+/// Binds a unix listening socket at `path`, even when the path is longer
+/// than `sockaddr_un` holds (108 bytes; podman's runtime directories can
+/// exceed it): the socket is then bound through a descriptor of its
+/// directory, `/proc/self/fd/N/NAME`, on Linux.
+pub fn bind_unix(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    const SUN_PATH: usize = 108;
+    if path.as_os_str().len() < SUN_PATH || cfg!(not(target_os = "linux")) {
+        return std::os::unix::net::UnixListener::bind(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return std::os::unix::net::UnixListener::bind(path);
+    };
+    let dir = std::fs::File::open(dir)?;
+    let short = std::path::Path::new("/proc/self/fd")
+        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
+        .join(name);
+    std::os::unix::net::UnixListener::bind(short)
+}

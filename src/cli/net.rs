@@ -490,6 +490,10 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         };
         ready.push((format!("{} in {}", args.tap, netns.display()), guest));
     }
+    // Let the namespace ports attach (and send their first router
+    // advertisement) before "ready": a container started at once then
+    // gets its IPv6 address without waiting for its next solicitation.
+    tokio::task::yield_now().await;
     for addr in &args.listen_qemu {
         let accept = ferry_net::frontend::listen::qemu_stream(stack.clone(), addr.clone()).await?;
         tokio::task::spawn_local(accept);

@@ -30,7 +30,11 @@ struct Table {
 
 pub fn bind(stack: StackRef, path: &Path) -> io::Result<impl std::future::Future<Output = ()>> {
     crate::sys::remove_stale_socket(path);
-    let listener = UnixListener::bind(path)
+    let listener = crate::sys::bind_unix(path)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            UnixListener::from_std(l)
+        })
         .map_err(|e| io::Error::new(e.kind(), format!("API socket {}: {e}", path.display())))?;
     crate::sys::owner_only(path)?;
     let table = Rc::new(RefCell::new(Table::default()));
