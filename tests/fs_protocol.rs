@@ -759,3 +759,75 @@ fn ferry_fs_with_a_thread_pool_answers_every_common_request() {
     }
     server.assert_alive();
 }
+
+/// `Seccomp:` of a process: 0 none, 2 filter.
+fn seccomp_state(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// virtiofsd's flags do what they do there: `--seccomp` installs a filter
+/// (kill by default) that the whole round trip runs under, `none` installs
+/// none; `--no-readdirplus` withholds READDIRPLUS in the INIT reply;
+/// `--socket` is the old name of `--socket-path`; `--version` names the
+/// virtiofsd release whose options ferry covers, as Lima reads it.
+#[test]
+fn virtiofsd_flags_have_their_effect() {
+    let share = tempdir("flags");
+    let mut server = Backend::ferry(&share, "namespace", &["--xattr"]);
+    let (mut client, init) = FuseClient::connect(&server.socket).unwrap();
+    assert_eq!(
+        seccomp_state(server.process.child.id()),
+        "2",
+        "no seccomp filter by default"
+    );
+    assert_ne!(init.flags & 0x2000, 0, "READDIRPLUS not granted by default");
+    round_trip(&mut client, &share);
+    server.assert_alive();
+    drop(client);
+
+    let share = tempdir("flags-none");
+    let server = Backend::ferry(&share, "none", &["--seccomp", "none", "--no-readdirplus"]);
+    let (_client, init) = FuseClient::connect(&server.socket).unwrap();
+    assert_eq!(
+        seccomp_state(server.process.child.id()),
+        "0",
+        "--seccomp none installed a filter"
+    );
+    assert_eq!(init.flags & 0x6000, 0, "--no-readdirplus still granted READDIRPLUS");
+
+    let out = Ferry::new([
+        "fs",
+        "--seccomp",
+        "maybe",
+        "--shared-dir",
+        "/tmp",
+        "--socket-path",
+        "/tmp/x.sock",
+    ])
+    .output();
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("--seccomp \"maybe\""), "{}", out.stderr);
+
+    let share = tempdir("flags-old");
+    let socket = share.with_extension("old.sock");
+    let _ = std::fs::remove_file(&socket);
+    let args = [
+        "fs".to_string(),
+        format!("--socket={}", socket.display()),
+        "--shared-dir".into(),
+        share.display().to_string(),
+        "--sandbox=none".into(),
+    ];
+    let mut server = Backend::wait(Ferry::new(args).spawn(), socket);
+    let _ = server.connect();
+
+    let out = Ferry::new(["fs", "--version"]).output();
+    let text = &out.stdout;
+    assert_eq!(out.code, Some(0));
+    assert!(text.starts_with("virtiofsd 1.14.0 (ferry "), "{text}");
+}

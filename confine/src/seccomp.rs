@@ -59,10 +59,8 @@ pub const RUNTIME: &[libc::c_long] = &[
     libc::SYS_futex,
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
-    libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_eventfd2,
-    libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_clock_gettime,
     libc::SYS_clock_nanosleep,
@@ -94,6 +92,25 @@ pub const RUNTIME: &[libc::c_long] = &[
     libc::SYS_clone3,
 ];
 
+/// The same on x86_64, where std, tokio and libraries may still reach for
+/// the calls that aarch64 never had (its kernel has only the *at forms).
+#[cfg(target_arch = "x86_64")]
+const LEGACY: &[libc::c_long] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_poll,
+    libc::SYS_open,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_access,
+    libc::SYS_readlink,
+    libc::SYS_unlink,
+    libc::SYS_mkdir,
+    libc::SYS_rmdir,
+    libc::SYS_rename,
+];
+#[cfg(not(target_arch = "x86_64"))]
+const LEGACY: &[libc::c_long] = &[];
+
 /// Installs the allow-list made of [`RUNTIME`] and `lists` on every thread
 /// of the process. `Mode::None` installs nothing.
 pub fn install(mode: Mode, lists: &[&[libc::c_long]]) -> io::Result<()> {
@@ -105,7 +122,7 @@ pub fn install(mode: Mode, lists: &[&[libc::c_long]]) -> io::Result<()> {
         Mode::Trap => SeccompAction::Trap,
     };
     let mut rules = BTreeMap::new();
-    for call in RUNTIME.iter().chain(lists.iter().flat_map(|l| l.iter())) {
+    for call in RUNTIME.iter().chain(LEGACY).chain(lists.iter().flat_map(|l| l.iter())) {
         rules.insert(*call, Vec::new());
     }
     let arch = TargetArch::try_from(std::env::consts::ARCH)

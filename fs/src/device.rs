@@ -8,6 +8,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fuse_backend_rs::abi::fuse_abi::InHeader;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
@@ -17,12 +18,113 @@ use vm_memory::GuestMemoryMmap;
 use crate::inject::Replay;
 use crate::options::{CacheMode, FsOptions, InodeFileHandles};
 
+/// System calls of the passthrough file system answering FUSE requests
+/// (fuse-backend-rs's `PassthroughFs`), for the seccomp allow-list.
+pub const SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_openat,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_readlinkat,
+    libc::SYS_mkdirat,
+    libc::SYS_mknodat,
+    libc::SYS_symlinkat,
+    libc::SYS_linkat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fchown,
+    libc::SYS_fchownat,
+    libc::SYS_utimensat,
+    libc::SYS_ftruncate,
+    libc::SYS_fallocate,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_syncfs,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_copy_file_range,
+    libc::SYS_lseek,
+    libc::SYS_getdents64,
+    libc::SYS_fstatfs,
+    libc::SYS_statfs,
+    libc::SYS_flock,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_umask,
+    // xattrs, through /proc/self/fd paths and on descriptors
+    libc::SYS_getxattr,
+    libc::SYS_setxattr,
+    libc::SYS_listxattr,
+    libc::SYS_removexattr,
+    libc::SYS_lgetxattr,
+    libc::SYS_lsetxattr,
+    libc::SYS_llistxattr,
+    libc::SYS_lremovexattr,
+    libc::SYS_fgetxattr,
+    libc::SYS_fsetxattr,
+    libc::SYS_flistxattr,
+    libc::SYS_fremovexattr,
+    // creating files as the guest's caller (per-thread credentials), and
+    // clearing setuid bits on write (killpriv)
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+    libc::SYS_setuid,
+    libc::SYS_setgid,
+    libc::SYS_setfsuid,
+    libc::SYS_setfsgid,
+    libc::SYS_capget,
+    libc::SYS_capset,
+];
+
 /// One share's file system and FUSE server.
 pub struct FsDevice {
     server: Server<Arc<PassthroughFs>>,
     fs: Arc<PassthroughFs>,
     /// inotify passthrough for this share, when the host watches it.
     replay: Option<Arc<Replay>>,
+    /// INIT reply flags this share must not grant although the passthrough
+    /// file system offers them (READDIRPLUS under `--no-readdirplus`).
+    withheld_init_flags: u32,
+}
+
+/// FUSE_INIT's opcode, and where `fuse_init_out.flags` sits in its reply:
+/// after the 16-byte out header and `major`, `minor`, `max_readahead`.
+const OP_INIT: u32 = 26;
+const INIT_OUT_FLAGS: u64 = 16 + 12;
+/// FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO.
+const READDIRPLUS_FLAGS: u32 = (1 << 13) | (1 << 14);
+
+/// Clears `bits` in the `flags` word of an INIT reply already written to
+/// the chain's device-writable buffers (fuse-backend-rs's `Server` takes
+/// the file system's answer as it is; this is the one place to narrow it).
+fn withhold_init_flags<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>, bits: u32)
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    use vm_memory::{Bytes, GuestAddress};
+    let mut skip = INIT_OUT_FLAGS;
+    for desc in chain.clone().writable() {
+        let len = u64::from(desc.len());
+        if skip + 4 <= len {
+            let at = GuestAddress(desc.addr().0 + skip);
+            if let Ok(flags) = mem.read_obj::<u32>(at) {
+                let _ = mem.write_obj(flags & !bits, at);
+            }
+            return;
+        }
+        // The word never straddles buffers in practice (Linux sends one
+        // buffer for the whole reply); if it did, it is left as it is.
+        if skip < len {
+            return;
+        }
+        skip -= len;
+    }
 }
 
 impl FsDevice {
@@ -52,6 +154,7 @@ impl FsDevice {
             do_import: true,
             inode_file_handles: opts.inode_file_handles != InodeFileHandles::Never,
             allow_direct_io: opts.allow_direct_io,
+            killpriv_v2: opts.killpriv_v2,
             ..Config::default()
         };
         // The root is opened by the guest's FUSE INIT (`do_import`), after
@@ -61,6 +164,7 @@ impl FsDevice {
             server: Server::new(fs.clone()),
             fs,
             replay: None,
+            withheld_init_flags: if opts.readdirplus { 0 } else { READDIRPLUS_FLAGS },
         })
     }
 
@@ -99,10 +203,20 @@ impl FsDevice {
             }
         }
         let reader = Reader::from_descriptor_chain(mem, chain.clone());
+        let init = self.withheld_init_flags != 0 && {
+            let mut r = Reader::from_descriptor_chain(mem, chain.clone());
+            matches!(r.as_mut().map(|r| r.read_obj::<InHeader>()), Ok(Ok(h)) if h.opcode == OP_INIT)
+        };
+        let patch = init.then(|| chain.clone());
         let writer = VirtioFsWriter::new(mem, chain);
         match (reader, writer) {
             (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
-                Ok(n) => u32::try_from(n).unwrap_or(0),
+                Ok(n) => {
+                    if let Some(chain) = patch {
+                        withhold_init_flags(mem, &chain, self.withheld_init_flags);
+                    }
+                    u32::try_from(n).unwrap_or(0)
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "FUSE request failed");
                     0

@@ -19,4 +19,9 @@ pub mod vhost_user;
 #[cfg(target_os = "linux")]
 pub mod watch;
 
+/// Every system call this crate makes after start-up, for
+/// `ferry_confine::seccomp::install`.
+#[cfg(target_os = "linux")]
+pub const SYSCALLS: &[&[libc::c_long]] = &[device::SYSCALLS, vhost_user::SYSCALLS, notifier::SYSCALLS];
+
 pub use options::{CacheMode, FsOptions, InodeFileHandles, SandboxMode};

@@ -14,6 +14,16 @@ use crate::inject::Replay;
 use crate::notify::{Coalescer, ShareWatcher};
 use crate::watch::Watcher;
 
+/// System calls of inotify passthrough: watching the shares and writing
+/// their changes to the guest agent's socket.
+pub const SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_inotify_init1,
+    libc::SYS_inotify_add_watch,
+    libc::SYS_inotify_rm_watch,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+];
+
 /// How long a burst may keep growing before it is sent: short enough for
 /// the guest's event to follow the host's write within the 100 ms goal.
 const SETTLE: Duration = Duration::from_millis(20);

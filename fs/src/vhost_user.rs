@@ -22,6 +22,16 @@ use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventF
 
 use crate::device::FsDevice;
 
+/// System calls of the vhost-user connection (the front end's messages,
+/// the guest memory it hands over, the queues' eventfds).
+pub const SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+];
+
 const MAX_QUEUE_SIZE: usize = 1024;
 
 type Memory = GuestMemoryAtomic<GuestMemoryMmap>;

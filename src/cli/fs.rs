@@ -22,10 +22,13 @@ and in the guest: mount -t virtiofs src /mnt";
 
 #[derive(Debug, Parser)]
 #[command(name = "virtiofsd", about = "Serve a host directory to a guest over vhost-user-fs (virtiofsd-compatible)",
-    after_help = EXAMPLES, version)]
+    after_help = EXAMPLES, disable_version_flag = true)]
 pub struct FsArgs {
+    /// Print the virtiofsd version whose options ferry covers, and ferry's.
+    #[arg(short = 'V', long)]
+    version: bool,
     /// vhost-user socket to listen on (created; an old one is replaced).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", visible_alias = "socket")]
     socket_path: Option<PathBuf>,
     /// An already listening vhost-user socket inherited as this descriptor.
     #[arg(long, value_name = "FD")]
@@ -46,10 +49,11 @@ pub struct FsArgs {
     /// chroot, or none.
     #[arg(long, value_name = "MODE", default_value = "namespace")]
     sandbox: String,
-    /// seccomp action (none, kill, log, trap): accepted; ferry installs no
-    /// seccomp filter yet (see docs/fs.md).
-    #[arg(long, value_name = "ACTION")]
-    seccomp: Option<String>,
+    /// What a system call outside ferry's allow-list gets, once the share
+    /// is open: kill (the process), log (allowed, logged by the kernel),
+    /// trap (SIGSYS), none (no filter). virtiofsd's default is kill.
+    #[arg(long, value_name = "ACTION", default_value = "kill")]
+    seccomp: String,
     /// Identify inodes by file handles: never, prefer or mandatory.
     #[arg(long, value_name = "WHEN", default_value = "never", num_args = 0..=1, default_missing_value = "prefer")]
     inode_file_handles: String,
@@ -124,6 +128,11 @@ pub struct FsArgs {
     queues: usize,
 }
 
+/// The virtiofsd release whose command line ferry implements: clients
+/// (Lima, Kata) read `virtiofsd X.Y.Z` from `--version` before they pass
+/// newer options.
+pub const VIRTIOFSD_VERSION: &str = "1.14.0";
+
 /// Entry for both `ferry fs ...` and argv[0] = virtiofsd. `logging_ready`:
 /// ferry's own flags already set up logging.
 pub fn run(args: &[OsString], logging_ready: bool) -> ExitCode {
@@ -135,6 +144,10 @@ pub fn run(args: &[OsString], logging_ready: bool) -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
         }
     };
+    if parsed.version {
+        println!("virtiofsd {VIRTIOFSD_VERSION} (ferry {})", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     if !logging_ready {
         let level = if parsed.debug {
             Some("debug".to_string())
@@ -185,12 +198,11 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
         !(o.sandbox == SandboxMode::Chroot && (o.xattr || o.posix_acl)),
         "--xattr/--posix-acl need /proc/self/fd, which a chroot into the share cannot have: use --sandbox namespace (or none)"
     );
-    if let Some(action) = &a.seccomp {
-        anyhow::ensure!(
-            matches!(action.as_str(), "none" | "kill" | "log" | "trap"),
-            "--seccomp {action:?}: expected none, kill, log or trap"
-        );
-    }
+    anyhow::ensure!(
+        matches!(a.seccomp.as_str(), "none" | "kill" | "log" | "trap"),
+        "--seccomp {:?}: expected none, kill, log or trap",
+        a.seccomp
+    );
     Ok(o)
 }
 
@@ -310,6 +322,8 @@ fn serve(a: FsArgs) -> anyhow::Result<()> {
     }
     // Threads only after this: a mount namespace is entered per thread.
     sandbox.confine()?;
+    let seccomp = ferry_confine::seccomp::Mode::parse(&a.seccomp).unwrap_or(ferry_confine::seccomp::Mode::Kill);
+    ferry_confine::seccomp::install(seccomp, ferry_fs::SYSCALLS).context("--seccomp")?;
     if let Some(fd) = a.notify_fd {
         anyhow::ensure!(fd > 2, "--notify-fd {fd}: not an inherited socket descriptor");
         // SAFETY: our parent passed this descriptor as one end of a socket
