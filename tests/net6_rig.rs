@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::netns::{FerryNet, Netns, Pattern};
@@ -323,4 +324,74 @@ fn forwards_from_ipv6_loopback_to_either_family() {
     assert_eq!(code, 201, "{v}");
     assert_eq!(echo(p2, b"to v6"), b"to v6");
     let _ = std::fs::remove_file(&api);
+}
+
+/// Stateful DHCPv6 with ISC dhclient (-6), the client Debian ships: a static
+/// lease by DUID lands on the interface, and the FQDN the client sends
+/// becomes an AAAA name; a second client from the pool gets PREFIX::1:0.
+#[test]
+fn dhcpv6_stateful_leases_with_dhclient() {
+    let ns = Netns::new();
+    let fixed = "fd66:6572:7279::10";
+    let lease_arg = format!("00:03:00:01:02:03:04:05:06:07={fixed}");
+    let _ferry = FerryNet::start(&ns, &["--configure", "--dhcp6-lease", &lease_arg]);
+    slaac(&ns);
+    let dir = std::env::temp_dir().join(format!("ferry-dhcp6-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, duid: &str| {
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!("send fqdn.fqdn \"{name}\";\nsend fqdn.server-update on;\n"),
+        )
+        .unwrap();
+        let leases = dir.join(format!("{name}.leases"));
+        // dhclient takes its DUID from the lease file's default-duid.
+        std::fs::write(&leases, format!("default-duid \"{duid}\";\n")).unwrap();
+        let pid = dir.join(format!("{name}.pid"));
+        let out = ns.command(
+            &[
+                "dhclient",
+                "-6",
+                "-1",
+                "-v",
+                "-cf",
+                conf.to_str().unwrap(),
+                "-lf",
+                leases.to_str().unwrap(),
+                "-pf",
+                pid.to_str().unwrap(),
+                "tap0",
+            ],
+            Duration::from_secs(60),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        if let Ok(p) = std::fs::read_to_string(&pid) {
+            let _ = Command::new("kill").arg(p.trim()).status();
+        }
+        assert!(out.status.success(), "dhclient -6: {text}");
+        text
+    };
+    // DUID-LL (type 3, Ethernet) 02:03:04:05:06:07, octal-escaped as
+    // dhclient writes it.
+    let text = run("web6", "\\000\\003\\000\\001\\002\\003\\004\\005\\006\\007");
+    assert!(text.contains(fixed), "dhclient did not bind {fixed}: {text}");
+    let addrs = ns.command(&["ip", "-6", "addr", "show", "dev", "tap0"], Duration::from_secs(5));
+    let addrs = String::from_utf8_lossy(&addrs.stdout).to_string();
+    assert!(addrs.contains(&format!("{fixed}/")), "{fixed} not on tap0: {addrs}");
+    let out = ns.command(
+        &["busybox", "nslookup", "-type=AAAA", "web6.test", GATEWAY6],
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains(fixed), "AAAA web6.test: {text}");
+    // Another client (another DUID): the first pool address.
+    let text = run("db6", "\\000\\003\\000\\001\\002\\011\\011\\011\\011\\011");
+    assert!(text.contains("fd66:6572:7279::1:0"), "pool lease: {text}");
+    let out = ns.command(
+        &["busybox", "nslookup", "-type=AAAA", "db6.test", GATEWAY6],
+        Duration::from_secs(10),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fd66:6572:7279::1:0"));
 }

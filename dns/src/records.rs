@@ -3,7 +3,7 @@
 //! and the built-in host names.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Who registered a name, so it can be removed when that guest goes away.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -140,19 +140,28 @@ impl Records {
     }
 
     /// Registers `label` in every local zone (`web` → `web.test`), replacing
-    /// an earlier registration of the same name.
-    pub fn register(&mut self, label: &str, addr: Ipv4Addr, owner: Owner) -> Result<(), String> {
+    /// an earlier registration of the same name. An IPv4 address replaces
+    /// the name (keeping a learnt IPv6 address when the IPv4 one is the
+    /// same: a renewed lease); an IPv6 one (a DHCPv6 lease) is added to the
+    /// same owner's name, as its stable address.
+    pub fn register(&mut self, label: &str, addr: impl Into<IpAddr>, owner: Owner) -> Result<(), String> {
         let label = normalise(label);
         if !label.split('.').all(valid_label) {
             return Err(format!("{label:?} is not a valid DNS name"));
         }
+        let addr = addr.into();
         for zone in &self.zones {
             let key = format!("{label}.{zone}");
-            // Re-registering (a renewed lease) keeps a learnt IPv6 address.
-            let mut addrs = NameAddrs::v4(addr);
-            if let Some((old, _)) = self.names.get(&key).filter(|(old, _)| old.v4 == Some(addr)) {
-                addrs = *old;
-            }
+            let old = self.names.get(&key);
+            let addrs = match (addr, old) {
+                (IpAddr::V4(v4), Some((old, _))) if old.v4 == Some(v4) => *old,
+                (IpAddr::V4(v4), _) => NameAddrs::v4(v4),
+                (IpAddr::V6(v6), old) => NameAddrs {
+                    v6: Some(v6),
+                    v6_stable: true,
+                    ..old.filter(|(_, o)| *o == owner).map(|(a, _)| *a).unwrap_or_default()
+                },
+            };
             self.names.insert(key, (addrs, owner.clone()));
         }
         Ok(())

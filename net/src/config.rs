@@ -39,6 +39,9 @@ pub enum ConfigError {
         addr: Ipv6Addr,
         subnet: String,
     },
+    /// A malformed static DHCPv6 lease.
+    #[error("static DHCPv6 lease {0:?}: expected MAC=IPv6 or DUID=IPv6, e.g. 5a:94:ef:e4:0c:ee=fd66:6572:7279::10")]
+    BadLease6(String),
     /// A malformed static lease.
     #[error("static lease {0:?}: expected MAC=IP, e.g. 5a:94:ef:e4:0c:ee=10.0.2.2")]
     BadLease(String),
@@ -91,6 +94,10 @@ pub struct Ipv6Plan {
     pub dns_addr: Ipv6Addr,
     /// Reaches the host's `::1` (None: `--no-host-loopback`).
     pub host_alias: Option<Ipv6Addr>,
+    /// Lease addresses with DHCPv6 too (RA "managed" flag), beside SLAAC.
+    pub stateful: bool,
+    /// Fixed DHCPv6 addresses by MAC or DUID (imply `stateful`).
+    pub static_leases: Vec<(crate::dhcp6::LeaseKey, Ipv6Addr)>,
 }
 
 /// The gateway's link-local address: the router address in every RA.
@@ -116,6 +123,8 @@ impl Ipv6Plan {
             gateway: at(1),
             dns_addr: at(1),
             host_alias: Some(at(0xfe)),
+            stateful: false,
+            static_leases: Vec::new(),
         }
     }
 
@@ -159,12 +168,32 @@ impl Ipv6Plan {
         if let Some(a) = self.host_alias {
             roles.push(("IPv6 host alias", a));
         }
+        roles.extend(self.static_leases.iter().map(|(_, a)| ("static DHCPv6 lease", *a)));
         for (what, addr) in roles {
             if !self.contains(addr) || addr == self.prefix {
                 return Err(ConfigError::OutsideSubnet6 { what, addr, subnet });
             }
         }
         Ok(())
+    }
+
+    /// Parses a static DHCPv6 lease, `MAC=IPv6` or `DUID=IPv6` (the DUID in
+    /// hex bytes with colons, as `dhclient -6` and dnsmasq print it).
+    pub fn parse_lease(s: &str) -> Result<(crate::dhcp6::LeaseKey, Ipv6Addr), ConfigError> {
+        let bad = || ConfigError::BadLease6(s.to_string());
+        let (who, ip) = s.rsplit_once('=').ok_or_else(bad)?;
+        let ip: Ipv6Addr = ip.parse().map_err(|_| bad())?;
+        let bytes = who
+            .split(':')
+            .map(|b| (b.len() == 2).then(|| u8::from_str_radix(b, 16).ok()).flatten())
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(bad)?;
+        let key = match bytes.len() {
+            6 => crate::dhcp6::LeaseKey::Mac(bytes.try_into().map_err(|_| bad())?),
+            n if (3..=130).contains(&n) => crate::dhcp6::LeaseKey::Duid(bytes),
+            _ => return Err(bad()),
+        };
+        Ok((key, ip))
     }
 }
 

@@ -52,10 +52,12 @@ impl Stack {
     }
 
     /// Records a DHCP client's host name as `<name>.<zone>`.
-    pub fn dns_register_lease(&mut self, mac: Mac, hostname: &str, ip: Ipv4Addr) {
+    pub fn dns_register(&mut self, mac: Mac, hostname: &str, ip: IpAddr) {
         if let Some(dns) = &self.dns {
             let mut records = dns.records();
-            records.unregister_owner(&Owner::Dhcp(mac));
+            if ip.is_ipv4() {
+                records.unregister_owner(&Owner::Dhcp(mac));
+            }
             match records.register(hostname, ip, Owner::Dhcp(mac)) {
                 Ok(()) => tracing::debug!(name = hostname, %ip, "registered DHCP host name"),
                 Err(e) => tracing::debug!(error = %e, "DHCP host name not registered"),

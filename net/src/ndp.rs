@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use crate::config::{Mac, GATEWAY_LINK_LOCAL};
 use crate::metrics::NetMetrics;
 use crate::stack::Stack;
-use crate::wire::{self, Addrs};
+use crate::wire::{self, Addrs, Writer};
 
 pub const ROUTER_SOLICIT: u8 = 133;
 pub const ROUTER_ADVERT: u8 = 134;
@@ -107,7 +107,7 @@ pub struct Advert<'a> {
 /// Writes a router advertisement into `out`; returns its length, or None
 /// if `out` is too small. The checksum is left zero.
 pub fn router_advert(out: &mut [u8], a: &Advert<'_>) -> Option<usize> {
-    let mut w = Writer { out, at: 0 };
+    let mut w = Writer::new(out);
     let flags = (u8::from(a.managed) << 7) | (u8::from(a.other_config) << 6);
     w.put(&[ROUTER_ADVERT, 0, 0, 0, 64, flags])?;
     w.put(&ROUTER_LIFETIME.to_be_bytes())?;
@@ -126,14 +126,14 @@ pub fn router_advert(out: &mut [u8], a: &Advert<'_>) -> Option<usize> {
         w.put(&DNS_LIFETIME.to_be_bytes())?;
         w.put(&dns.octets())?;
     }
-    let names: usize = a.search.iter().map(|d| encoded_name_len(d)).sum();
+    let names: usize = a.search.iter().map(|d| wire::encoded_name_len(d)).sum();
     if names > 0 {
         let len = (8 + names).div_ceil(8) * 8;
         w.put(&[OPT_DNSSL, u8::try_from(len / 8).ok()?, 0, 0])?;
         w.put(&DNS_LIFETIME.to_be_bytes())?;
         let start = w.at;
         for d in a.search {
-            encode_name(&mut w, d)?;
+            wire::encode_name(&mut w, d)?;
         }
         w.put(&[0; 8][..len - 8 - (w.at - start)])?;
     }
@@ -143,7 +143,7 @@ pub fn router_advert(out: &mut [u8], a: &Advert<'_>) -> Option<usize> {
 /// A neighbour advertisement for `target`, answering a solicitation
 /// (`solicited`) or a duplicate-address probe.
 pub fn neighbor_advert(out: &mut [u8], target: Ipv6Addr, mac: Mac, solicited: bool) -> Option<usize> {
-    let mut w = Writer { out, at: 0 };
+    let mut w = Writer::new(out);
     // Router, (solicited), override.
     let flags = 0x80 | if solicited { 0x40 } else { 0 } | 0x20;
     w.put(&[NEIGHBOR_ADVERT, 0, 0, 0, flags, 0, 0, 0])?;
@@ -155,46 +155,12 @@ pub fn neighbor_advert(out: &mut [u8], target: Ipv6Addr, mac: Mac, solicited: bo
 
 /// A neighbour solicitation asking who has `target`.
 pub fn neighbor_solicit(out: &mut [u8], target: Ipv6Addr, mac: Mac) -> Option<usize> {
-    let mut w = Writer { out, at: 0 };
+    let mut w = Writer::new(out);
     w.put(&[NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0])?;
     w.put(&target.octets())?;
     w.put(&[OPT_SOURCE_LLADDR, 1])?;
     w.put(&mac)?;
     Some(w.at)
-}
-
-fn encoded_name_len(name: &str) -> usize {
-    let name = name.trim_end_matches('.');
-    if name.is_empty() {
-        return 0;
-    }
-    name.split('.').map(|l| 1 + l.len().min(63)).sum::<usize>() + 1
-}
-
-fn encode_name(w: &mut Writer<'_>, name: &str) -> Option<()> {
-    let name = name.trim_end_matches('.');
-    if name.is_empty() {
-        return Some(());
-    }
-    for label in name.split('.') {
-        let label = &label.as_bytes()[..label.len().min(63)];
-        w.put(&[label.len() as u8])?;
-        w.put(label)?;
-    }
-    w.put(&[0])
-}
-
-struct Writer<'a> {
-    out: &'a mut [u8],
-    at: usize,
-}
-
-impl Writer<'_> {
-    fn put(&mut self, bytes: &[u8]) -> Option<()> {
-        self.out.get_mut(self.at..self.at + bytes.len())?.copy_from_slice(bytes);
-        self.at += bytes.len();
-        Some(())
-    }
 }
 
 impl Stack {
@@ -252,7 +218,7 @@ impl Stack {
             dns,
             search: &self.cfg.search_domains,
             other_config: dns.is_some(),
-            managed: false,
+            managed: plan.stateful || !plan.static_leases.is_empty(),
         };
         let mut body = [0u8; 512];
         if let Some(n) = router_advert(&mut body, &advert) {
@@ -291,33 +257,50 @@ impl Stack {
     /// A DHCPv6 message from a guest.
     pub(crate) fn dhcp6(&mut self, src_mac: Mac, src: Ipv6Addr, src_port: u16, msg: &[u8]) {
         let Some(plan) = &self.cfg.v6 else { return };
+        let stateful = plan.stateful || !plan.static_leases.is_empty();
+        let mut reserved = vec![plan.gateway, plan.dns_addr];
+        reserved.extend(plan.host_alias);
         let info = crate::dhcp6::Info {
             server_mac: self.cfg.gateway_mac,
             dns: self.dns.is_some().then_some(plan.dns_addr),
             search: &self.cfg.search_domains,
+            stateful: stateful.then_some(plan.prefix),
+            static_leases: &plan.static_leases,
+            reserved: &reserved,
+            lease_time: self.cfg.lease_time,
         };
         let mut body = [0u8; 1024];
-        match crate::dhcp6::handle(msg, &info, &mut body) {
-            Ok(Some(n)) => {
-                let addrs = Addrs {
-                    src_mac: self.cfg.gateway_mac,
-                    dst_mac: src_mac,
-                    src_ip: IpAddr::V6(GATEWAY_LINK_LOCAL),
-                    dst_ip: IpAddr::V6(src),
-                };
-                if let Some(len) = wire::udp_frame(
-                    &mut self.scratch,
-                    &addrs,
-                    crate::dhcp6::SERVER_PORT,
-                    src_port,
-                    &body[..n],
-                ) {
-                    self.send_scratch(len);
-                    NetMetrics::inc(&self.metrics.dhcp6_replies);
-                }
+        let now = std::time::Instant::now();
+        let outcome = match self.dhcp6.handle(msg, &info, src_mac, now, &mut body) {
+            Ok(o) => o,
+            Err(_) => {
+                NetMetrics::inc(&self.metrics.drop_malformed);
+                return;
             }
-            Ok(None) => {}
-            Err(_) => NetMetrics::inc(&self.metrics.drop_malformed),
+        };
+        // Keep DNS in step with the lease table.
+        if let Some((mac, addr, Some(name))) = &outcome.bound {
+            self.dns_register(*mac, name, IpAddr::V6(*addr));
+        }
+        if let Some((mac, _)) = outcome.released {
+            self.dns_forget(mac);
+        }
+        let Some(n) = outcome.len else { return };
+        let addrs = Addrs {
+            src_mac: self.cfg.gateway_mac,
+            dst_mac: src_mac,
+            src_ip: IpAddr::V6(GATEWAY_LINK_LOCAL),
+            dst_ip: IpAddr::V6(src),
+        };
+        if let Some(len) = wire::udp_frame(
+            &mut self.scratch,
+            &addrs,
+            crate::dhcp6::SERVER_PORT,
+            src_port,
+            &body[..n],
+        ) {
+            self.send_scratch(len);
+            NetMetrics::inc(&self.metrics.dhcp6_replies);
         }
     }
 }

@@ -52,6 +52,7 @@ pub struct Stack {
     pub sockets: SocketSet<'static>,
     pub switch: Switch,
     pub dhcp: DhcpServer,
+    pub dhcp6: dhcp6::Dhcp6Server,
     pub tcp: TcpNat,
     pub udp: UdpNat,
     pub icmp: IcmpNat,
@@ -95,6 +96,7 @@ impl Stack {
                 sockets: SocketSet::new(Vec::new()),
                 switch,
                 dhcp: DhcpServer::new(),
+                dhcp6: dhcp6::Dhcp6Server::new(),
                 tcp: TcpNat::default(),
                 udp: UdpNat::default(),
                 icmp,
@@ -502,7 +504,7 @@ impl Stack {
         let reply = self.dhcp.handle(&self.cfg, &req, now, &mut body);
         // Keep DNS in step with the lease table.
         match self.dhcp.lease(&src_mac).map(|l| (l.hostname.clone(), l.ip)) {
-            Some((Some(name), ip)) => self.dns_register_lease(src_mac, &name, ip),
+            Some((Some(name), ip)) => self.dns_register(src_mac, &name, IpAddr::V4(ip)),
             Some((None, _)) => {}
             None => self.dns_forget(src_mac),
         }

@@ -232,6 +232,50 @@ pub fn tcp_rst_for_syn(buf: &mut [u8], a: &Addrs, src_port: u16, dst_port: u16, 
     Some(total)
 }
 
+/// A bounds-checked cursor over an output buffer, for the messages built
+/// byte by byte (router adverts, DHCPv6 replies): every write is `None`
+/// rather than a panic when the buffer is too small.
+pub(crate) struct Writer<'a> {
+    pub out: &'a mut [u8],
+    pub at: usize,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(out: &'a mut [u8]) -> Writer<'a> {
+        Writer { out, at: 0 }
+    }
+
+    pub fn put(&mut self, bytes: &[u8]) -> Option<()> {
+        self.out.get_mut(self.at..self.at + bytes.len())?.copy_from_slice(bytes);
+        self.at += bytes.len();
+        Some(())
+    }
+}
+
+/// Length of `name` in DNS wire format (labels cut to 63 bytes), 0 for
+/// the empty name.
+pub(crate) fn encoded_name_len(name: &str) -> usize {
+    let name = name.trim_end_matches('.');
+    if name.is_empty() {
+        return 0;
+    }
+    name.split('.').map(|l| 1 + l.len().min(63)).sum::<usize>() + 1
+}
+
+/// Writes `name` in DNS wire format (RA DNSSL, DHCPv6 domain lists).
+pub(crate) fn encode_name(w: &mut Writer<'_>, name: &str) -> Option<()> {
+    let name = name.trim_end_matches('.');
+    if name.is_empty() {
+        return Some(());
+    }
+    for label in name.split('.') {
+        let label = &label.as_bytes()[..label.len().min(63)];
+        w.put(&[label.len() as u8])?;
+        w.put(label)?;
+    }
+    w.put(&[0])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

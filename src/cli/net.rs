@@ -81,8 +81,16 @@ pub struct NetArgs {
     #[arg(long = "host-alias6", value_name = "IPv6")]
     pub host_alias6: Option<Ipv6Addr>,
     /// No IPv6 on the guest link: no router advertisements, IPv6 frames dropped.
-    #[arg(long = "no-ipv6", conflicts_with_all = ["gateway6", "host_alias6"])]
+    #[arg(long = "no-ipv6", conflicts_with_all = ["gateway6", "host_alias6", "dhcp6_stateful", "dhcp6_leases"])]
     pub no_ipv6: bool,
+    /// Lease IPv6 addresses with DHCPv6 as well as SLAAC (the RA's M flag;
+    /// pool PREFIX::1:0 upwards); the client's FQDN option names it in DNS.
+    #[arg(long = "dhcp6-stateful")]
+    pub dhcp6_stateful: bool,
+    /// Static DHCPv6 lease by MAC or DUID (repeatable; implies
+    /// --dhcp6-stateful), e.g. 5a:94:ef:e4:0c:ee=fd66:6572:7279::10.
+    #[arg(long = "dhcp6-lease", value_name = "MAC|DUID=IPv6")]
+    pub dhcp6_leases: Vec<String>,
     /// The whole IPv6 plan, set by the slirp4netns front end (fd00::/64).
     #[arg(skip)]
     pub plan6: Option<ferry_net::config::Ipv6Plan>,
@@ -272,6 +280,13 @@ impl NetArgs {
             }
             Some(plan)
         };
+        if let Some(plan) = &mut cfg.v6 {
+            plan.stateful |= self.dhcp6_stateful;
+            for lease in &self.dhcp6_leases {
+                plan.static_leases
+                    .push(ferry_net::config::Ipv6Plan::parse_lease(lease)?);
+            }
+        }
         if let (Some(plan), true) = (&mut cfg.v6, self.no_host_loopback) {
             plan.host_alias = None;
         }
@@ -303,6 +318,8 @@ impl NetArgs {
             gateway6: None,
             host_alias6: None,
             no_ipv6: false,
+            dhcp6_stateful: false,
+            dhcp6_leases: Vec::new(),
             plan6: None,
             unreachable: Vec::new(),
             outbound4: None,
