@@ -228,3 +228,53 @@ fn datagram_guest_gets_a_lease_and_reaches_the_host() {
     assert!(out.stdout.contains("Address: 10.0.2.2"), "{}", out.stdout);
     assert!(out.stdout.ends_with("hello over datagrams\n"), "{}", out.stdout);
 }
+
+/// IPv6 in a real guest: the kernel's SLAAC on ferry's router advertisement
+/// gives eth0 a global address in ferry's /64 before the workload starts;
+/// a name with only an AAAA record reaches a host service that listens on
+/// `::1` only (so IPv4 could not have carried it); the guest's own name
+/// gains its IPv6 address as AAAA.
+#[test]
+fn guest_gets_ipv6_and_reaches_a_host_service_by_name_over_ipv6() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let l = TcpListener::bind("[::1]:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let peers = std::thread::spawn(move || {
+        let (mut c, peer) = l.accept().unwrap();
+        let mut buf = [0u8; 2048];
+        let _ = c.read(&mut buf);
+        let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 13\r\n\r\nhello over v6");
+        peer
+    });
+    let script = format!(
+        "ip -6 -o addr show dev eth0 scope global | awk '{{print \"addr6\", $4}}'; \
+         ip -6 route show default | sed 's/^/route6 /'; \
+         wget -q -O - http://hostv6.test:{port}/; echo; \
+         nslookup -type=AAAA web.test 2>&1 | tail -n +3"
+    );
+    let out = Ferry::new([
+        "run",
+        "--name",
+        "web",
+        "--dns-record",
+        "hostv6=fd66:6572:7279::fe",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ])
+    .output();
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let o = &out.stdout;
+    let addr = o
+        .lines()
+        .find_map(|l| l.strip_prefix("addr6 "))
+        .unwrap_or_else(|| panic!("no global IPv6 address on eth0:\n{o}"));
+    let addr = addr.split('/').next().unwrap();
+    assert!(addr.starts_with("fd66:6572:7279:0:"), "SLAAC address {addr} outside ferry's /64:\n{o}");
+    assert!(o.contains("route6 default via fe80::1"), "no IPv6 default route:\n{o}");
+    assert!(o.contains("hello over v6"), "HTTP over IPv6 by name:\n{o}");
+    assert!(o.contains(&format!("Address: {addr}")), "AAAA web.test = {addr}:\n{o}");
+    let peer = peers.join().unwrap();
+    assert!(peer.is_ipv6(), "the host service was reached from {peer}");
+}

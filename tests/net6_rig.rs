@@ -395,3 +395,36 @@ fn dhcpv6_stateful_leases_with_dhclient() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("fd66:6572:7279::1:0"));
 }
+
+/// A host without an IPv6 route: ferry runs in a namespace that has only
+/// a loopback, so its connect() to a global IPv6 address fails at once
+/// (nothing leaves the machine), and the guest hears "unreachable" at once
+/// rather than waiting out its SYN retries.
+#[test]
+fn no_ipv6_route_on_the_host_is_unreachable_at_once() {
+    let host = Netns::new();
+    let up = host.command(&["ip", "link", "set", "lo", "up"], Duration::from_secs(5));
+    assert!(up.status.success());
+    let ns = Netns::new();
+    let _ferry = FerryNet::start_hosted(&ns, &host, &["--configure"]);
+    slaac(&ns);
+    ns.run_in(|| {
+        // 2001:db8::/32 is the documentation prefix; the host namespace has
+        // no route to it (nor to anything but ::1).
+        let target: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        let start = Instant::now();
+        let err = TcpStream::connect_timeout(&target, Duration::from_secs(20)).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "took {:?} to fail: {err}",
+            start.elapsed()
+        );
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable
+            ),
+            "{err}"
+        );
+    });
+}

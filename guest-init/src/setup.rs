@@ -105,9 +105,9 @@ fn first_ethernet() -> io::Result<String> {
 /// Written at boot: busybox udhcpc calls it with the lease in the environment.
 const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
 case "$1" in
-deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
 bound|renew)
-  ip addr flush dev "$interface"
+  ip -4 addr flush dev "$interface"
   ip addr add "$ip/${mask:-24}" dev "$interface"
   [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
   [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
@@ -119,6 +119,36 @@ bound|renew)
 esac
 exit 0
 "#;
+
+/// IPv6 comes from the kernel's own SLAAC on ferry's router advertisement.
+/// ferry is the only router on the link and guests' MACs are unique, so
+/// the solicitation goes out at once and the address is usable at once
+/// (no duplicate-address wait). Errors are ignored: a kernel may have
+/// IPv6 disabled.
+fn ipv6_quick_start(dev: &str) {
+    for (key, value) in [("router_solicitation_delay", "0"), ("accept_dad", "0")] {
+        let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/{key}"), value);
+    }
+}
+
+/// Waits (briefly: DHCPv4 has usually taken longer than the RA) until
+/// `dev` has a global IPv6 address, so the workload starts dual-stack.
+/// A network without IPv6 (`ferry net --no-ipv6`) costs at most `limit`.
+fn wait_for_ipv6(dev: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        // /proc/net/if_inet6: address, ifindex, prefix length, scope, flags, device.
+        let table = fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+        let global = table.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 6 && f[5] == dev && f[3] == "00"
+        });
+        if global || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 pub fn network(mode: &NetMode) -> io::Result<()> {
     run("ip", &["link", "set", "lo", "up"])?;
@@ -134,6 +164,7 @@ pub fn network(mode: &NetMode) -> io::Result<()> {
             )?;
             let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             let host_opt = format!("hostname:{}", host.trim());
+            ipv6_quick_start(&dev);
             run("ip", &["link", "set", &dev, "up"])?;
             run(
                 "udhcpc",
@@ -153,7 +184,9 @@ pub fn network(mode: &NetMode) -> io::Result<()> {
                     "/run/ferry/udhcpc.script",
                 ],
             )
-            .map_err(|e| io::Error::other(format!("DHCP on {dev} got no lease: {e}")))
+            .map_err(|e| io::Error::other(format!("DHCP on {dev} got no lease: {e}")))?;
+            wait_for_ipv6(&dev, Duration::from_secs(2));
+            Ok(())
         }
         NetMode::Static { addr, gateway, dns } => {
             let dev = first_ethernet()?;

@@ -158,7 +158,8 @@ pub struct DnsArgs {
     /// Also answer on this host address, e.g. 127.0.0.1:5353, for host tools.
     #[arg(long = "dns-listen", value_name = "ADDR:PORT")]
     pub listen: Option<std::net::SocketAddr>,
-    /// A static name, NAME=IP (repeatable): NAME.<zone> resolves to IP.
+    /// A static name, NAME=IP (repeatable): NAME.<zone> resolves to IP,
+    /// IPv4 (A) or IPv6 (AAAA); give the name twice for both.
     #[arg(long = "dns-record", value_name = "NAME=IP")]
     pub records: Vec<String>,
     /// Queries per second allowed per source address (0 = no limit).
@@ -206,8 +207,8 @@ impl DnsArgs {
         for record in &self.records {
             let (name, ip) = record
                 .split_once('=')
-                .and_then(|(n, ip)| Some((n, ip.parse::<Ipv4Addr>().ok()?)))
-                .with_context(|| format!("--dns-record {record:?}: expected NAME=IPv4"))?;
+                .and_then(|(n, ip)| Some((n, ip.parse::<std::net::IpAddr>().ok()?)))
+                .with_context(|| format!("--dns-record {record:?}: expected NAME=IP (IPv4 or IPv6; give both for a dual-stack name)"))?;
             server
                 .records()
                 .register(name, ip, ferry_dns::Owner::Static("command line".into()))

@@ -130,6 +130,14 @@ impl Drop for Netns {
     }
 }
 
+enum Launch<'a> {
+    Direct,
+    /// As this unprivileged user.
+    As(u32),
+    /// Inside this network namespace.
+    In(&'a Netns),
+}
+
 /// A running `ferry net`, killed on drop; its stderr is collected.
 pub struct FerryNet {
     pub running: Running,
@@ -142,13 +150,32 @@ impl FerryNet {
         FerryNet::start_with(ns, args, None)
     }
 
+    /// Starts ferry itself inside `host` (its host sockets live there: a
+    /// "host" with only a loopback and no routes), serving `ns`.
+    pub fn start_hosted(ns: &Netns, host: &Netns, args: &[&str]) -> FerryNet {
+        FerryNet::launch(ns, args, Launch::In(host))
+    }
+
     pub fn start_with(ns: &Netns, args: &[&str], uid: Option<u32>) -> FerryNet {
+        FerryNet::launch(ns, args, uid.map_or(Launch::Direct, Launch::As))
+    }
+
+    fn launch(ns: &Netns, args: &[&str], how: Launch<'_>) -> FerryNet {
         let netns = ns.path().display().to_string();
         let mut all: Vec<String> = vec!["net".into(), "--netns".into(), netns];
         all.extend(args.iter().map(|s| s.to_string()));
-        let ferry = match uid {
-            None => Ferry::new(&all),
-            Some(uid) => {
+        let ferry = match how {
+            Launch::Direct => Ferry::new(&all),
+            Launch::In(host) => {
+                let mut wrapped: Vec<String> = vec![
+                    format!("--net={}", host.path().display()),
+                    "--".into(),
+                    env!("CARGO_BIN_EXE_ferry").into(),
+                ];
+                wrapped.extend(all);
+                Ferry::with_binary(std::path::Path::new("/usr/bin/nsenter"), &wrapped)
+            }
+            Launch::As(uid) => {
                 let mut wrapped: Vec<String> = vec![
                     format!("--reuid={uid}"),
                     format!("--regid={uid}"),
