@@ -271,7 +271,10 @@ fn guest_gets_ipv6_and_reaches_a_host_service_by_name_over_ipv6() {
         .find_map(|l| l.strip_prefix("addr6 "))
         .unwrap_or_else(|| panic!("no global IPv6 address on eth0:\n{o}"));
     let addr = addr.split('/').next().unwrap();
-    assert!(addr.starts_with("fd66:6572:7279:0:"), "SLAAC address {addr} outside ferry's /64:\n{o}");
+    assert!(
+        addr.starts_with("fd66:6572:7279:0:"),
+        "SLAAC address {addr} outside ferry's /64:\n{o}"
+    );
     assert!(o.contains("route6 default via fe80::1"), "no IPv6 default route:\n{o}");
     assert!(o.contains("hello over v6"), "HTTP over IPv6 by name:\n{o}");
     assert!(o.contains(&format!("Address: {addr}")), "AAAA web.test = {addr}:\n{o}");

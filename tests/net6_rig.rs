@@ -428,3 +428,86 @@ fn no_ipv6_route_on_the_host_is_unreachable_at_once() {
         );
     });
 }
+
+/// IPv6 in the control API and gvproxy's API: a guest's IPv6 addresses
+/// beside its DHCP lease, names with AAAA records, and a gvproxy-style
+/// expose from `[::1]` to the guest's IPv6 address.
+#[test]
+fn ipv6_in_the_control_and_gvproxy_apis() {
+    common::require_tool("curl", "curl");
+    let sock = std::env::temp_dir().join(format!("ferry-api6-{}.sock", std::process::id()));
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure", "--api", sock.to_str().unwrap()]);
+    let addr = slaac(&ns);
+    let (ok, text) = ns.udhcpc("api6", "/bin/true");
+    assert!(ok, "udhcpc: {text}");
+    // Traffic from the SLAAC address, so ferry has seen it.
+    let out = ns.command(&["ping", "-6", "-c", "1", "-W", "2", GATEWAY6], Duration::from_secs(10));
+    assert!(out.status.success());
+    let (code, leases) = common::api_curl(&sock, &["http://ferry/leases"]);
+    assert_eq!(code, 200);
+    let lease = &leases[0];
+    let ip6: Vec<&str> = lease["ip6"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(ip6.contains(&addr.to_string().as_str()), "{leases}");
+
+    let (code, v) = common::api_curl(
+        &sock,
+        &[
+            "-X",
+            "POST",
+            "-d",
+            r#"{"name":"svc6","ip":"10.0.2.60","ip6":"fd66:6572:7279::60"}"#,
+            "http://ferry/dns/records",
+        ],
+    );
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["ip6"], "fd66:6572:7279::60");
+    let out = ns.command(
+        &["busybox", "nslookup", "-type=AAAA", "svc6.test", GATEWAY6],
+        Duration::from_secs(10),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fd66:6572:7279::60"));
+    let (code, v) = common::api_curl(
+        &sock,
+        &[
+            "-X",
+            "POST",
+            "-d",
+            r#"{"name":"bad","ip6":"10.0.2.61"}"#,
+            "http://ferry/dns/records",
+        ],
+    );
+    assert_eq!(code, 400, "{v}");
+
+    // gvproxy's expose, IPv6 on both sides.
+    let guest_port = 8086;
+    let local = free_port6();
+    let listener = ns.run_in(move || std::net::TcpListener::bind(("::", guest_port)).unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        c.write_all(b"from the guest over v6").unwrap();
+    });
+    let body = format!(r#"{{"local":"[::1]:{local}","remote":"[{addr}]:{guest_port}","protocol":"tcp"}}"#);
+    let (code, v) = common::api_curl(
+        &sock,
+        &["-X", "POST", "-d", &body, "http://ferry/services/forwarder/expose"],
+    );
+    assert_eq!(code, 200, "{v}");
+    let (_, all) = common::api_curl(&sock, &["http://ferry/services/forwarder/all"]);
+    let remote = format!("[{addr}]:{guest_port}");
+    assert!(
+        all.as_array().unwrap().iter().any(|f| f["remote"] == remote.as_str()),
+        "{all}"
+    );
+    let mut c = TcpStream::connect(("::1", local)).unwrap();
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "from the guest over v6");
+    server.join().unwrap();
+    std::fs::remove_file(&sock).ok();
+}

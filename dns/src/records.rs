@@ -156,10 +156,9 @@ impl Records {
             let addrs = match (addr, old) {
                 (IpAddr::V4(v4), Some((old, _))) if old.v4 == Some(v4) => *old,
                 // The same owner naming both families (`--dns-record` twice).
-                (IpAddr::V4(v4), Some((old, o))) if *o == owner && old.v4.is_none() => NameAddrs {
-                    v4: Some(v4),
-                    ..*old
-                },
+                (IpAddr::V4(v4), Some((old, o))) if *o == owner && old.v4.is_none() => {
+                    NameAddrs { v4: Some(v4), ..*old }
+                }
                 (IpAddr::V4(v4), _) => NameAddrs::v4(v4),
                 (IpAddr::V6(v6), old) => NameAddrs {
                     v6: Some(v6),

@@ -78,8 +78,20 @@ impl std::fmt::Display for GuestTarget {
 }
 
 impl GuestTarget {
+    /// `HOST:PORT` as gvproxy writes it, IPv6 addresses in brackets.
+    pub fn with_port(&self, port: u16) -> String {
+        match self {
+            GuestTarget::Ip(ip) => std::net::SocketAddr::new(*ip, port).to_string(),
+            GuestTarget::Name(n) => format!("{n}:{port}"),
+        }
+    }
+}
+
+impl GuestTarget {
+    /// An address (IPv6 with or without brackets) or a guest name.
     pub fn parse(s: &str) -> GuestTarget {
-        s.parse()
+        let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+        bare.parse()
             .map(GuestTarget::Ip)
             .unwrap_or_else(|_| GuestTarget::Name(s.to_ascii_lowercase()))
     }

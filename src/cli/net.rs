@@ -208,7 +208,9 @@ impl DnsArgs {
             let (name, ip) = record
                 .split_once('=')
                 .and_then(|(n, ip)| Some((n, ip.parse::<std::net::IpAddr>().ok()?)))
-                .with_context(|| format!("--dns-record {record:?}: expected NAME=IP (IPv4 or IPv6; give both for a dual-stack name)"))?;
+                .with_context(|| {
+                    format!("--dns-record {record:?}: expected NAME=IP (IPv4 or IPv6; give both for a dual-stack name)")
+                })?;
             server
                 .records()
                 .register(name, ip, ferry_dns::Owner::Static("command line".into()))

@@ -18,7 +18,7 @@ mod http;
 pub mod slirp;
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -93,18 +93,42 @@ fn handle(stack: &StackRef, req: &Request) -> Result<(u16, Value), HttpError> {
         ("GET", "/leases") => {
             let st = stack.borrow();
             let now = Instant::now();
-            let leases: Vec<Value> = st
+            let mac_text = |m: &[u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            // Every IPv6 address seen from a MAC (SLAAC or DHCPv6).
+            let ip6_of = |mac: &[u8; 6]| {
+                let mut v6: Vec<String> = st
+                    .switch
+                    .tx
+                    .neighbors
+                    .iter()
+                    .filter(|(ip, m)| *m == mac && ip.is_ipv6())
+                    .map(|(ip, _)| ip.to_string())
+                    .collect();
+                v6.sort();
+                v6
+            };
+            let mut leases: Vec<Value> = st
                 .dhcp
                 .leases()
                 .map(|l| {
                     json!({
-                        "mac": l.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                        "mac": mac_text(&l.mac),
                         "ip": l.ip.to_string(),
+                        "ip6": ip6_of(&l.mac),
                         "hostname": l.hostname,
                         "expires_in": l.expires.saturating_duration_since(now).as_secs(),
                     })
                 })
                 .collect();
+            leases.extend(st.dhcp6.leases().map(|l| {
+                json!({
+                    "mac": mac_text(&l.mac),
+                    "dhcp6": l.addr.to_string(),
+                    "duid": l.duid.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                    "hostname": l.hostname,
+                    "expires_in": l.expires.saturating_duration_since(now).as_secs(),
+                })
+            }));
             Ok((200, Value::Array(leases)))
         }
         ("GET", "/dns/records") => {
@@ -127,21 +151,38 @@ fn handle(stack: &StackRef, req: &Request) -> Result<(u16, Value), HttpError> {
                 .get("name")
                 .and_then(Value::as_str)
                 .ok_or_else(|| error(400, "missing string field \"name\""))?;
-            let ip: Ipv4Addr = body
-                .get("ip")
-                .and_then(Value::as_str)
-                .ok_or_else(|| error(400, "missing string field \"ip\""))?
-                .parse()
-                .map_err(|_| error(400, "\"ip\" is not an IPv4 address"))?;
-            dns.records()
-                .register(name, ip, ferry_dns::Owner::Static(format!("api:{name}")))
-                .map_err(|e| error(400, e))?;
+            // "ip" (IPv4 or IPv6) and/or "ip6" (IPv6): a name for either
+            // family or both.
+            let field = |key: &str| -> Result<Option<IpAddr>, HttpError> {
+                match body.get(key) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(v) => v
+                        .as_str()
+                        .and_then(|s| s.parse::<IpAddr>().ok())
+                        .filter(|ip| key == "ip" || ip.is_ipv6())
+                        .map(Some)
+                        .ok_or_else(|| error(400, format!("\"{key}\" is not an IP address"))),
+                }
+            };
+            let addrs: Vec<IpAddr> = [field("ip")?, field("ip6")?].into_iter().flatten().collect();
+            if addrs.is_empty() {
+                return Err(error(400, "missing string field \"ip\" (or \"ip6\")"));
+            }
+            let owner = ferry_dns::Owner::Static(format!("api:{name}"));
+            let mut records = dns.records();
+            records.unregister_owner(&owner);
+            for ip in &addrs {
+                records.register(name, *ip, owner.clone()).map_err(|e| error(400, e))?;
+            }
+            drop(records);
             let zones = dns.records().zones().to_vec();
             let names: Vec<String> = zones
                 .iter()
                 .map(|z| format!("{}.{z}", name.to_ascii_lowercase()))
                 .collect();
-            Ok((201, json!({ "names": names, "ip": ip.to_string() })))
+            let v4 = addrs.iter().find(|a| a.is_ipv4()).map(ToString::to_string);
+            let v6 = addrs.iter().find(|a| a.is_ipv6()).map(ToString::to_string);
+            Ok((201, json!({ "names": names, "ip": v4, "ip6": v6 })))
         }
         ("DELETE", p) if p.starts_with("/dns/records/") => {
             let dns = dns_of(stack)?;
@@ -190,7 +231,7 @@ fn handle(stack: &StackRef, req: &Request) -> Result<(u16, Value), HttpError> {
                 .borrow()
                 .list_forwards()
                 .iter()
-                .map(|f| json!({ "local": f.host.to_string(), "remote": format!("{}:{}", f.guest, f.guest_port), "protocol": f.proto.as_str() }))
+                .map(|f| json!({ "local": f.host.to_string(), "remote": f.guest.with_port(f.guest_port), "protocol": f.proto.as_str() }))
                 .collect();
             Ok((200, Value::Array(all)))
         }
