@@ -344,12 +344,118 @@ fn seed_frames(src_mac: [u8; 6]) -> Vec<Vec<u8>> {
         &dhcp,
     ]
     .concat();
-    vec![
+    let mut frames = vec![
         eth([8, 6], &arp),
         eth([8, 0], &ip(6, &tcp_syn)),
         eth([8, 0], &ip(17, &udp)),
         eth([8, 0], &ip(1, &icmp)),
         eth([8, 0], &ip(17, &dhcp_udp)),
+    ];
+    frames.extend(seed_frames6(src_mac));
+    frames
+}
+
+/// IPv6 seeds, valid before mutation: NDP (RS, NS, NA), DHCPv6, ICMPv6
+/// echo, TCP and UDP to the host alias, and extension headers (hop-by-hop,
+/// a fragment) in front of UDP.
+fn seed_frames6(src_mac: [u8; 6]) -> Vec<Vec<u8>> {
+    let gw = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x01];
+    let eth = |dst: [u8; 6], body: &[u8]| -> Vec<u8> { [&dst[..], &src_mac[..], &[0x86, 0xdd][..], body].concat() };
+    let ll: [u8; 16] = [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        src_mac[0] ^ 2,
+        src_mac[1],
+        src_mac[2],
+        0xff,
+        0xfe,
+        src_mac[3],
+        src_mac[4],
+        src_mac[5],
+    ];
+    let mut ula = ll;
+    ula[..8].copy_from_slice(&[0xfd, 0x66, 0x65, 0x72, 0x72, 0x79, 0, 0]);
+    let addr = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    // `chain`: extension headers before the upper layer, whose protocol is
+    // `proto` and whose checksum (at `sum_at`) covers the pseudo header.
+    let ip6 = |src: [u8; 16], dst: [u8; 16], hop: u8, chain: &[u8], first: u8, proto: u8, l4: &[u8], sum_at: usize| {
+        let mut l4 = l4.to_vec();
+        let mut pseudo = [&src[..], &dst[..], &(l4.len() as u32).to_be_bytes(), &[0, 0, 0, proto]].concat();
+        pseudo.extend_from_slice(&l4);
+        let sum = ferry_checksum(&pseudo);
+        l4[sum_at..sum_at + 2].copy_from_slice(&sum.to_be_bytes());
+        let len = (chain.len() + l4.len()) as u16;
+        let next = if chain.is_empty() { proto } else { first };
+        [
+            &[0x60, 0, 0, 0][..],
+            &len.to_be_bytes(),
+            &[next, hop],
+            &src,
+            &dst,
+            chain,
+            &l4,
+        ]
+        .concat()
+    };
+    let rs = [&[133u8, 0, 0, 0, 0, 0, 0, 0, 1, 1][..], &src_mac].concat();
+    let ns_body = [
+        &[135u8, 0, 0, 0, 0, 0, 0, 0][..],
+        &addr("fd66:6572:7279::1"),
+        &[1, 1],
+        &src_mac,
+    ]
+    .concat();
+    let na = [&[136u8, 0, 0, 0, 0x20, 0, 0, 0][..], &ula, &[2, 1], &src_mac].concat();
+    let echo = [128u8, 0, 0, 0, 0, 1, 0, 1, 1, 2, 3, 4];
+    let tcp_syn = [
+        &[0x30u8, 0x39, 0x00, 0x50][..],
+        &[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0],
+    ]
+    .concat();
+    let udp = |sport: u16, dport: u16, body: &[u8]| {
+        [
+            &sport.to_be_bytes()[..],
+            &dport.to_be_bytes(),
+            &((8 + body.len()) as u16).to_be_bytes(),
+            &[0, 0],
+            body,
+        ]
+        .concat()
+    };
+    // Solicit with a client id, an IA_NA, rapid commit and a client FQDN.
+    let dhcp6 = [
+        &[1u8, 0xab, 0xcd, 0xef, 0, 1, 0, 10, 0, 3, 0, 1][..],
+        &src_mac,
+        &[0, 3, 0, 12, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[0, 14, 0, 0],
+        &[0, 39, 0, 5, 1, 3, b'w', b'e', b'b'],
+    ]
+    .concat();
+    let alias = addr("fd66:6572:7279::fe");
+    let hop_by_hop = [17u8, 0, 1, 4, 0, 0, 0, 0];
+    let fragment = [17u8, 0, 0, 0, 0, 0, 0, 9];
+    vec![
+        eth(
+            [0x33, 0x33, 0, 0, 0, 2],
+            &ip6(ll, addr("ff02::2"), 255, &[], 0, 58, &rs, 2),
+        ),
+        eth(gw, &ip6(ll, addr("fd66:6572:7279::1"), 255, &[], 0, 58, &ns_body, 2)),
+        eth(gw, &ip6(ula, addr("fe80::1"), 255, &[], 0, 58, &na, 2)),
+        eth(gw, &ip6(ula, addr("fd66:6572:7279::1"), 64, &[], 0, 58, &echo, 2)),
+        eth(gw, &ip6(ula, alias, 64, &[], 0, 6, &tcp_syn, 16)),
+        eth(gw, &ip6(ula, alias, 64, &[], 0, 17, &udp(12345, 9, b"ping"), 6)),
+        eth(
+            [0x33, 0x33, 0, 1, 0, 2],
+            &ip6(ll, addr("ff02::1:2"), 1, &[], 0, 17, &udp(546, 547, &dhcp6), 6),
+        ),
+        eth(gw, &ip6(ula, alias, 64, &hop_by_hop, 0, 17, &udp(12345, 9, b"hbh"), 6)),
+        eth(gw, &ip6(ula, alias, 64, &fragment, 44, 17, &udp(12345, 9, b"frag"), 6)),
     ]
 }
 
@@ -366,8 +472,17 @@ fn ferry_checksum(data: &[u8]) -> u16 {
 
 #[test]
 fn malformed_frames_and_a_seeded_fuzz_run_do_not_hurt() {
+    common::require_tool("curl", "curl");
     let ns = Netns::new();
-    let mut ferry = FerryNet::start(&ns, &["--configure"]);
+    let sock = std::env::temp_dir().join(format!("ferry-fuzz-{}.sock", std::process::id()));
+    let mut ferry = FerryNet::start(
+        &ns,
+        &["--configure", "--dhcp6-stateful", "--api", sock.to_str().unwrap()],
+    );
+    let stat = |key: &str| {
+        let (_, v) = common::api_curl(&sock, &["http://ferry/stats"]);
+        v[key].as_u64().unwrap_or(0)
+    };
     // (nsenter keeps the host's /sys, so ask iproute2.)
     let link = String::from_utf8(
         ns.command(&["ip", "-o", "link", "show", "tap0"], Duration::from_secs(5))
@@ -384,10 +499,22 @@ fn malformed_frames_and_a_seeded_fuzz_run_do_not_hurt() {
         .map(|h| u8::from_str_radix(h, 16).unwrap())
         .collect();
     let seeds = seed_frames(mac.clone().try_into().unwrap());
+    // The seeds themselves are valid: ferry answers them (so what the fuzz
+    // mutates reaches the parsers rather than the first length check).
+    let (ndp, dhcp6, malformed) = (stat("ndp_replies"), stat("dhcp6_replies"), stat("drop_malformed"));
+    inject_frames(&ns, seeds.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(stat("ndp_replies") >= ndp + 2, "the NDP seeds got no answers");
+    assert!(stat("dhcp6_replies") > dhcp6, "the DHCPv6 seed got no answer");
+    assert_eq!(
+        stat("drop_malformed"),
+        malformed,
+        "a valid seed was counted as malformed"
+    );
     let mut frames: Vec<Vec<u8>> = Vec::new();
     // Hand-made bad input: truncations of every kind, garbage, oversize.
     for seed in &seeds {
-        for cut in [0, 1, 13, 14, 15, 20, 33, 34, 35, 40, 41, 50] {
+        for cut in [0, 1, 13, 14, 15, 20, 33, 34, 35, 40, 41, 50, 53, 54, 55, 57, 61, 62, 70] {
             frames.push(seed[..cut.min(seed.len())].to_vec());
         }
         let mut bad_sum = seed.clone();
@@ -423,6 +550,10 @@ fn malformed_frames_and_a_seeded_fuzz_run_do_not_hurt() {
     inject_frames(&ns, frames);
     std::thread::sleep(Duration::from_millis(500));
     assert!(ferry.alive(), "ferry died on malformed input");
+    assert!(
+        stat("drop_malformed") > malformed + 100,
+        "malformed frames were not counted"
+    );
     // And it still serves.
     let (l, port) = listener();
     std::thread::spawn(move || {
