@@ -7,6 +7,12 @@
 #   pasta       pasta tap path (MTU 65520); gateway -> host 127.0.0.1
 #   slirp1500   slirp4netns --mtu=1500;  10.0.2.2 -> host 127.0.0.1
 #   slirp65520  slirp4netns --mtu=65520
+# IPv6 backends (SECTION=net6; the same tests over IPv6, beside ferry's own
+# IPv4 row from the same run):
+#   veth6       the ceiling over IPv6
+#   ferry6      ferry net --configure: SLAAC; host alias fd66:6572:7279::fe -> host ::1
+#   pasta6      pasta (IPv6 copied from the host); gateway -> host ::1
+#   slirp6      slirp4netns --enable-ipv6 --mtu=65520; fd00::2 -> host ::1
 # Port-forward backends (client on the host's loopback, servers in the
 # namespace, through each tool's forwarder), run with SECTION=net-fwd:
 #   ferry-fwd        ferry net -p
@@ -23,7 +29,8 @@
 # POLL_IDLE=1 (default) holds /dev/cpu_dma_latency at 0 during the run, so
 # idle vCPUs poll instead of halting: in a VM, halt wake-ups add 100-300 us
 # to every round trip and would swamp the request/response rows.
-# Usage: bench/net.sh [backend ...]     Env: DUR=5 UDP_RATE=1G RUNS=1 POLL_IDLE=1
+# Usage: bench/net.sh [backend ...]
+#        SECTION=net6 bench/net.sh ferry ferry6 veth6 pasta6 slirp6     Env: DUR=5 UDP_RATE=1G RUNS=1 POLL_IDLE=1
 # All traffic goes to 127.0.0.1 or to namespaces this script creates; every
 # process runs under `timeout`; everything it made is removed on exit.
 set -u
@@ -78,12 +85,43 @@ cpu_ticks() { [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ] && sed 's/^.*) //' "/pro
 HZ=$(getconf CLK_TCK)
 wait_for() { local i; for i in $(seq 1 100); do eval "$1" && return 0; sleep 0.05; done; return 1; }
 
+# Waits until namespace $1 has a usable (not tentative) global IPv6 address.
+have_v6() { ip -n "$1" -6 addr show scope global 2>/dev/null | grep inet6 | grep -qv tentative; }
+
 # Sets CNS (client namespace), SNS (server namespace, empty = host), ADDR
 # (what the client dials), BIND (where servers listen), BPID (backend pid).
 setup() {
 	CNS=ferrybench-$1 SNS="" BIND=127.0.0.1 BPID="" TIPORT=$IPORT TRPORT=$RPORT
 	mkns "$CNS" || return 1
 	case $1 in
+	veth6)
+		SNS=ferrybench-veth6-srv
+		mkns "$SNS" || return 1
+		ip link add fb-v0 netns "$SNS" type veth peer name fb-v1 netns "$CNS" || return 1
+		ip -n "$SNS" addr add fd77::1/64 dev fb-v0 nodad && ip -n "$SNS" link set fb-v0 up
+		ip -n "$CNS" addr add fd77::2/64 dev fb-v1 nodad && ip -n "$CNS" link set fb-v1 up
+		ADDR=fd77::1 BIND=fd77::1 ;;
+	ferry6)
+		timeout "$MAXLIFE" "$FERRY" net --netns "/run/netns/$CNS" --configure --mtu 65520 2>"$OUT/ferry.log" &
+		PIDS+=($!)
+		wait_for "grep -q 'network ready' $OUT/ferry.log && have_v6 $CNS" || { log "ferry did not come up"; return 1; }
+		BPID=$(pgrep -n -P "${PIDS[-1]}")
+		ADDR=fd66:6572:7279::fe BIND=::1 ;;
+	pasta6)
+		timeout "$MAXLIFE" pasta -f -q --runas 0 --config-net --netns "$CNS" -a 10.0.2.100 -n 24 -g 10.0.2.2 \
+			-P "$OUT/pasta.pid" -t none -u none -T none -U none >"$OUT/pasta.log" 2>&1 &
+		PIDS+=($!)
+		wait_for "[ -s $OUT/pasta.pid ] && have_v6 $CNS" || { log "pasta did not come up with IPv6 (does the host have an IPv6 route?)"; return 1; }
+		BPID=$(pgrep -n -x 'passt.avx2|passt|pasta.avx2|pasta' || cat "$OUT/pasta.pid")
+		# pasta maps its IPv6 gateway to the host's ::1.
+		ADDR=$(ip -n "$CNS" -6 route show default | awk '{print $3; exit}') BIND=::1 ;;
+	slirp6)
+		timeout "$MAXLIFE" slirp4netns --configure --enable-ipv6 --mtu=65520 --netns-type=path "/run/netns/$CNS" tap0 \
+			>"$OUT/$1.log" 2>&1 &
+		PIDS+=($!)
+		wait_for "have_v6 $CNS" || { log "slirp4netns did not come up with IPv6"; return 1; }
+		BPID=$(pgrep -n -x slirp4netns)
+		ADDR=fd00::2 BIND=::1 ;;
 	ferry-fwd)
 		SNS=$CNS CNS="" BIND=0.0.0.0 ADDR=127.0.0.1 TIPORT=$FIPORT TRPORT=$FRPORT
 		timeout "$MAXLIFE" "$FERRY" net --netns "/run/netns/$SNS" --configure --mtu 65520 \
@@ -147,10 +185,13 @@ setup() {
 	local pre=(); [ -n "$SNS" ] && pre=(ip netns exec "$SNS")
 	"${pre[@]}" timeout "$MAXLIFE" iperf3 -s -B "$BIND" -p $IPORT >/dev/null 2>&1 &
 	PIDS+=($!)
-	"${pre[@]}" timeout "$MAXLIFE" "$NETPERF" serve "$BIND:$RPORT" >/dev/null 2>&1 &
+	"${pre[@]}" timeout "$MAXLIFE" "$NETPERF" serve "$(hostport "$BIND" "$RPORT")" >/dev/null 2>&1 &
 	PIDS+=($!)
 	sleep 0.5
 }
+
+# ADDR:PORT, IPv6 addresses in brackets.
+hostport() { case $1 in *:*) echo "[$1]:$2" ;; *) echo "$1:$2" ;; esac; }
 
 record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$B" "$1" "$RUN" "$2" "$3" "$4" >>"$RAW"; } # test run value unit extra
 
@@ -175,9 +216,9 @@ except Exception: print("0")')" Gbit/s "loss=$(echo "$j" | python3 -c 'import js
 try: print("%.1f%%" % json.load(sys.stdin)["end"]["sum"]["lost_percent"])
 except Exception: print("-")')"
 	local out
-	out=$(timeout $((DUR + 20)) "${c[@]}" "$NETPERF" rr "$ADDR:$TRPORT" 1 "$DUR")
+	out=$(timeout $((DUR + 20)) "${c[@]}" "$NETPERF" rr "$(hostport "$ADDR" "$TRPORT")" 1 "$DUR")
 	record rr "$(echo "$out" | sed -n 's/.*rate=\([0-9]*\).*/\1/p')" req/s "p99=$(echo "$out" | sed -n 's/.*p99_us=\([0-9]*\).*/\1/p')us"
-	out=$(timeout $((DUR + 20)) "${c[@]}" "$NETPERF" crr "$ADDR:$TRPORT" 8 "$DUR")
+	out=$(timeout $((DUR + 20)) "${c[@]}" "$NETPERF" crr "$(hostport "$ADDR" "$TRPORT")" 8 "$DUR")
 	record crr "$(echo "$out" | sed -n 's/.*rate=\([0-9]*\).*/\1/p')" conn/s "errors=$(echo "$out" | sed -n 's/.*errors=\([0-9]*\).*/\1/p')"
 }
 
@@ -190,5 +231,9 @@ for RUN in $(seq 1 "$RUNS"); do
 	done
 done
 log "raw results: $RAW"
-if [ "$SECTION" = net-fwd ]; then REFS="veth pasta-fwd"; else REFS="veth pasta"; fi
+case $SECTION in
+net-fwd) REFS="veth pasta-fwd" ;;
+net6) REFS="ferry pasta6" ;;
+*) REFS="veth pasta" ;;
+esac
 POLL_IDLE=$POLL_IDLE python3 bench/report.py "$SECTION" "$RAW" docs/performance.md $REFS
