@@ -831,3 +831,123 @@ fn virtiofsd_flags_have_their_effect() {
     assert_eq!(out.code, Some(0));
     assert!(text.starts_with("virtiofsd 1.14.0 (ferry "), "{text}");
 }
+
+/// Owner translation, as Lima passes it (`--translate-uid map:GUEST:HOST:1`)
+/// and as `--uid-map` describes it: files the guest creates and chowns land
+/// with the mapped host owners, the guest sees its own ids back, a
+/// forbidden id is refused, and unmapped host owners show as 65534 under
+/// `--uid-map`.
+#[test]
+fn translated_owners_both_ways() {
+    use ferry_driver::fuse::{FATTR_GID, FATTR_UID};
+    let share = tempdir("ids");
+    // Files are created as the caller (mapped): let anyone create here.
+    std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut server = Backend::ferry(
+        &share,
+        "namespace",
+        &[
+            "--translate-uid",
+            "map:1000:2000:10",
+            "--translate-uid",
+            "forbid-guest:666:1",
+            "--translate-gid",
+            "map:1000:3000:10",
+        ],
+    );
+    let mut client = server.connect();
+    client.uid = 1001;
+    client.gid = 1002;
+    let (made, _) = client.create(ROOT, b"mine.txt", libc::O_RDWR, 0o644).unwrap();
+    let meta = std::fs::metadata(share.join("mine.txt")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (2001, 3002),
+        "host owners of a guest-created file"
+    );
+    assert_eq!(
+        (made.attr.uid, made.attr.gid),
+        (1001, 1002),
+        "the guest sees its own ids"
+    );
+    let dir = client.mkdir(ROOT, b"d", 0o755).unwrap();
+    assert_eq!(std::fs::metadata(share.join("d")).unwrap().uid(), 2001);
+    assert_eq!(dir.attr.uid, 1001);
+    // chown to another guest id in the range.
+    client.uid = 0;
+    client.gid = 0;
+    let set = SetattrIn {
+        valid: FATTR_UID | FATTR_GID,
+        uid: 1005,
+        gid: 1009,
+        ..Default::default()
+    };
+    let attr = client.setattr(made.nodeid, &set).unwrap();
+    assert_eq!((attr.uid, attr.gid), (1005, 1009));
+    let meta = std::fs::metadata(share.join("mine.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (2005, 3009));
+    // Host files keep showing the guest's view; other ids pass through.
+    std::fs::write(share.join("host.txt"), b"x").unwrap();
+    std::os::unix::fs::chown(share.join("host.txt"), Some(2003), Some(77)).unwrap();
+    let e = client.lookup(ROOT, b"host.txt").unwrap();
+    assert_eq!((e.attr.uid, e.attr.gid), (1003, 77));
+    // The forbidden id: neither created as nor chowned to.
+    let forbid = SetattrIn {
+        valid: FATTR_UID,
+        uid: 666,
+        ..Default::default()
+    };
+    assert_eq!(errno(client.setattr(made.nodeid, &forbid)), libc::EPERM);
+    client.uid = 666;
+    assert_eq!(
+        errno(client.create(ROOT, b"evil.txt", libc::O_RDWR, 0o644)),
+        libc::EPERM
+    );
+    assert!(!share.join("evil.txt").exists());
+    server.assert_alive();
+    drop(client);
+
+    // --uid-map: only the mapped range exists for the guest.
+    let share = tempdir("idmap");
+    std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(share.join("other.txt"), b"x").unwrap();
+    std::os::unix::fs::chown(share.join("other.txt"), Some(4242), Some(4242)).unwrap();
+    let mut server = Backend::ferry(
+        &share,
+        "none",
+        &["--uid-map", ":0:100000:65536:", "--gid-map", ":0:100000:65536:"],
+    );
+    let mut client = server.connect();
+    let (made, _) = client.create(ROOT, b"root-made.txt", libc::O_RDWR, 0o644).unwrap();
+    let meta = std::fs::metadata(share.join("root-made.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (100_000, 100_000));
+    assert_eq!((made.attr.uid, made.attr.gid), (0, 0));
+    let e = client.lookup(ROOT, b"other.txt").unwrap();
+    assert_eq!((e.attr.uid, e.attr.gid), (65534, 65534), "unmapped host owner");
+    let outside = SetattrIn {
+        valid: FATTR_UID,
+        uid: 70000,
+        ..Default::default()
+    };
+    assert_eq!(errno(client.setattr(made.nodeid, &outside)), libc::EPERM);
+
+    // Bad rules are refused by name.
+    for (flag, value) in [
+        ("--translate-uid", "swap:1:1:1"),
+        ("--uid-map", "0:1"),
+        ("--translate-gid", "map:1:1"),
+    ] {
+        let out = Ferry::new([
+            "fs",
+            flag,
+            value,
+            "--shared-dir",
+            "/tmp",
+            "--socket-path",
+            "/tmp/x-ids.sock",
+        ])
+        .output();
+        assert_ne!(out.code, Some(0));
+        assert!(out.stderr.contains(flag), "{flag} {value}: {}", out.stderr);
+    }
+}

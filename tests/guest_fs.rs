@@ -257,3 +257,62 @@ fn rootfs_is_the_command_root_with_a_private_writable_overlay() {
     std::fs::remove_dir_all(&root).unwrap();
     std::fs::remove_dir_all(&data).unwrap();
 }
+
+/// `ferry run` by a user other than root: what the guest (as root, or as
+/// any user) creates on a share belongs to that user on the host, and that
+/// user's files show as root's in the guest; `--keep-share-owners` turns
+/// the translation off. The translation is the file server's
+/// (`--translate-uid squash-guest:0:UID:… host:UID:0:1`), exercised here
+/// by a real guest kernel.
+#[test]
+fn shares_of_an_unprivileged_run_belong_to_its_user() {
+    use std::os::unix::fs::MetadataExt;
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let uid = common::test_user();
+    let dir = share_dir("owners");
+    std::fs::write(dir.join("hostfile"), "hi\n").unwrap();
+    std::process::Command::new("chown")
+        .args(["-R", &format!("{uid}:{uid}")])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    let guest_init = std::env::var("FERRY_GUEST_INIT").ok();
+    let run = |extra: &[&str], script: &str| {
+        let mut args = vec![
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--init-groups".into(),
+            "env".into(),
+            format!("HOME=/home/{}", common::TEST_USER),
+        ];
+        if let Some(g) = &guest_init {
+            args.push(format!("FERRY_GUEST_INIT={g}"));
+        }
+        args.push(env!("CARGO_BIN_EXE_ferry").into());
+        args.extend(["run".to_string(), "-v".into(), format!("{}:/mnt", dir.display())]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["--".into(), "sh".into(), "-c".into(), script.into()]);
+        Ferry::with_binary(std::path::Path::new("/usr/bin/setpriv"), args).output()
+    };
+    let out = run(
+        &[],
+        "touch /mnt/by-root && mkdir /mnt/dir && chown 1234:1234 /mnt/by-root; \
+         stat -c '%n %u %g' /mnt/hostfile /mnt/by-root /mnt/dir",
+    );
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    for line in ["/mnt/hostfile 0 0", "/mnt/dir 0 0"] {
+        assert!(out.stdout.contains(line), "{line}:\n{}", out.stdout);
+    }
+    for f in ["by-root", "dir"] {
+        let m = std::fs::metadata(dir.join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (uid, uid), "{f} on the host");
+    }
+    // Kept as they are: the host user's file shows with its own id.
+    let out = run(&["--keep-share-owners"], "stat -c '%n %u' /mnt/hostfile");
+    assert!(
+        out.stdout.contains(&format!("/mnt/hostfile {uid}")),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}

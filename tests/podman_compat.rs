@@ -20,7 +20,7 @@ use std::io::{Read, Write};
 /// at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const USER: &str = "ferrytest";
+use common::{test_user, TEST_USER as USER};
 
 /// A directory every user can read, holding ferry linked as slirp4netns,
 /// the busybox image tarball and a containers.conf.
@@ -74,34 +74,6 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = Command::new("rm").arg("-rf").arg(&self.dir).status();
     }
-}
-
-/// The unprivileged user with subordinate ids that rootless podman and
-/// rootlesskit need; created on first use.
-fn test_user() -> u32 {
-    let id = || {
-        Command::new("id")
-            .args(["-u", USER])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-    };
-    if id().is_none() {
-        let _ = Command::new("useradd").args(["-m", "-s", "/bin/sh", USER]).status();
-    }
-    for file in ["/etc/subuid", "/etc/subgid"] {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        if !text.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(file)
-                .unwrap();
-            writeln!(f, "{USER}:300000:65536").unwrap();
-        }
-    }
-    id().expect("creating the test user")
 }
 
 /// Runs `args` (as `uid`, with its own runtime dir, when given) with a

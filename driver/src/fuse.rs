@@ -64,6 +64,9 @@ pub struct FuseClient {
     /// The requesting process id put in each header (virtio-fs passes the
     /// guest's pid; back ends may look at it).
     pub pid: u32,
+    /// The caller's ids put in each header (the guest process's).
+    pub uid: u32,
+    pub gid: u32,
 }
 
 fn cstr(name: &[u8]) -> io::Result<CString> {
@@ -90,6 +93,8 @@ impl FuseClient {
             req_addr,
             reply_addr: req_addr + u64::from(BUF_CAP),
             pid: 1,
+            uid: 0,
+            gid: 0,
         };
         let init = client.init()?;
         Ok((client, init))
@@ -116,8 +121,8 @@ impl FuseClient {
             opcode: opcode as u32,
             unique: self.unique,
             nodeid,
-            uid: 0,
-            gid: 0,
+            uid: self.uid,
+            gid: self.gid,
             pid: self.pid,
             padding: 0,
         };

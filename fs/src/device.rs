@@ -17,6 +17,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::inject::Replay;
 use crate::options::{CacheMode, FsOptions, InodeFileHandles};
+use crate::translate::Translated;
 
 /// System calls of the passthrough file system answering FUSE requests
 /// (fuse-backend-rs's `PassthroughFs`), for the seccomp allow-list.
@@ -84,7 +85,7 @@ pub const SYSCALLS: &[libc::c_long] = &[
 
 /// One share's file system and FUSE server.
 pub struct FsDevice {
-    server: Server<Arc<PassthroughFs>>,
+    server: Server<Translated<Arc<PassthroughFs>>>,
     fs: Arc<PassthroughFs>,
     /// inotify passthrough for this share, when the host watches it.
     replay: Option<Arc<Replay>>,
@@ -161,7 +162,11 @@ impl FsDevice {
         // the caller has confined the process.
         let fs = Arc::new(PassthroughFs::<()>::new(cfg)?);
         Ok(FsDevice {
-            server: Server::new(fs.clone()),
+            server: Server::new(Translated {
+                inner: fs.clone(),
+                uids: opts.uids.clone(),
+                gids: opts.gids.clone(),
+            }),
             fs,
             replay: None,
             withheld_init_flags: if opts.readdirplus { 0 } else { READDIRPLUS_FLAGS },

@@ -3,6 +3,7 @@
 //! (a drop-in for virtiofsd). The request loop ([`device`]) knows nothing
 //! of the transport, so the built-in VMM can run it over virtio-mmio.
 
+pub mod idmap;
 pub mod notify;
 pub mod options;
 
@@ -14,6 +15,8 @@ pub mod inject;
 pub mod notifier;
 #[cfg(target_os = "linux")]
 pub mod sandbox;
+#[cfg(target_os = "linux")]
+pub mod translate;
 #[cfg(target_os = "linux")]
 pub mod vhost_user;
 #[cfg(target_os = "linux")]

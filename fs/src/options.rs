@@ -96,6 +96,10 @@ pub struct FsOptions {
     pub rlimit_nofile: Option<u64>,
     /// Request queues besides the high-priority one.
     pub request_queues: usize,
+    /// Owner translation between guest and host (`--translate-uid`,
+    /// `--translate-gid`, `--uid-map`, `--gid-map`).
+    pub uids: crate::idmap::IdMap,
+    pub gids: crate::idmap::IdMap,
 }
 
 impl FsOptions {

@@ -123,6 +123,23 @@ pub struct FsArgs {
     /// changes, for the guest agent to replay, to this inherited socket.
     #[arg(long, value_name = "FD")]
     notify_fd: Option<i32>,
+    /// Translate uids between guest and host (repeatable), virtiofsd's
+    /// TYPE:A:B:COUNT with TYPE guest, host, squash-guest, squash-host, map
+    /// (map:GUEST:HOST:COUNT), or forbid-guest:BASE:COUNT.
+    #[arg(long, value_name = "RULE")]
+    translate_uid: Vec<String>,
+    /// The same for gids.
+    #[arg(long, value_name = "RULE")]
+    translate_gid: Vec<String>,
+    /// :GUEST_UID:HOST_UID:COUNT: (repeatable): the guest sees these host
+    /// uids as its own; other host uids show as 65534 and the guest cannot
+    /// use others. ferry translates ids itself rather than entering a user
+    /// namespace; what the guest sees is the same.
+    #[arg(long, value_name = ":GUEST:HOST:COUNT:")]
+    uid_map: Vec<String>,
+    /// The same for gids.
+    #[arg(long, value_name = ":GUEST:HOST:COUNT:")]
+    gid_map: Vec<String>,
     /// Request queues (besides the high-priority one).
     #[arg(long, value_name = "N", default_value_t = 1)]
     queues: usize,
@@ -190,10 +207,17 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
         readdirplus: !a.no_readdirplus,
         rlimit_nofile: a.rlimit_nofile,
         request_queues: a.queues,
+        ..FsOptions::default()
     };
     for list in &a.options {
         o.apply_legacy(list).map_err(anyhow::Error::msg)?;
     }
+    o.uids = id_map("uid", &a.translate_uid, &a.uid_map)?;
+    o.gids = id_map("gid", &a.translate_gid, &a.gid_map)?;
+    anyhow::ensure!(
+        (o.uids.is_empty() && o.gids.is_empty()) || !o.posix_acl,
+        "--translate-uid/--translate-gid/--uid-map/--gid-map cannot go with --posix-acl: ACLs name ids ferry would not translate"
+    );
     anyhow::ensure!(
         !(o.sandbox == SandboxMode::Chroot && (o.xattr || o.posix_acl)),
         "--xattr/--posix-acl need /proc/self/fd, which a chroot into the share cannot have: use --sandbox namespace (or none)"
@@ -204,6 +228,46 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
         a.seccomp
     );
     Ok(o)
+}
+
+/// The rules of `--translate-KIND` or `--KIND-map` (not both).
+fn id_map(kind: &str, translate: &[String], maps: &[String]) -> anyhow::Result<ferry_fs::idmap::IdMap> {
+    use ferry_fs::idmap::{IdMap, Rule};
+    anyhow::ensure!(
+        translate.is_empty() || maps.is_empty(),
+        "give --translate-{kind} or --{kind}-map, not both"
+    );
+    let mut rules = Vec::new();
+    for t in translate {
+        rules.push(Rule::parse(t).map_err(|e| anyhow::anyhow!("--translate-{kind} {e}"))?);
+    }
+    for m in maps {
+        let nums: Vec<u32> = m
+            .trim_matches(':')
+            .split(':')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()
+            .filter(|n: &Vec<u32>| n.len() == 3)
+            .ok_or_else(|| anyhow::anyhow!("--{kind}-map {m:?}: expected :GUEST:HOST:COUNT:, e.g. :0:100000:65536:"))?;
+        let rule = Rule::parse(&format!("map:{}:{}:{}", nums[0], nums[1], nums[2]))
+            .map_err(|e| anyhow::anyhow!("--{kind}-map {e}"))?;
+        rules.push(rule);
+    }
+    if !maps.is_empty() {
+        // As in a user namespace: the rest of the host shows as the
+        // overflow id, and the guest cannot take ids outside the maps.
+        rules.push(Rule::SquashHost {
+            host: 0,
+            guest: 65534,
+            count: u32::MAX,
+        });
+        rules.push(Rule::ForbidGuest {
+            guest: 0,
+            count: u32::MAX,
+        });
+    }
+    Ok(IdMap { rules })
 }
 
 /// One share this process serves.

@@ -88,6 +88,11 @@ pub struct RunArgs {
     /// HOST_DIR:GUEST_PATH[:ro].
     #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
     pub volume: Vec<super::share::Volume>,
+    /// Keep owners as they are on the shares. By default, when ferry runs
+    /// as a user other than root, whatever the guest creates belongs to that
+    /// user on the host and that user's files show as the guest root's.
+    #[arg(long)]
+    pub keep_share_owners: bool,
     /// Run the command in this directory (e.g. an unpacked container
     /// image) as its root file system: shared read-only over virtio-fs,
     /// with a writable overlay in guest memory; -v shares are mounted
@@ -440,7 +445,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let shares = if volumes.is_empty() {
         None
     } else {
-        let mut server = super::share::ShareServer::start(&volumes, &run_dir.0)?;
+        let mut server = super::share::ShareServer::start(&volumes, &run_dir.0, !args.keep_share_owners)?;
         server.relay_changes(&reg.dir);
         Some(server)
     };

@@ -94,7 +94,9 @@ impl Drop for ShareServer {
 impl ShareServer {
     /// Starts one server for `vols` with its sockets in `dir`, and waits
     /// until they are there. Share `n` gets the tag `ferryN`.
-    pub fn start(vols: &[Volume], dir: &Path) -> anyhow::Result<ShareServer> {
+    /// `map_owners`: as a user other than root, the guest's files are that
+    /// user's on the host, and that user's files are the guest root's.
+    pub fn start(vols: &[Volume], dir: &Path, map_owners: bool) -> anyhow::Result<ShareServer> {
         let exe = std::env::current_exe().context("finding ferry's own binary")?;
         let mut cmd = Command::new(exe);
         if std::env::var_os("RUST_LOG").is_none() {
@@ -105,6 +107,16 @@ impl ShareServer {
             .arg("--socket-dir")
             .arg(dir)
             .args(["--sandbox", sandbox_mode(), "--cache", "auto", "--xattr"]);
+        if map_owners && !is_root() {
+            // SAFETY: getuid(2)/getgid(2) take no arguments and cannot fail.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            for (kind, id) in [("uid", uid), ("gid", gid)] {
+                cmd.arg(format!("--translate-{kind}"))
+                    .arg(format!("squash-guest:0:{id}:4294967295"))
+                    .arg(format!("--translate-{kind}"))
+                    .arg(format!("host:{id}:0:1"));
+            }
+        }
         let mut devices = Vec::new();
         for (tag, spec) in share_specs(vols)? {
             cmd.arg("--share").arg(spec);

@@ -195,6 +195,39 @@ pub fn process_alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+/// The unprivileged user the tests that need one run as.
+pub const TEST_USER: &str = "ferrytest";
+
+/// The unprivileged user with subordinate ids that rootless podman and
+/// rootlesskit need; created on first use.
+pub fn test_user() -> u32 {
+    let id = || {
+        Command::new("id")
+            .args(["-u", TEST_USER])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+    };
+    if id().is_none() {
+        let _ = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", TEST_USER])
+            .status();
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with(&format!("{TEST_USER}:"))) {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(file)
+                .unwrap();
+            std::io::Write::write_fmt(&mut f, format_args!("{TEST_USER}:300000:65536\n")).unwrap();
+        }
+    }
+    id().expect("creating the test user")
+}
+
 pub mod dns;
 pub mod netns;
 

@@ -1,0 +1,412 @@
+//! [`Translated`]: a `FileSystem` wrapper applying [`IdMap`]s to owners
+//! (see [`crate::idmap`]). Everything but the calls that create files, set
+//! owners or return attributes is passed through unchanged.
+
+use std::ffi::CStr;
+use std::io;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply, ZeroCopyReader,
+    ZeroCopyWriter,
+};
+
+use crate::idmap::IdMap;
+
+/// A `FileSystem` whose owners are translated by `uids` and `gids`.
+pub struct Translated<F> {
+    pub inner: F,
+    pub uids: IdMap,
+    pub gids: IdMap,
+}
+
+impl<F> Translated<F> {
+    fn eperm() -> io::Error {
+        io::Error::from_raw_os_error(libc::EPERM)
+    }
+
+    /// The request's caller as the host sees it (files are created as it).
+    fn host_ctx(&self, ctx: &Context) -> io::Result<Context> {
+        let mut c = *ctx;
+        c.uid = self.uids.to_host(ctx.uid).ok_or_else(Self::eperm)?;
+        c.gid = self.gids.to_host(ctx.gid).ok_or_else(Self::eperm)?;
+        Ok(c)
+    }
+
+    fn guest_stat(&self, mut st: stat64) -> stat64 {
+        st.st_uid = self.uids.to_guest(st.st_uid);
+        st.st_gid = self.gids.to_guest(st.st_gid);
+        st
+    }
+
+    fn guest_entry(&self, mut e: Entry) -> Entry {
+        e.attr = self.guest_stat(e.attr);
+        e
+    }
+}
+
+impl<F: FileSystem> FileSystem for Translated<F> {
+    type Inode = F::Inode;
+    type Handle = F::Handle;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        self.inner.init(capable)
+    }
+
+    fn destroy(&self) {
+        self.inner.destroy()
+    }
+
+    fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
+        self.inner.lookup(ctx, parent, name).map(|e| self.guest_entry(e))
+    }
+
+    fn forget(&self, ctx: &Context, inode: Self::Inode, count: u64) {
+        self.inner.forget(ctx, inode, count)
+    }
+
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(Self::Inode, u64)>) {
+        self.inner.batch_forget(ctx, requests)
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Option<Self::Handle>,
+    ) -> io::Result<(stat64, Duration)> {
+        self.inner
+            .getattr(ctx, inode, handle)
+            .map(|(st, d)| (self.guest_stat(st), d))
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        attr: stat64,
+        handle: Option<Self::Handle>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        let mut attr = attr;
+        if valid.contains(SetattrValid::UID) {
+            attr.st_uid = self.uids.to_host(attr.st_uid).ok_or_else(Self::eperm)?;
+        }
+        if valid.contains(SetattrValid::GID) {
+            attr.st_gid = self.gids.to_host(attr.st_gid).ok_or_else(Self::eperm)?;
+        }
+        self.inner
+            .setattr(ctx, inode, attr, handle, valid)
+            .map(|(st, d)| (self.guest_stat(st), d))
+    }
+
+    fn readlink(&self, ctx: &Context, inode: Self::Inode) -> io::Result<Vec<u8>> {
+        self.inner.readlink(ctx, inode)
+    }
+
+    fn symlink(&self, ctx: &Context, linkname: &CStr, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
+        self.inner
+            .symlink(&self.host_ctx(ctx)?, linkname, parent, name)
+            .map(|e| self.guest_entry(e))
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.inner
+            .mknod(&self.host_ctx(ctx)?, inode, name, mode, rdev, umask)
+            .map(|e| self.guest_entry(e))
+    }
+
+    fn mkdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry> {
+        self.inner
+            .mkdir(&self.host_ctx(ctx)?, parent, name, mode, umask)
+            .map(|e| self.guest_entry(e))
+    }
+
+    fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.inner.unlink(ctx, parent, name)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.inner.rmdir(ctx, parent, name)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: Self::Inode,
+        oldname: &CStr,
+        newdir: Self::Inode,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.inner.rename(ctx, olddir, oldname, newdir, newname, flags)
+    }
+
+    fn link(&self, ctx: &Context, inode: Self::Inode, newparent: Self::Inode, newname: &CStr) -> io::Result<Entry> {
+        self.inner
+            .link(ctx, inode, newparent, newname)
+            .map(|e| self.guest_entry(e))
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<(Option<Self::Handle>, OpenOptions, Option<u32>)> {
+        self.inner.open(ctx, inode, flags, fuse_flags)
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: Self::Inode,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
+        self.inner
+            .create(&self.host_ctx(ctx)?, parent, name, args)
+            .map(|(e, h, o, p)| (self.guest_entry(e), h, o, p))
+    }
+
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        self.inner.read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        delayed_write: bool,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.inner.write(
+            ctx,
+            inode,
+            handle,
+            r,
+            size,
+            offset,
+            lock_owner,
+            delayed_write,
+            flags,
+            fuse_flags,
+        )
+    }
+
+    fn flush(&self, ctx: &Context, inode: Self::Inode, handle: Self::Handle, lock_owner: u64) -> io::Result<()> {
+        self.inner.flush(ctx, inode, handle, lock_owner)
+    }
+
+    fn fsync(&self, ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()> {
+        self.inner.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.inner.fallocate(ctx, inode, handle, mode, offset, length)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn release(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        flags: u32,
+        handle: Self::Handle,
+        flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.inner
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+    }
+
+    fn statfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64> {
+        self.inner.statfs(ctx, inode)
+    }
+
+    fn setxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
+        self.inner.setxattr(ctx, inode, name, value, flags)
+    }
+
+    fn getxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
+        self.inner.getxattr(ctx, inode, name, size)
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: Self::Inode, size: u32) -> io::Result<ListxattrReply> {
+        self.inner.listxattr(ctx, inode, size)
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
+        self.inner.removexattr(ctx, inode, name)
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        flags: u32,
+    ) -> io::Result<(Option<Self::Handle>, OpenOptions)> {
+        self.inner.opendir(ctx, inode, flags)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner.readdir(ctx, inode, handle, size, offset, add_entry)
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let mut add = |d: DirEntry, e: Entry| add_entry(d, self.guest_entry(e));
+        self.inner.readdirplus(ctx, inode, handle, size, offset, &mut add)
+    }
+
+    fn fsyncdir(&self, ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()> {
+        self.inner.fsyncdir(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(&self, ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle) -> io::Result<()> {
+        self.inner.releasedir(ctx, inode, flags, handle)
+    }
+
+    fn access(&self, ctx: &Context, inode: Self::Inode, mask: u32) -> io::Result<()> {
+        self.inner.access(ctx, inode, mask)
+    }
+
+    fn lseek(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        self.inner.lseek(ctx, inode, handle, offset, whence)
+    }
+
+    /// Query file lock status
+    fn getlk(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<FileLock> {
+        self.inner.getlk(ctx, inode, handle, owner, lock, flags)
+    }
+
+    /// Grab a file read lock
+    fn setlk(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.inner.setlk(ctx, inode, handle, owner, lock, flags)
+    }
+
+    /// Grab a file write lock
+    fn setlkw(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.inner.setlkw(ctx, inode, handle, owner, lock, flags)
+    }
+
+    /// send ioctl to the file
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        flags: u32,
+        cmd: u32,
+        data: IoctlData,
+        out_size: u32,
+    ) -> io::Result<IoctlData<'_>> {
+        self.inner.ioctl(ctx, inode, handle, flags, cmd, data, out_size)
+    }
+
+    /// Query a file's block mapping info
+    fn bmap(&self, ctx: &Context, inode: Self::Inode, block: u64, blocksize: u32) -> io::Result<u64> {
+        self.inner.bmap(ctx, inode, block, blocksize)
+    }
+
+    /// Poll a file's events
+    fn poll(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        handle: Self::Handle,
+        khandle: Self::Handle,
+        flags: u32,
+        events: u32,
+    ) -> io::Result<u32> {
+        self.inner.poll(ctx, inode, handle, khandle, flags, events)
+    }
+
+    /// Send notify reply.
+    fn notify_reply(&self) -> io::Result<()> {
+        self.inner.notify_reply()
+    }
+}
