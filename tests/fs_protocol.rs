@@ -786,9 +786,58 @@ fn virtiofsd_flags_have_their_effect() {
         "no seccomp filter by default"
     );
     assert_ne!(init.flags & 0x2000, 0, "READDIRPLUS not granted by default");
+    // virtiofsd's default capabilities, nothing more.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.process.child.id())).unwrap();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    let want: u64 = [0u32, 1, 3, 4, 6, 7, 27, 31].iter().map(|b| 1u64 << b).sum();
+    assert_eq!(u64::from_str_radix(eff, 16).unwrap(), want, "CapEff {eff}");
     round_trip(&mut client, &share);
     server.assert_alive();
     drop(client);
+
+    // --modcaps=-chown: the server can no longer give files away.
+    let share = tempdir("flags-caps");
+    let mut server = Backend::ferry(&share, "none", &["--modcaps=-chown:+sys_admin"]);
+    let mut client = server.connect();
+    let (made, _) = client.create(ROOT, b"f", libc::O_RDWR, 0o644).unwrap();
+    let chown = SetattrIn {
+        valid: ferry_driver::fuse::FATTR_UID,
+        uid: 4321,
+        ..Default::default()
+    };
+    assert_eq!(errno(client.setattr(made.nodeid, &chown)), libc::EPERM);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.process.child.id())).unwrap();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    let eff = u64::from_str_radix(eff, 16).unwrap();
+    assert_eq!(
+        (eff & 1, eff & (1 << 21)),
+        (0, 1 << 21),
+        "CapEff {eff:x}: chown dropped, sys_admin added"
+    );
+    drop(client);
+    for (flag, value) in [
+        ("--xattrmap", ":map::user.virtiofs.:"),
+        ("--migration-mode", "find-paths"),
+        ("--modcaps", "+nosuchcap"),
+    ] {
+        let out = Ferry::new([
+            "fs",
+            flag,
+            value,
+            "--shared-dir",
+            "/tmp",
+            "--socket-path",
+            "/tmp/x-refuse.sock",
+        ])
+        .output();
+        assert_ne!(out.code, Some(0), "{flag}");
+        assert!(
+            out.stderr
+                .contains(flag.trim_end_matches("-mode").trim_end_matches("mode")),
+            "{flag}: {}",
+            out.stderr
+        );
+    }
 
     let share = tempdir("flags-none");
     let server = Backend::ferry(&share, "none", &["--seccomp", "none", "--no-readdirplus"]);
@@ -812,6 +861,19 @@ fn virtiofsd_flags_have_their_effect() {
     .output();
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("--seccomp \"maybe\""), "{}", out.stderr);
+
+    let out = Ferry::new([
+        "fs",
+        "--inode-file-handles=mandatory",
+        "--sandbox=namespace",
+        "--shared-dir",
+        "/tmp",
+        "--socket-path",
+        "/tmp/x-fh.sock",
+    ])
+    .output();
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("--inode-file-handles=mandatory"), "{}", out.stderr);
 
     let share = tempdir("flags-old");
     let socket = share.with_extension("old.sock");
@@ -950,4 +1012,62 @@ fn translated_owners_both_ways() {
         assert_ne!(out.code, Some(0));
         assert!(out.stderr.contains(flag), "{flag} {value}: {}", out.stderr);
     }
+}
+
+/// A share with far more files than the server may hold descriptors for:
+/// 200,000 files looked up (and kept: no FORGET, as a guest walking the
+/// tree with a big dentry cache does) by a server whose RLIMIT_NOFILE is
+/// 4096. With `--inode-file-handles=mandatory` every lookup succeeds;
+/// without file handles the lookups past the limit fail with EMFILE (a
+/// clear error, not a hang or a crash) and the server keeps serving.
+#[test]
+fn file_handles_let_a_share_outgrow_the_descriptor_limit() {
+    const FILES: usize = 200_000;
+    let share = tempdir("many");
+    for i in 0..FILES {
+        std::fs::File::create(share.join(format!("f{i}"))).unwrap();
+    }
+    let start = |handles: &str, tag: &str| {
+        let socket = share.with_extension(format!("{tag}.sock"));
+        let _ = std::fs::remove_file(&socket);
+        let args = [
+            "--nofile=4096:4096".to_string(),
+            env!("CARGO_BIN_EXE_ferry").into(),
+            "fs".into(),
+            "--socket-path".into(),
+            socket.display().to_string(),
+            "--shared-dir".into(),
+            share.display().to_string(),
+            "--sandbox".into(),
+            "chroot".into(),
+            format!("--inode-file-handles={handles}"),
+        ];
+        Backend::wait(Ferry::with_binary(Path::new("/usr/bin/prlimit"), args).spawn(), socket)
+    };
+    let mut server = start("mandatory", "fh");
+    let mut client = server.connect();
+    for i in 0..FILES {
+        if let Err(e) = client.lookup(ROOT, format!("f{i}").as_bytes()) {
+            panic!("lookup {i} of {FILES} with file handles: {e}");
+        }
+    }
+    server.assert_alive();
+    drop(client);
+    drop(server);
+
+    let mut server = start("never", "fd");
+    let mut client = server.connect();
+    let mut failed_at = None;
+    for i in 0..FILES {
+        if let Err(e) = client.lookup(ROOT, format!("f{i}").as_bytes()) {
+            assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "lookup {i}: {e}");
+            failed_at = Some(i);
+            break;
+        }
+    }
+    let at = failed_at.expect("4096 descriptors held 200,000 inodes?");
+    assert!(at > 3000 && at < 4096, "the first EMFILE came at lookup {at}");
+    server.assert_alive();
+    // Still serving: a request that needs no new descriptor.
+    assert!(client.getattr(ROOT).is_ok());
 }

@@ -83,6 +83,74 @@ pub const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_capset,
 ];
 
+/// Whether inodes under `dir` can be held as file handles rather than open
+/// descriptors: a handle is made for `dir` and opened again, which needs a
+/// file system that exports handles and CAP_DAC_READ_SEARCH. The error
+/// says which of the two is missing.
+pub fn file_handles_work(dir: &std::path::Path) -> io::Result<()> {
+    const MAX_HANDLE_SZ: usize = 128;
+    #[repr(C)]
+    struct FileHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        f_handle: [u8; MAX_HANDLE_SZ],
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let mut fh = FileHandle {
+        handle_bytes: MAX_HANDLE_SZ as u32,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: name_to_handle_at(2) with a valid path, a handle buffer whose
+    // handle_bytes says how much room follows, and a valid out-pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &mut fh as *mut FileHandle,
+            &mut mount_id as *mut libc::c_int,
+            0,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "{} cannot give file handles: {e} (its file system does not export them)",
+                dir.display()
+            ),
+        ));
+    }
+    let mount = std::fs::File::open(dir)?;
+    // SAFETY: open_by_handle_at(2) with an open descriptor on the same
+    // mount and the handle the kernel just filled in.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            std::os::fd::AsRawFd::as_raw_fd(&mount),
+            &mut fh as *mut FileHandle,
+            libc::O_PATH,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "opening a file handle under {}: {e} (needs CAP_DAC_READ_SEARCH: run as root)",
+                dir.display()
+            ),
+        ));
+    }
+    // SAFETY: a descriptor open_by_handle_at(2) just returned to us.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
+    Ok(())
+}
+
 /// One share's file system and FUSE server.
 pub struct FsDevice {
     server: Server<Translated<Arc<PassthroughFs>>>,

@@ -69,7 +69,8 @@ impl FromStr for InodeFileHandles {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "never" => Ok(InodeFileHandles::Never),
-            "prefer" => Ok(InodeFileHandles::Prefer),
+            // "fallback": virtiofsd's deprecated name for prefer.
+            "prefer" | "fallback" => Ok(InodeFileHandles::Prefer),
             "mandatory" => Ok(InodeFileHandles::Mandatory),
             _ => Err(format!("inode file handles {s:?}: expected never, prefer or mandatory")),
         }

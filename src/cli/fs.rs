@@ -54,7 +54,10 @@ pub struct FsArgs {
     /// trap (SIGSYS), none (no filter). virtiofsd's default is kill.
     #[arg(long, value_name = "ACTION", default_value = "kill")]
     seccomp: String,
-    /// Identify inodes by file handles: never, prefer or mandatory.
+    /// Hold inodes as file handles instead of O_PATH descriptors, so a
+    /// share may have far more files than the process may open: never,
+    /// prefer (where the file system and privileges allow) or mandatory
+    /// (refuse to start otherwise). Not with --sandbox namespace yet.
     #[arg(long, value_name = "WHEN", default_value = "never", num_args = 0..=1, default_missing_value = "prefer")]
     inode_file_handles: String,
     /// Worker threads answering requests (0: the queue's own thread, the
@@ -140,6 +143,31 @@ pub struct FsArgs {
     /// The same for gids.
     #[arg(long, value_name = ":GUEST:HOST:COUNT:")]
     gid_map: Vec<String>,
+    /// Change the capabilities kept after set-up (as root), e.g.
+    /// +sys_admin:-chown. Kept by default, as virtiofsd: chown,
+    /// dac_override, fowner, fsetid, setgid, setuid, mknod, setfcap (and
+    /// dac_read_search with file handles).
+    #[arg(long, value_name = "LIST")]
+    modcaps: Option<String>,
+    /// Options ferry does not implement, refused with the reason.
+    #[arg(long, hide = true, value_name = "RULES")]
+    xattrmap: Option<String>,
+    #[arg(long, hide = true)]
+    allow_mmap: bool,
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "auto")]
+    security_label: Option<String>,
+    /// Keep the guest's O_NOATIME on opens. ferry always does (virtiofsd
+    /// strips it by default); accepted for its command line.
+    #[arg(long)]
+    preserve_noatime: bool,
+    #[arg(long, hide = true)]
+    migration_mode: Option<String>,
+    #[arg(long, hide = true)]
+    migration_on_error: Option<String>,
+    #[arg(long, hide = true)]
+    migration_verify_handles: bool,
+    #[arg(long, hide = true)]
+    migration_confirm_paths: bool,
     /// Request queues (besides the high-priority one).
     #[arg(long, value_name = "N", default_value_t = 1)]
     queues: usize,
@@ -212,6 +240,7 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
     for list in &a.options {
         o.apply_legacy(list).map_err(anyhow::Error::msg)?;
     }
+    refuse_unsupported(a)?;
     o.uids = id_map("uid", &a.translate_uid, &a.uid_map)?;
     o.gids = id_map("gid", &a.translate_gid, &a.gid_map)?;
     anyhow::ensure!(
@@ -228,6 +257,64 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
         a.seccomp
     );
     Ok(o)
+}
+
+/// virtiofsd options ferry has no implementation of: each refused by name
+/// with the reason (docs/compat.md lists them).
+fn refuse_unsupported(a: &FsArgs) -> anyhow::Result<()> {
+    let reasons = [
+        (a.xattrmap.is_some(), "--xattrmap", "xattr name mapping is not implemented"),
+        (
+            a.allow_mmap,
+            "--allow-mmap",
+            "negotiating FUSE_DIRECT_IO_ALLOW_MMAP is not implemented (with --cache never or metadata a guest cannot map files shared)",
+        ),
+        (a.security_label.is_some(), "--security-label", "SELinux labels on create are not implemented"),
+        (
+            a.migration_mode.is_some() || a.migration_on_error.is_some() || a.migration_verify_handles || a.migration_confirm_paths,
+            "--migration-*",
+            "ferry's vhost-user back end does not support live migration (no device state transfer)",
+        ),
+    ];
+    for (given, name, why) in reasons {
+        anyhow::ensure!(!given, "{name} is not supported by ferry: {why}");
+    }
+    Ok(())
+}
+
+/// The capabilities `ferry fs` keeps as root: virtiofsd's default set,
+/// with `--modcaps` changes (`+name`/`-name`, `:`-separated).
+#[cfg(target_os = "linux")]
+fn kept_caps(modcaps: Option<&str>, file_handles: bool) -> anyhow::Result<Vec<ferry_confine::Capability>> {
+    use ferry_confine::Capability as C;
+    let mut keep = vec![
+        C::CAP_CHOWN,
+        C::CAP_DAC_OVERRIDE,
+        C::CAP_FOWNER,
+        C::CAP_FSETID,
+        C::CAP_SETGID,
+        C::CAP_SETUID,
+        C::CAP_MKNOD,
+        C::CAP_SETFCAP,
+    ];
+    if file_handles {
+        keep.push(C::CAP_DAC_READ_SEARCH);
+    }
+    for item in modcaps.unwrap_or_default().split(':').filter(|s| !s.is_empty()) {
+        let (add, name) = match item.split_at(1) {
+            ("+", n) => (true, n),
+            ("-", n) => (false, n),
+            _ => anyhow::bail!("--modcaps {item:?}: expected +NAME or -NAME, e.g. +sys_admin:-chown"),
+        };
+        let cap: C = format!("CAP_{}", name.to_ascii_uppercase())
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--modcaps {item:?}: no capability named {name:?}"))?;
+        keep.retain(|c| *c != cap);
+        if add {
+            keep.push(cap);
+        }
+    }
+    Ok(keep)
 }
 
 /// The rules of `--translate-KIND` or `--KIND-map` (not both).
@@ -367,8 +454,32 @@ fn serve(a: FsArgs) -> anyhow::Result<()> {
         println!("{{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}}");
         return Ok(());
     }
-    let opts = options(&a)?;
+    let mut opts = options(&a)?;
     let served = shares(&a, &opts)?;
+    if opts.inode_file_handles != InodeFileHandles::Never && opts.sandbox == SandboxMode::Namespace {
+        // The pivot leaves fuse-backend-rs unable to reopen handles through
+        // the mount table; refuse rather than fail at the guest's INIT.
+        anyhow::ensure!(
+            opts.inode_file_handles != InodeFileHandles::Mandatory,
+            "--inode-file-handles=mandatory does not work with --sandbox namespace yet: use --sandbox chroot (or none)"
+        );
+        tracing::info!(
+            "--inode-file-handles=prefer: not with --sandbox namespace; inodes are held as O_PATH descriptors"
+        );
+        opts.inode_file_handles = InodeFileHandles::Never;
+    }
+    if opts.inode_file_handles != InodeFileHandles::Never {
+        for s in &served {
+            if let Err(e) = ferry_fs::device::file_handles_work(&s.dir) {
+                anyhow::ensure!(
+                    opts.inode_file_handles != InodeFileHandles::Mandatory,
+                    "--inode-file-handles=mandatory: {e}"
+                );
+                tracing::info!("not using file handles: {e}; inodes are held as O_PATH descriptors");
+                opts.inode_file_handles = InodeFileHandles::Never;
+            }
+        }
+    }
     let _ = ferry_net::sys::raise_nofile_limit(opts.rlimit_nofile);
     let list: Vec<(&std::path::Path, bool)> = served.iter().map(|s| (s.dir.as_path(), s.readonly)).collect();
     let sandbox = ferry_fs::sandbox::prepare_shares(opts.sandbox, &list)?;
@@ -386,6 +497,10 @@ fn serve(a: FsArgs) -> anyhow::Result<()> {
     }
     // Threads only after this: a mount namespace is entered per thread.
     sandbox.confine()?;
+    // Still one thread: capabilities are per thread, and those started
+    // from here on inherit what is kept.
+    let keep = kept_caps(a.modcaps.as_deref(), opts.inode_file_handles != InodeFileHandles::Never)?;
+    ferry_confine::drop_caps(&keep).context("dropping capabilities")?;
     let seccomp = ferry_confine::seccomp::Mode::parse(&a.seccomp).unwrap_or(ferry_confine::seccomp::Mode::Kill);
     ferry_confine::seccomp::install(seccomp, ferry_fs::SYSCALLS).context("--seccomp")?;
     if let Some(fd) = a.notify_fd {
