@@ -73,7 +73,7 @@ impl Stack {
     pub fn dns_link_families(&mut self, mac: Mac) {
         let Some(dns) = &self.dns else { return };
         let (mut v4s, mut v6s): (Vec<Ipv4Addr>, Vec<Ipv6Addr>) = (Vec::new(), Vec::new());
-        for (ip, m) in &self.switch.tx.neighbors {
+        for (ip, m) in self.switch.tx.neighbors.iter() {
             match ip {
                 _ if *m != mac => {}
                 IpAddr::V4(ip) => v4s.push(*ip),

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod dhcp;
+pub mod bounded;
 pub mod dhcp6;
 pub mod forward;
 pub mod frontend;

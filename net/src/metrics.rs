@@ -43,6 +43,11 @@ metrics! {
     ndp_replies,
     /// DHCPv6 replies sent.
     dhcp6_replies,
+    /// MAC table entries evicted because the table was full (a flood of
+    /// invented source MACs).
+    mac_table_evictions,
+    /// Neighbour (ARP/NDP) entries evicted because the table was full.
+    neighbor_evictions,
     /// Frames forwarded from one guest port to another.
     switched_frames,
     /// TCP flows opened to the host.

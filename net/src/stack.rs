@@ -53,6 +53,8 @@ pub struct Stack {
     pub switch: Switch,
     pub dhcp: DhcpServer,
     pub dhcp6: dhcp6::Dhcp6Server,
+    /// When each full table last logged (see `table_full`).
+    table_warned: std::collections::HashMap<&'static str, Option<smoltcp::time::Instant>>,
     pub tcp: TcpNat,
     pub udp: UdpNat,
     pub icmp: IcmpNat,
@@ -97,6 +99,7 @@ impl Stack {
                 switch,
                 dhcp: DhcpServer::new(),
                 dhcp6: dhcp6::Dhcp6Server::new(),
+                table_warned: std::collections::HashMap::new(),
                 tcp: TcpNat::default(),
                 udp: UdpNat::default(),
                 icmp,
@@ -212,7 +215,12 @@ impl Stack {
             NetMetrics::inc(&self.metrics.drop_malformed);
             return;
         }
+        let evicted = self.switch.tx.mac_port.evictions;
         self.switch.tx.mac_port.insert(src, port);
+        if self.switch.tx.mac_port.evictions != evicted {
+            NetMetrics::inc(&self.metrics.mac_table_evictions);
+            self.table_full("MAC table", crate::switch::MAX_MACS);
+        }
         if dst != self.cfg.gateway_mac {
             if is_multicast(&dst) {
                 // Other guests see broadcasts too (ARP between guests).
@@ -279,6 +287,16 @@ impl Stack {
 
     /// Remembers which MAC owns a guest address (either family). A guest's
     /// first address in the IPv6 prefix also becomes the AAAA of its names.
+    /// One log line per table per minute while a guest keeps it full.
+    fn table_full(&mut self, table: &'static str, cap: usize) {
+        let now = self.now();
+        let last = self.table_warned.entry(table).or_insert(None);
+        if last.is_none_or(|t| now - t >= smoltcp::time::Duration::from_secs(60)) {
+            *last = Some(now);
+            tracing::warn!(table, cap, "table full: a guest is sending from more MACs or addresses than ferry keeps; the least recently seen entries make room (see the *_evictions counters)");
+        }
+    }
+
     pub(crate) fn learn(&mut self, ip: IpAddr, mac: Mac) {
         let guest = match ip {
             IpAddr::V4(ip) => {
@@ -296,7 +314,12 @@ impl Stack {
         if !guest {
             return;
         }
+        let evicted = self.switch.tx.neighbors.evictions;
         let previous = self.switch.tx.neighbors.insert(ip, mac);
+        if self.switch.tx.neighbors.evictions != evicted {
+            NetMetrics::inc(&self.metrics.neighbor_evictions);
+            self.table_full("neighbour table", crate::switch::MAX_NEIGHBORS);
+        }
         if previous != Some(mac) && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
             self.dns_link_families(mac);
         }

@@ -3,7 +3,6 @@
 //! sends and receives. smoltcp runs with `Medium::Ip`; Ethernet framing and
 //! ARP are ours, so the switch decides who answers for which address.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::rc::Rc;
@@ -13,6 +12,7 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Med
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Packet, Ipv6Packet, ETHERNET_HEADER_LEN};
 
+use crate::bounded::BoundedMap;
 use crate::config::Mac;
 use crate::frontend::Frontend;
 use crate::metrics::NetMetrics;
@@ -20,6 +20,12 @@ use crate::metrics::NetMetrics;
 pub type PortId = usize;
 
 pub const BROADCAST: Mac = [0xff; 6];
+
+/// Guest MACs the switch remembers: far more than the guests one ferry
+/// serves; a guest inventing source MACs only evicts its own inventions.
+pub const MAX_MACS: usize = 1024;
+/// Guest addresses (IPv4, SLAAC, temporary and link-local IPv6 per guest).
+pub const MAX_NEIGHBORS: usize = 4096;
 
 pub fn is_multicast(mac: &Mac) -> bool {
     mac[0] & 1 == 1
@@ -35,9 +41,11 @@ pub struct RxSlot {
 /// The transmit side: ports and where each guest is.
 pub struct TxSide {
     pub ports: Vec<Option<Rc<dyn Frontend>>>,
-    pub mac_port: HashMap<Mac, PortId>,
-    /// Guests' addresses of both families (ARP and neighbour discovery).
-    pub neighbors: HashMap<IpAddr, Mac>,
+    /// Where each guest MAC is (at most [`MAX_MACS`]).
+    pub mac_port: BoundedMap<Mac, PortId>,
+    /// Guests' addresses of both families (ARP and neighbour discovery;
+    /// at most [`MAX_NEIGHBORS`]).
+    pub neighbors: BoundedMap<IpAddr, Mac>,
     pub gateway_mac: Mac,
     buf: Vec<u8>,
     pub metrics: Arc<NetMetrics>,
@@ -131,8 +139,8 @@ impl Switch {
             },
             tx: TxSide {
                 ports: Vec::new(),
-                mac_port: HashMap::new(),
-                neighbors: HashMap::new(),
+                mac_port: BoundedMap::new(MAX_MACS),
+                neighbors: BoundedMap::new(MAX_NEIGHBORS),
                 gateway_mac,
                 buf: vec![0; ETHERNET_HEADER_LEN + mtu],
                 metrics,
