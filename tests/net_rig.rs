@@ -664,10 +664,25 @@ fn a_flood_of_invented_macs_and_addresses_is_bounded() {
                 pseudo.extend_from_slice(&icmp);
                 let sum = ferry_checksum(&pseudo);
                 icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-                let ip = [&[0x60, 0, 0, 0][..], &(icmp.len() as u16).to_be_bytes(), &[58, 64], &src, &dst, &icmp].concat();
+                let ip = [
+                    &[0x60, 0, 0, 0][..],
+                    &(icmp.len() as u16).to_be_bytes(),
+                    &[58, 64],
+                    &src,
+                    &dst,
+                    &icmp,
+                ]
+                .concat();
                 [&[0x52, 0x55, 0x0a, 0x00, 0x02, 0x01][..], &mac, &[0x86, 0xdd], &ip].concat()
             } else {
-                let arp = [&[0u8, 1, 8, 0, 6, 4, 0, 1][..], &mac, &[10, 0, 2, r[6]], &[0; 6], &[10, 0, 2, 1]].concat();
+                let arp = [
+                    &[0u8, 1, 8, 0, 6, 4, 0, 1][..],
+                    &mac,
+                    &[10, 0, 2, r[6]],
+                    &[0; 6],
+                    &[10, 0, 2, 1],
+                ]
+                .concat();
                 [&[0xff; 6][..], &mac, &[8, 6], &arp].concat()
             };
             frames.push(frame);

@@ -7,9 +7,9 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod bounded;
 pub mod config;
 pub mod dhcp;
-pub mod bounded;
 pub mod dhcp6;
 pub mod forward;
 pub mod frontend;
