@@ -122,7 +122,7 @@ fn bad_requests_get_4xx_and_the_daemon_keeps_serving() {
                 "http://ferry/dns/records",
             ],
             400,
-            "IPv4",
+            "not an IP address",
         ),
         (&["-X", "DELETE", "http://ferry/dns/records/nothere"], 404, "nothere"),
         (&["http://ferry/nope"], 404, "/nope"),

@@ -350,6 +350,16 @@ fn dhcpv6_stateful_leases_with_dhclient() {
         // dhclient takes its DUID from the lease file's default-duid.
         std::fs::write(&leases, format!("default-duid \"{duid}\";\n")).unwrap();
         let pid = dir.join(format!("{name}.pid"));
+        // Our own lease script: Debian's dhclient-script would rewrite the
+        // host's /etc/resolv.conf (a network namespace shares /etc).
+        let script = dir.join("script");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ncase \"$reason\" in BOUND6|RENEW6|REBIND6|REBOOT6)\n  ip -6 addr add \"$new_ip6_address/${new_ip6_prefixlen:-128}\" dev \"$interface\" nodad ;;\nesac\nexit 0\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let resolv_before = std::fs::read("/etc/resolv.conf").ok();
         let out = ns.command(
             &[
                 "dhclient",
@@ -362,6 +372,8 @@ fn dhcpv6_stateful_leases_with_dhclient() {
                 leases.to_str().unwrap(),
                 "-pf",
                 pid.to_str().unwrap(),
+                "-sf",
+                script.to_str().unwrap(),
                 "tap0",
             ],
             Duration::from_secs(60),
@@ -371,6 +383,11 @@ fn dhcpv6_stateful_leases_with_dhclient() {
             let _ = Command::new("kill").arg(p.trim()).status();
         }
         assert!(out.status.success(), "dhclient -6: {text}");
+        assert_eq!(
+            std::fs::read("/etc/resolv.conf").ok(),
+            resolv_before,
+            "the host's resolv.conf changed"
+        );
         text
     };
     // DUID-LL (type 3, Ethernet) 02:03:04:05:06:07, octal-escaped as
@@ -510,4 +527,45 @@ fn ipv6_in_the_control_and_gvproxy_apis() {
     assert_eq!(got, "from the guest over v6");
     server.join().unwrap();
     std::fs::remove_file(&sock).ok();
+}
+
+/// The host alias stands for the host's loopback in both families: a
+/// service on 127.0.0.1 only is reached through the IPv6 alias, one on ::1
+/// only (Node's "localhost") through the IPv4 alias, and a port open on
+/// neither is still refused at once.
+#[test]
+fn the_host_alias_reaches_a_service_bound_to_either_loopback() {
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure"]);
+    slaac(&ns);
+    let serve = |bind: &str| {
+        let l = TcpListener::bind(bind).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let greeting = format!("served on {bind}");
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            c.write_all(greeting.as_bytes()).unwrap();
+        });
+        port
+    };
+    let v4_only = serve("127.0.0.1:0");
+    let v6_only = serve("[::1]:0");
+    let closed = free_port6();
+    ns.run_in(move || {
+        let read = |to: SocketAddr| {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(10)).unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        assert_eq!(read(alias6(v4_only)), "served on 127.0.0.1:0");
+        assert_eq!(
+            read(SocketAddr::new("10.0.2.254".parse().unwrap(), v6_only)),
+            "served on [::1]:0"
+        );
+        let start = Instant::now();
+        let err = TcpStream::connect_timeout(&alias6(closed), Duration::from_secs(10)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(start.elapsed() < Duration::from_secs(2));
+    });
 }

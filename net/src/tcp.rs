@@ -131,16 +131,33 @@ impl Stack {
         let timeout = self.cfg.tcp_connect_timeout;
         let addr = SocketAddr::new(target, key.3);
         let outbound = self.cfg.outbound_for(target);
+        // The host alias stands for the host's loopback in both families: a
+        // service bound to only one of 127.0.0.1 and ::1 (Node's
+        // "localhost" is ::1) is reached whichever alias the guest's
+        // resolver picked. Refused on one, the other is tried.
+        let other_loopback = match target {
+            IpAddr::V4(v4) if v4.is_loopback() => Some(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+            IpAddr::V6(v6) if v6.is_loopback() => Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            _ => None,
+        };
         tokio::task::spawn_local(async move {
-            let connect = async {
+            let attempt = |addr: SocketAddr| async move {
                 let socket = match addr {
                     SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
                     SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
                 };
-                if let Some(local) = outbound {
+                if let Some(local) = outbound.filter(|_| !addr.ip().is_loopback()) {
                     socket.bind(SocketAddr::new(local, 0))?;
                 }
                 socket.connect(addr).await
+            };
+            let connect = async {
+                match (attempt(addr).await, other_loopback) {
+                    (Err(e), Some(other)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        attempt(SocketAddr::new(other, addr.port())).await.map_err(|_| e)
+                    }
+                    (result, _) => result,
+                }
             };
             let result = match tokio::time::timeout(timeout, connect).await {
                 Ok(r) => r,

@@ -277,7 +277,9 @@ pub fn run_session(sock: UnixStream, s: &Session) -> anyhow::Result<i32> {
             }
         });
     } else {
-        writer.write_all(&frame(b'i', &[]))?;
+        // No stdin. The agent may already have answered and closed (a
+        // program that does not exist): what it said is read below.
+        let _ = writer.write_all(&frame(b'i', &[]));
     }
     let mut reader = sock;
     let mut stdout = std::io::stdout();
