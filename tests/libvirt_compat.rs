@@ -1,0 +1,219 @@
+//! libvirt 9 with ferry as its virtiofsd: a TCG domain whose `<filesystem>`
+//! names ferry as `<binary>` (libvirt runs it as `virtiofsd --fd=N -o
+//! source=DIR ...` after reading `--print-capabilities`), booting ferry's
+//! guest image directly; the guest writes to the share and reads a host
+//! file, and the host checks both. libvirtd and virtlogd are started by the
+//! test (no systemd here), with qemu.conf set for root-run test domains.
+
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::require_tool;
+
+const SOCK: &str = "/run/libvirt/libvirt-sock";
+
+fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// qemu.conf for test domains: run QEMU as root, no security driver (no
+/// AppArmor/SELinux labelling of our temp files). Then the daemons.
+fn libvirtd() {
+    let conf = Path::new("/etc/libvirt/qemu.conf");
+    let text = std::fs::read_to_string(conf).unwrap_or_default();
+    let mut add = String::new();
+    for line in [
+        "user = \"root\"",
+        "group = \"root\"",
+        "security_driver = \"none\"",
+        "swtpm_user = \"root\"",
+        "swtpm_group = \"root\"",
+    ] {
+        if !text.lines().any(|l| l.trim() == line) {
+            add.push_str(line);
+            add.push('\n');
+        }
+    }
+    if !add.is_empty() {
+        std::fs::write(conf, format!("{text}\n# ferry tests\n{add}")).unwrap();
+        // A running daemon would not see the change.
+        let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // libvirtd resolves its compiled-in QEMU user before reading qemu.conf;
+    // Debian's libvirt-daemon-system package would have created it.
+    if !sh("id", &["libvirt-qemu"]).0 {
+        let _ = sh("groupadd", &["-f", "-r", "libvirt-qemu"]);
+        let _ = sh(
+            "useradd",
+            &[
+                "-r",
+                "-g",
+                "libvirt-qemu",
+                "-d",
+                "/var/lib/libvirt",
+                "-s",
+                "/usr/sbin/nologin",
+                "libvirt-qemu",
+            ],
+        );
+    }
+    // Without the Debian service units nothing has made their directories.
+    for d in ["/var/log/libvirt/qemu", "/run/libvirt", "/var/lib/libvirt/qemu"] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    if !sh("pgrep", &["-x", "virtlogd"]).0 {
+        assert!(sh("virtlogd", &["-d"]).0, "starting virtlogd");
+    }
+    if !sh("pgrep", &["-x", "libvirtd"]).0 {
+        let _ = std::fs::remove_file(SOCK);
+        assert!(sh("libvirtd", &["-d"]).0, "starting libvirtd");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sh("virsh", &["-c", "qemu:///system", "version"]).0 {
+        assert!(Instant::now() < deadline, "libvirtd did not answer within 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' | b'=' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn libvirt_runs_ferry_as_virtiofsd_for_a_domain() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    require_tool("virsh", "libvirt-clients");
+    require_tool("libvirtd", "libvirt-daemon");
+    libvirtd();
+    let dir = std::env::temp_dir().join(format!("ferry-libvirt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("from-host.txt"), "hello from the host\n").unwrap();
+    // libvirt runs the binary it is given; ferry answers to argv[0] virtiofsd.
+    let virtiofsd = dir.join("virtiofsd");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ferry"), &virtiofsd).unwrap();
+    let (ok, caps) = sh(virtiofsd.to_str().unwrap(), &["--print-capabilities"]);
+    assert!(ok && caps.contains("\"fs\""), "{caps}");
+
+    let (ok, built) = sh(env!("CARGO_BIN_EXE_ferry"), &["guest", "build"]);
+    assert!(ok, "ferry guest build: {built}");
+    let initrd = PathBuf::from(
+        built
+            .lines()
+            .find(|l| l.trim().ends_with(".cpio.gz"))
+            .unwrap_or_else(|| panic!("no image path in: {built}"))
+            .trim(),
+    );
+    let (ok, kernel) = sh(env!("CARGO_BIN_EXE_ferry"), &["guest", "kernel"]);
+    assert!(ok, "{kernel}");
+    let kernel = kernel.split_whitespace().next().unwrap().to_string();
+    let script = "cat /mnt/from-host.txt > /mnt/seen-by-guest.txt && echo written-by-the-guest > /mnt/from-guest.txt";
+    let cmd: Vec<String> = ["sh", "-c", script].iter().map(|w| percent(w)).collect();
+    let cmdline = format!(
+        "console=ttyS0 quiet loglevel=3 panic=-1 reboot=t ferry.mount=share0:/mnt ferry.cmd={}",
+        cmd.join(",")
+    );
+    let name = format!("ferry-test-{}", std::process::id());
+    let console = dir.join("console.log");
+    // QEMU 7.2 under TCG cannot wire MSI-X vectors to a vhost-user device:
+    // vectors=0 through libvirt's QEMU override (ferry run does the same).
+    let xml = format!(
+        r#"<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>{name}</name>
+  <memory unit='MiB'>512</memory>
+  <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <filesystem type='mount' accessmode='passthrough'>
+      <driver type='virtiofs' queue='1024'/>
+      <binary path='{virtiofsd}'/>
+      <source dir='{share}'/>
+      <target dir='share0'/>
+      <alias name='ua-fs0'/>
+    </filesystem>
+    <serial type='file'><source path='{console}'/><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+  <qemu:override>
+    <qemu:device alias='ua-fs0'>
+      <qemu:frontend><qemu:property name='vectors' type='unsigned' value='0'/></qemu:frontend>
+    </qemu:device>
+  </qemu:override>
+</domain>
+"#,
+        initrd = initrd.display(),
+        virtiofsd = virtiofsd.display(),
+        share = share.display(),
+        console = console.display(),
+    );
+    let xml_path = dir.join("domain.xml");
+    std::fs::write(&xml_path, xml).unwrap();
+    let (ok, text) = sh("virsh", &["-c", "qemu:///system", "create", xml_path.to_str().unwrap()]);
+    assert!(ok, "virsh create: {text}");
+    // The guest writes, then powers off; the domain is destroyed with it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, state) = sh("virsh", &["-c", "qemu:///system", "domstate", &name]);
+        if !state.contains("running") {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = sh("virsh", &["-c", "qemu:///system", "destroy", &name]);
+            panic!(
+                "the domain still runs after 120 s; console:\n{}",
+                std::fs::read_to_string(&console).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = std::fs::read_to_string(format!("/var/log/libvirt/qemu/{name}.log")).unwrap_or_default();
+    let seen = std::fs::read_to_string(share.join("seen-by-guest.txt")).unwrap_or_default();
+    assert_eq!(
+        seen,
+        "hello from the host\n",
+        "the guest did not read the host file; console:\n{}\nlibvirt log:\n{log}",
+        std::fs::read_to_string(&console).unwrap_or_default()
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.join("from-guest.txt")).unwrap_or_default(),
+        "written-by-the-guest\n"
+    );
+    // It was ferry that libvirt ran as the domain's virtiofsd.
+    let fs_log =
+        std::fs::read_to_string(format!("/var/log/libvirt/qemu/{name}-ua-fs0-virtiofsd.log")).unwrap_or_default();
+    assert!(
+        fs_log.contains("ferry") && fs_log.contains("front end connected"),
+        "{fs_log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
