@@ -1071,3 +1071,72 @@ fn file_handles_let_a_share_outgrow_the_descriptor_limit() {
     // Still serving: a request that needs no new descriptor.
     assert!(client.getattr(ROOT).is_ok());
 }
+
+/// `virtiofsd --syslog` (Kata passes it): the log goes to syslog under the
+/// ident "virtiofsd", not to stderr. Where this machine has no syslog, the
+/// test listens on /dev/log itself for the duration.
+#[test]
+fn syslog_takes_the_log_when_asked() {
+    let share = tempdir("syslog");
+    let dir = share.with_extension("bin");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let virtiofsd = dir.join("virtiofsd");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ferry"), &virtiofsd).unwrap();
+    let dev_log = Path::new("/dev/log");
+    let listener = if dev_log.exists() {
+        None
+    } else {
+        let l = std::os::unix::net::UnixDatagram::bind(dev_log).unwrap();
+        l.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Some(l)
+    };
+    let socket = share.with_extension("sock");
+    let _ = std::fs::remove_file(&socket);
+    let args = [
+        "--syslog".to_string(),
+        "--socket-path".into(),
+        socket.display().to_string(),
+        "--shared-dir".into(),
+        share.display().to_string(),
+        "--sandbox=none".into(),
+    ];
+    let mut server = Backend::wait(Ferry::with_binary(&virtiofsd, args).spawn(), socket);
+    let mut seen = String::new();
+    if let Some(l) = &listener {
+        let mut buf = [0u8; 4096];
+        while !seen.contains("waiting for the vhost-user front end") {
+            match l.recv(&mut buf) {
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) => {
+                    eprintln!("syslog read: {e}");
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(dev_log);
+    }
+    let stderr = server.stderr();
+    assert!(
+        !stderr.contains("waiting for the vhost-user front end"),
+        "logged to stderr: {stderr}"
+    );
+    if listener.is_some() {
+        assert!(
+            seen.contains("virtiofsd[") && seen.contains("waiting for the vhost-user front end"),
+            "syslog got: {seen}"
+        );
+    }
+    // As `ferry fs`, --syslog is refused with the reason.
+    let out = Ferry::new([
+        "fs",
+        "--syslog",
+        "--shared-dir",
+        "/tmp",
+        "--socket-path",
+        "/tmp/x-syslog.sock",
+    ])
+    .output();
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("--syslog"));
+}

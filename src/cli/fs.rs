@@ -100,7 +100,8 @@ pub struct FsArgs {
     /// Disable READDIRPLUS (accepted).
     #[arg(long)]
     no_readdirplus: bool,
-    /// Log to syslog (accepted; ferry logs to stderr).
+    /// Log to syslog instead of stderr (as virtiofsd, under the ident
+    /// "virtiofsd"). When run as `ferry fs`, use ferry's own log options.
     #[arg(long)]
     syslog: bool,
     /// Print the capabilities JSON libvirt reads and exit.
@@ -201,9 +202,13 @@ pub fn run(args: &[OsString], logging_ready: bool) -> ExitCode {
         };
         let opts = crate::logging::LogOptions {
             log_level: level,
+            syslog: parsed.syslog,
             ..Default::default()
         };
         crate::logging::init(&opts);
+    } else if parsed.syslog {
+        eprintln!("ferry fs: error: --syslog is virtiofsd's: run ferry as `virtiofsd` for it (logging is already set up by ferry's own options)");
+        return ExitCode::from(2);
     }
     match serve(parsed) {
         Ok(()) => ExitCode::SUCCESS,
@@ -502,7 +507,11 @@ fn serve(a: FsArgs) -> anyhow::Result<()> {
     let keep = kept_caps(a.modcaps.as_deref(), opts.inode_file_handles != InodeFileHandles::Never)?;
     ferry_confine::drop_caps(&keep).context("dropping capabilities")?;
     let seccomp = ferry_confine::seccomp::Mode::parse(&a.seccomp).unwrap_or(ferry_confine::seccomp::Mode::Kill);
-    ferry_confine::seccomp::install(seccomp, ferry_fs::SYSCALLS).context("--seccomp")?;
+    let mut lists = ferry_fs::SYSCALLS.to_vec();
+    if a.syslog {
+        lists.push(crate::logging::SYSLOG_SYSCALLS);
+    }
+    ferry_confine::seccomp::install(seccomp, &lists).context("--seccomp")?;
     if let Some(fd) = a.notify_fd {
         anyhow::ensure!(fd > 2, "--notify-fd {fd}: not an inherited socket descriptor");
         // SAFETY: our parent passed this descriptor as one end of a socket
