@@ -1,9 +1,12 @@
-//! libvirt 9 with ferry as its virtiofsd: a TCG domain whose `<filesystem>`
-//! names ferry as `<binary>` (libvirt runs it as `virtiofsd --fd=N -o
-//! source=DIR ...` after reading `--print-capabilities`), booting ferry's
-//! guest image directly; the guest writes to the share and reads a host
-//! file, and the host checks both. libvirtd and virtlogd are started by the
-//! test (no systemd here), with qemu.conf set for root-run test domains.
+//! ferry as virtiofsd under its real clients' command lines, each with a
+//! real guest kernel under QEMU (TCG) reading and writing the share:
+//! - libvirt 9: a domain whose `<filesystem>` names ferry as `<binary>`
+//!   (libvirt reads `--print-capabilities`, then runs it with `--fd=N -o
+//!   source=DIR ...`); libvirtd and virtlogd are started by the test (no
+//!   systemd here), with qemu.conf set for root-run test domains;
+//! - Kata's command line (`--syslog --fd=3 -o announce_submounts ...`);
+//! - podman machine's (`--sandbox none --socket-path ... --shared-dir .
+//!   --seccomp=none`, run from the shared directory).
 
 #![cfg(target_os = "linux")]
 
@@ -215,5 +218,158 @@ fn libvirt_runs_ferry_as_virtiofsd_for_a_domain() {
         fs_log.contains("ferry") && fs_log.contains("front end connected"),
         "{fs_log}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The guest image and kernel, and a kernel command line that mounts tag
+/// `share0` at /mnt and runs `script`.
+fn guest(script: &str) -> (PathBuf, String, String) {
+    let (ok, built) = sh(env!("CARGO_BIN_EXE_ferry"), &["guest", "build"]);
+    assert!(ok, "ferry guest build: {built}");
+    let initrd = PathBuf::from(built.lines().find(|l| l.trim().ends_with(".cpio.gz")).unwrap().trim());
+    let (ok, kernel) = sh(env!("CARGO_BIN_EXE_ferry"), &["guest", "kernel"]);
+    assert!(ok, "{kernel}");
+    let kernel = kernel.split_whitespace().next().unwrap().to_string();
+    let cmd: Vec<String> = ["sh", "-c", script].iter().map(|w| percent(w)).collect();
+    let cmdline = format!(
+        "console=ttyS0 quiet loglevel=3 panic=-1 reboot=t ferry.mount=share0:/mnt ferry.cmd={}",
+        cmd.join(",")
+    );
+    (initrd, kernel, cmdline)
+}
+
+/// Boots QEMU with a vhost-user-fs device on `socket`; returns the console.
+fn boot_qemu(socket: &Path, script: &str) -> String {
+    let (initrd, kernel, cmdline) = guest(script);
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "qemu-system-x86_64",
+            "-machine",
+            "pc,accel=tcg",
+            "-m",
+            "512",
+            "-nodefaults",
+            "-no-reboot",
+        ])
+        .args([
+            "-object",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-numa",
+            "node,memdev=mem",
+        ])
+        .args([
+            "-kernel",
+            &kernel,
+            "-initrd",
+            initrd.to_str().unwrap(),
+            "-append",
+            &cmdline,
+        ])
+        .args(["-display", "none", "-serial", "stdio"])
+        .arg("-chardev")
+        .arg(format!("socket,id=fs0,path={}", socket.display()))
+        // QEMU 7.2 under TCG cannot wire MSI-X vectors to a vhost back end.
+        .args(["-device", "vhost-user-fs-pci,chardev=fs0,tag=share0,vectors=0"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+const GUEST_SCRIPT: &str =
+    "cat /mnt/from-host.txt > /mnt/seen-by-guest.txt && echo written-by-the-guest > /mnt/from-guest.txt";
+
+fn share_with_a_host_file(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-vfsd-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("share")).unwrap();
+    std::fs::write(dir.join("share/from-host.txt"), "hello from the host\n").unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ferry"), dir.join("virtiofsd")).unwrap();
+    dir
+}
+
+fn guest_did_its_part(share: &Path, console: &str) {
+    assert_eq!(
+        std::fs::read_to_string(share.join("seen-by-guest.txt")).unwrap_or_default(),
+        "hello from the host\n",
+        "console:\n{console}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.join("from-guest.txt")).unwrap_or_default(),
+        "written-by-the-guest\n",
+        "console:\n{console}"
+    );
+}
+
+/// Kata's virtiofsd command line: a listening socket inherited as fd 3.
+#[test]
+fn kata_command_line_serves_a_guest() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let dir = share_with_a_host_file("kata");
+    let share = dir.join("share");
+    let socket = dir.join("vhost-fs.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let mut cmd = Command::new(dir.join("virtiofsd"));
+    cmd.args(["--syslog", "--cache=auto"])
+        .arg(format!("--shared-dir={}", share.display()))
+        .args([
+            "--fd=3",
+            "--thread-pool-size=1",
+            "-o",
+            "announce_submounts",
+            "--inode-file-handles=prefer",
+        ])
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: dup2(2) between fork and exec, async-signal-safe: the
+    // listening socket becomes the child's fd 3, as Kata hands it over.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // dup2 onto itself would keep close-on-exec: clear it then.
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = cmd.spawn().unwrap();
+    drop(listener);
+    let console = boot_qemu(&socket, GUEST_SCRIPT);
+    let _ = server.kill();
+    let _ = server.wait();
+    guest_did_its_part(&share, &console);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// podman machine's (QEMU) virtiofsd command line, run from the shared
+/// directory (`--shared-dir .`).
+#[test]
+fn podman_machine_command_line_serves_a_guest() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let dir = share_with_a_host_file("podman");
+    let share = dir.join("share");
+    let socket = dir.join("podman-machine-vfs.sock");
+    let mut server = Command::new(dir.join("virtiofsd"))
+        .current_dir(&share)
+        .args(["--sandbox", "none", "--socket-path"])
+        .arg(&socket)
+        .args(["--shared-dir", ".", "--seccomp=none"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no socket at {}", socket.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let console = boot_qemu(&socket, GUEST_SCRIPT);
+    let _ = server.kill();
+    let _ = server.wait();
+    guest_did_its_part(&share, &console);
     let _ = std::fs::remove_dir_all(&dir);
 }
