@@ -1140,3 +1140,35 @@ fn syslog_takes_the_log_when_asked() {
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("--syslog"));
 }
+
+/// `--announce-submounts` (virtiofsd's default): a directory that is a
+/// mount point on the host comes back flagged FUSE_ATTR_SUBMOUNT, a plain
+/// one does not, and `--no-announce-submounts` turns it off.
+#[test]
+fn mount_points_are_announced_as_submounts() {
+    let share = tempdir("submounts");
+    std::fs::create_dir_all(share.join("sub")).unwrap();
+    std::fs::create_dir_all(share.join("plain")).unwrap();
+    let sub = share.join("sub");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs for the test");
+    let check = |sandbox: &str, extra: &[&str]| {
+        let mut server = Backend::ferry(&share, sandbox, extra);
+        let (mut client, init) = FuseClient::connect(&server.socket).unwrap();
+        let mut flags = |name: &[u8]| client.lookup(ROOT, name).unwrap().attr.flags;
+        let got = (init.flags & 0x800_0000 != 0, flags(b"sub") & 1, flags(b"plain") & 1);
+        server.assert_alive();
+        got
+    };
+    let on = check("none", &[]);
+    let in_namespace = check("namespace", &[]);
+    let off = check("none", &["--no-announce-submounts"]);
+    let _ = Command::new("umount").arg(&sub).status();
+    assert_eq!(on, (true, 1, 0), "default: SUBMOUNTS granted, sub flagged, plain not");
+    assert_eq!(in_namespace, (true, 1, 0), "the same inside the namespace sandbox");
+    assert_eq!(off, (false, 0, 0), "--no-announce-submounts");
+}

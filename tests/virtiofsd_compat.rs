@@ -307,6 +307,16 @@ fn kata_command_line_serves_a_guest() {
     require_tool("qemu-system-x86_64", "qemu-system-x86");
     let dir = share_with_a_host_file("kata");
     let share = dir.join("share");
+    // A mount point inside the share: Kata asks for it to be announced.
+    let sub = share.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(sub.join("inside.txt"), "on the submount\n").unwrap();
     let socket = dir.join("vhost-fs.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
@@ -339,10 +349,25 @@ fn kata_command_line_serves_a_guest() {
     }
     let mut server = cmd.spawn().unwrap();
     drop(listener);
-    let console = boot_qemu(&socket, GUEST_SCRIPT);
+    let script = format!(
+        // Reading through the submount mounts it (stat alone does not
+        // trigger an automount).
+        "{GUEST_SCRIPT} && cat /mnt/sub/inside.txt > /tmp/inside && stat -c %d /mnt /mnt/sub/ > /mnt/devs.txt && grep -c ' /mnt/sub ' /proc/mounts >> /mnt/devs.txt; cat /tmp/inside >> /mnt/devs.txt"
+    );
+    let console = boot_qemu(&socket, &script);
     let _ = server.kill();
     let _ = server.wait();
+    let devs = std::fs::read_to_string(sub.join("../devs.txt")).unwrap_or_default();
+    let _ = Command::new("umount").arg(&sub).status();
     guest_did_its_part(&share, &console);
+    let lines: Vec<&str> = devs.lines().collect();
+    assert_eq!(lines.len(), 4, "devs.txt: {devs}\nconsole:\n{console}");
+    assert_ne!(
+        lines[0], lines[1],
+        "the submount has its own device in the guest: {devs}"
+    );
+    assert_eq!(lines[2], "1", "the guest mounted /mnt/sub: {devs}");
+    assert_eq!(lines[3], "on the submount");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

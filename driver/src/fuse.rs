@@ -233,8 +233,9 @@ impl FuseClient {
             minor: 31,
             max_readahead: 128 << 10,
             // ASYNC_READ | BIG_WRITES | DO_READDIRPLUS | PARALLEL_DIROPS |
-            // MAX_PAGES (requests up to 1 MiB, as a Linux guest asks)
-            flags: 0x1 | 0x20 | 0x2000 | 0x40000 | 0x40_0000,
+            // MAX_PAGES (requests up to 1 MiB, as a Linux guest asks) |
+            // SUBMOUNTS
+            flags: 0x1 | 0x20 | 0x2000 | 0x40000 | 0x40_0000 | 0x800_0000,
         };
         let body = self.call(Opcode::Init, 0, &[init.as_slice()])?;
         decode(&body)

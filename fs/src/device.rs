@@ -234,6 +234,7 @@ impl FsDevice {
                 inner: fs.clone(),
                 uids: opts.uids.clone(),
                 gids: opts.gids.clone(),
+                announce_submounts: opts.announce_submounts,
             }),
             fs,
             replay: None,

@@ -1,6 +1,8 @@
-//! [`Translated`]: a `FileSystem` wrapper applying [`IdMap`]s to owners
-//! (see [`crate::idmap`]). Everything but the calls that create files, set
-//! owners or return attributes is passed through unchanged.
+//! [`Translated`]: how the guest sees a share, as a `FileSystem` wrapper:
+//! owners translated by [`IdMap`]s (see [`crate::idmap`]), and directories
+//! that are mount points on the host announced as submounts (virtiofsd's
+//! `--announce-submounts`, so the guest gives each its own mount and device
+//! number). Everything else is passed through unchanged.
 
 use std::ffi::CStr;
 use std::io;
@@ -19,7 +21,12 @@ pub struct Translated<F> {
     pub inner: F,
     pub uids: IdMap,
     pub gids: IdMap,
+    /// Flag directories on another host file system than their parent.
+    pub announce_submounts: bool,
 }
+
+/// FUSE_ATTR_SUBMOUNT in `fuse_attr.flags`.
+const ATTR_SUBMOUNT: u32 = 1;
 
 impl<F> Translated<F> {
     fn eperm() -> io::Error {
@@ -46,12 +53,32 @@ impl<F> Translated<F> {
     }
 }
 
+impl<F: FileSystem> Translated<F> {
+    /// A looked-up entry as the guest gets it: owners translated, and a
+    /// directory on another device than `parent` flagged as a submount.
+    fn guest_lookup(&self, ctx: &Context, parent: u64, e: Entry) -> Entry {
+        let mut e = self.guest_entry(e);
+        if self.announce_submounts && e.attr.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            if let Ok((p, _)) = self.inner.getattr(ctx, F::Inode::from(parent), None) {
+                if p.st_dev != e.attr.st_dev {
+                    e.attr_flags |= ATTR_SUBMOUNT;
+                }
+            }
+        }
+        e
+    }
+}
+
 impl<F: FileSystem> FileSystem for Translated<F> {
     type Inode = F::Inode;
     type Handle = F::Handle;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.inner.init(capable)
+        let mut want = self.inner.init(capable)?;
+        if self.announce_submounts {
+            want |= FsOptions::SUBMOUNTS;
+        }
+        Ok(want)
     }
 
     fn destroy(&self) {
@@ -59,7 +86,10 @@ impl<F: FileSystem> FileSystem for Translated<F> {
     }
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
-        self.inner.lookup(ctx, parent, name).map(|e| self.guest_entry(e))
+        let parent: u64 = parent.into();
+        self.inner
+            .lookup(ctx, F::Inode::from(parent), name)
+            .map(|e| self.guest_lookup(ctx, parent, e))
     }
 
     fn forget(&self, ctx: &Context, inode: Self::Inode, count: u64) {
@@ -306,8 +336,10 @@ impl<F: FileSystem> FileSystem for Translated<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let mut add = |d: DirEntry, e: Entry| add_entry(d, self.guest_entry(e));
-        self.inner.readdirplus(ctx, inode, handle, size, offset, &mut add)
+        let dir: u64 = inode.into();
+        let mut add = |d: DirEntry, e: Entry| add_entry(d, self.guest_lookup(ctx, dir, e));
+        self.inner
+            .readdirplus(ctx, F::Inode::from(dir), handle, size, offset, &mut add)
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()> {

@@ -72,10 +72,12 @@ pub struct FsArgs {
     /// Raise the open-file limit to N (default: the hard limit).
     #[arg(long, value_name = "N")]
     rlimit_nofile: Option<u64>,
-    /// Announce submounts to the guest (accepted).
+    /// Tell the guest which directories are mount points on the host, so it
+    /// mounts each separately (its own device number) [default].
     #[arg(long)]
     announce_submounts: bool,
-    #[arg(long, hide = true)]
+    /// Do not tell the guest which directories are mount points.
+    #[arg(long)]
     no_announce_submounts: bool,
     /// Extended attributes.
     #[arg(long)]
@@ -229,7 +231,8 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
         posix_acl: a.posix_acl,
         readonly: a.readonly,
         writeback: a.writeback,
-        announce_submounts: a.announce_submounts && !a.no_announce_submounts,
+        // On unless turned off, as in virtiofsd.
+        announce_submounts: !a.no_announce_submounts,
         inode_file_handles: a
             .inode_file_handles
             .parse::<InodeFileHandles>()
