@@ -117,24 +117,8 @@ fn libvirt_runs_ferry_as_virtiofsd_for_a_domain() {
     let (ok, caps) = sh(virtiofsd.to_str().unwrap(), &["--print-capabilities"]);
     assert!(ok && caps.contains("\"fs\""), "{caps}");
 
-    let (ok, built) = sh(env!("CARGO_BIN_EXE_ferry"), &["guest", "build"]);
-    assert!(ok, "ferry guest build: {built}");
-    let initrd = PathBuf::from(
-        built
-            .lines()
-            .find(|l| l.trim().ends_with(".cpio.gz"))
-            .unwrap_or_else(|| panic!("no image path in: {built}"))
-            .trim(),
-    );
-    let (ok, kernel) = sh(env!("CARGO_BIN_EXE_ferry"), &["guest", "kernel"]);
-    assert!(ok, "{kernel}");
-    let kernel = kernel.split_whitespace().next().unwrap().to_string();
     let script = "cat /mnt/from-host.txt > /mnt/seen-by-guest.txt && echo written-by-the-guest > /mnt/from-guest.txt";
-    let cmd: Vec<String> = ["sh", "-c", script].iter().map(|w| percent(w)).collect();
-    let cmdline = format!(
-        "console=ttyS0 quiet loglevel=3 panic=-1 reboot=t ferry.mount=share0:/mnt ferry.cmd={}",
-        cmd.join(",")
-    );
+    let (initrd, kernel, cmdline) = guest(script);
     let name = format!("ferry-test-{}", std::process::id());
     let console = dir.join("console.log");
     // QEMU 7.2 under TCG cannot wire MSI-X vectors to a vhost-user device:
@@ -224,8 +208,13 @@ fn libvirt_runs_ferry_as_virtiofsd_for_a_domain() {
 /// The guest image and kernel, and a kernel command line that mounts tag
 /// `share0` at /mnt and runs `script`.
 fn guest(script: &str) -> (PathBuf, String, String) {
-    let (ok, built) = sh(env!("CARGO_BIN_EXE_ferry"), &["guest", "build"]);
-    assert!(ok, "ferry guest build: {built}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["guest", "build"])
+        .env("FERRY_GUEST_INIT", common::guest_init())
+        .output()
+        .unwrap();
+    let built = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ferry guest build: {built}");
     let initrd = PathBuf::from(built.lines().find(|l| l.trim().ends_with(".cpio.gz")).unwrap().trim());
     let (ok, kernel) = sh(env!("CARGO_BIN_EXE_ferry"), &["guest", "kernel"]);
     assert!(ok, "{kernel}");
