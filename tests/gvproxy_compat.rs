@@ -140,3 +140,144 @@ fn unsupported_gvproxy_options_say_so() {
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("-listen-qemu or -listen-vfkit"), "{}", out.stderr);
 }
+
+fn csum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A TCP SYN from `src` to `dst:port` as an Ethernet frame to `gw_mac`.
+fn tcp_syn(gw_mac: &[u8], src: [u8; 4], dst: [u8; 4], port: u16) -> Vec<u8> {
+    let mut tcp = [
+        &[0x30u8, 0x39][..],
+        &port.to_be_bytes(),
+        &[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0],
+    ]
+    .concat();
+    let pseudo = [&src[..], &dst[..], &[0, 6], &(tcp.len() as u16).to_be_bytes(), &tcp].concat();
+    let sum = csum(&pseudo);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = [&[0x45u8, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0][..], &src, &dst].concat();
+    let sum = csum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    [gw_mac, &GVPROXY_MAC[..], &[0x08, 0x00], &ip, &tcp].concat()
+}
+
+fn read_frame(s: &mut UnixStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("no frame from gvproxy");
+    let mut f = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut f).unwrap();
+    f
+}
+
+fn send_frame(s: &mut UnixStream, f: &[u8]) {
+    s.write_all(&(f.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(f).unwrap();
+}
+
+/// gvproxy's other options do what gvproxy does: `-version`, the address
+/// plan flags, `-services` (the API on a second endpoint), `-notification`
+/// (ready, then the VM's connection coming and going), `-pcap`, and the
+/// EC2 metadata addresses kept from the guest unless `-ec2-metadata-access`.
+#[test]
+fn gvproxy_options_do_what_gvproxy_does() {
+    let out = Ferry::new(["gvproxy", "-version"]).output();
+    assert_eq!(out.code, Some(0));
+    assert!(
+        out.stdout.starts_with("gvproxy version v") && out.stdout.contains("ferry"),
+        "{}",
+        out.stdout
+    );
+
+    let dir = std::env::temp_dir().join(format!("ferry-gvproxy-opts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (api, svc, notify, qemu, pcap) = (
+        dir.join("api.sock"),
+        dir.join("svc.sock"),
+        dir.join("notify.sock"),
+        dir.join("qemu.sock"),
+        dir.join("cap.pcap"),
+    );
+    let listener = std::os::unix::net::UnixListener::bind(&notify).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { break };
+            let mut s = String::new();
+            let _ = c.read_to_string(&mut s);
+            if tx.send(s).is_err() {
+                break;
+            }
+        }
+    });
+    let next_note = || rx.recv_timeout(Duration::from_secs(10)).expect("no notification");
+    let ssh = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let args = [
+        format!("-listen=unix://{}", api.display()),
+        format!("-services=unix://{}", svc.display()),
+        format!("-notification=unix://{}", notify.display()),
+        format!("-listen-qemu=unix://{}", qemu.display()),
+        format!("-pcap={}", pcap.display()),
+        "-subnet".into(),
+        "10.77.0.0/24".into(),
+        "-ssh-port".into(),
+        ssh.to_string(),
+    ];
+    let mut running = Ferry::new(std::iter::once("gvproxy".to_string()).chain(args)).spawn();
+    wait_for(&svc);
+    wait_for(&qemu);
+    assert!(next_note().contains(r#""notification_type":"ready""#));
+    let (code, all) = api_curl(&svc, &["http://gvproxy/services/forwarder/all"]);
+    assert_eq!(code, 200, "{all}");
+    assert_eq!(all[0]["remote"], "10.77.0.2:22");
+
+    let mut s = UnixStream::connect(&qemu).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(next_note().contains("connection_established"));
+    send_frame(&mut s, &dhcp_discover(GVPROXY_MAC));
+    let offer = loop {
+        let f = read_frame(&mut s);
+        if f.len() > 42 + 240 && f[12..14] == [8, 0] && f[23] == 17 && f[34..36] == [0, 67] {
+            break f;
+        }
+    };
+    assert_eq!(&offer[42 + 16..42 + 20], &[10, 77, 0, 2], "yiaddr from -subnet");
+    assert_eq!(&offer[42 + 20..42 + 24], &[10, 77, 0, 1], "the gateway from -subnet");
+    let gw_mac = offer[6..12].to_vec();
+    // The instance metadata address: "network unreachable" at once, never
+    // a host connect (nothing leaves the machine).
+    send_frame(&mut s, &tcp_syn(&gw_mac, [10, 77, 0, 2], [169, 254, 169, 254], 80));
+    let icmp = loop {
+        let f = read_frame(&mut s);
+        if f[12..14] == [8, 0] && f[23] == 1 {
+            break f;
+        }
+    };
+    assert_eq!((icmp[34], icmp[35]), (3, 0), "ICMP network unreachable");
+    drop(s);
+    assert!(next_note().contains("connection_closed"));
+
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) };
+    let _ = running.child.wait();
+    let cap = std::fs::read(&pcap).unwrap();
+    assert_eq!(&cap[..4], &0xa1b2c3d4u32.to_le_bytes(), "pcap magic");
+    assert!(
+        cap.len() > 24 + 2 * 16 + 300,
+        "the DHCP exchange is in the capture ({} bytes)",
+        cap.len()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -56,6 +56,11 @@ pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
         id
     };
     tracing::debug!(port = port.name(), "front end attached");
+    let events = stack.borrow().port_events.clone();
+    if let Some(tell) = &events {
+        tell(stack::PortEvent::Attached);
+    }
+    let mut failed = false;
     let noop = std::task::Waker::noop();
     loop {
         let first = std::future::poll_fn(|cx| {
@@ -70,6 +75,7 @@ pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
             Err(e) => {
                 NetMetrics::inc(&st.metrics.port_errors);
                 tracing::warn!(port = port.name(), error = %e, "front end failed; detaching it");
+                failed = true;
                 break;
             }
         }
@@ -91,6 +97,13 @@ pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
         }
     }
     tracing::debug!(port = port.name(), "front end detached");
+    if let Some(tell) = &events {
+        tell(if failed {
+            stack::PortEvent::Failed
+        } else {
+            stack::PortEvent::Detached
+        });
+    }
 }
 
 /// Drives smoltcp's timers (retransmissions, delayed FINs, timeouts).

@@ -45,7 +45,17 @@ pub struct L3 {
 /// Egress passes per poll: up to this many segments per socket at once.
 const EGRESS_ROUNDS: usize = 64;
 
+/// A front end coming or going (gvproxy's `-notification` reports them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortEvent {
+    Attached,
+    Detached,
+    Failed,
+}
+
 pub struct Stack {
+    /// Told when a front end attaches or detaches.
+    pub port_events: Option<Rc<dyn Fn(PortEvent)>>,
     pub cfg: NetConfig,
     pub metrics: Arc<NetMetrics>,
     pub iface: Interface,
@@ -99,6 +109,7 @@ impl Stack {
                 switch,
                 dhcp: DhcpServer::new(),
                 dhcp6: dhcp6::Dhcp6Server::new(),
+                port_events: None,
                 table_warned: std::collections::HashMap::new(),
                 tcp: TcpNat::default(),
                 udp: UdpNat::default(),

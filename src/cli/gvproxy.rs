@@ -19,10 +19,37 @@ use super::net::{DnsArgs, NetArgs};
 #[derive(Debug, Parser)]
 #[command(
     name = "gvproxy",
-    version,
+    disable_version_flag = true,
     after_help = "Go-style flags work too: -listen-qemu unix:///tmp/qemu.sock\nThis is ferry's gvproxy front end; see docs/compat.md."
 )]
 pub struct GvproxyArgs {
+    /// print version information ("gvproxy version vX-ferry")
+    #[arg(long)]
+    pub version: bool,
+    /// subnet address in CIDR format
+    #[arg(long, default_value = "192.168.127.0/24", value_name = "CIDR")]
+    pub subnet: String,
+    /// gateway IP address [default: first usable address of the subnet]
+    #[arg(long = "gatewayIP", value_name = "IP")]
+    pub gateway_ip: Option<Ipv4Addr>,
+    /// device (guest) IP address, leased to 5a:94:ef:e4:0c:ee [default: second usable address]
+    #[arg(long = "deviceIP", value_name = "IP")]
+    pub device_ip: Option<Ipv4Addr>,
+    /// host IP address, reaching the host's loopback [default: last usable address]
+    #[arg(long = "hostIP", value_name = "IP")]
+    pub host_ip: Option<Ipv4Addr>,
+    /// capture network traffic to a pcap file
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// the same HTTP API as -listen, on another endpoint (unix://PATH)
+    #[arg(long, value_name = "URL")]
+    pub services: Option<String>,
+    /// socket to send network-ready and connection notifications to (unix://PATH)
+    #[arg(long, value_name = "URL")]
+    pub notification: Option<String>,
+    /// permit access to the EC2 metadata service and Amazon Time Sync (169.254.169.254, 169.254.169.123)
+    #[arg(long = "ec2-metadata-access")]
+    pub ec2_metadata_access: bool,
     /// control endpoint (unix://PATH; repeatable)
     #[arg(long, value_name = "URL")]
     pub listen: Vec<String>,
@@ -59,6 +86,10 @@ pub struct GvproxyArgs {
     /// SSH identity for --forward-sock
     #[arg(long = "forward-identity", value_name = "PATH")]
     pub forward_identity: Vec<String>,
+    /// gvproxy's YAML configuration file: refused (not implemented; give the
+    /// options on the command line)
+    #[arg(long, hide = true)]
+    pub config: Option<String>,
     /// unsupported front ends, refused with a clear error
     #[arg(long = "listen-stdio", hide = true)]
     pub listen_stdio: Option<String>,
@@ -93,6 +124,10 @@ pub fn run(args: &[OsString]) -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
         }
     };
+    if parsed.version {
+        println!("gvproxy version v{}-ferry", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let log_file = match &parsed.log_file {
         Some(p) => match std::fs::OpenOptions::new().create(true).append(true).open(p) {
             Ok(f) => Some(f),
@@ -120,6 +155,10 @@ pub fn run(args: &[OsString]) -> ExitCode {
 
 fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
+        args.config.is_none(),
+        "-config (gvproxy's YAML file) is not supported by ferry yet: give the same settings as command-line options"
+    );
+    anyhow::ensure!(
         args.listen_stdio.is_none() && args.listen_bess.is_none() && args.listen_vpnkit.is_none(),
         "-listen-stdio, -listen-bess and -listen-vpnkit are not supported by ferry; use -listen-qemu or -listen-vfkit"
     );
@@ -139,7 +178,25 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
             None => anyhow::bail!("-listen {l:?}: only unix:// control endpoints are supported"),
         }
     }
-    let guest = Ipv4Addr::new(192, 168, 127, 2);
+    // As Go's net.ParseCIDR: host bits are dropped; room for a gateway, a
+    // device and a host is needed.
+    let (subnet, prefix) = args
+        .subnet
+        .split_once('/')
+        .and_then(|(ip, p)| Some((ip.parse::<Ipv4Addr>().ok()?, p.parse::<u32>().ok()?)))
+        .filter(|(_, p)| (1..=29).contains(p))
+        .map(|(ip, p)| (Ipv4Addr::from(u32::from(ip) & (u32::MAX << (32 - p))), p))
+        .with_context(|| {
+            format!(
+                "-subnet {:?}: expected IPv4 CIDR with a prefix of 1-29, e.g. 192.168.127.0/24",
+                args.subnet
+            )
+        })?;
+    let base = u32::from(subnet);
+    let last = base | (u32::MAX >> prefix);
+    let gateway = args.gateway_ip.unwrap_or(Ipv4Addr::from(base + 1));
+    let guest = args.device_ip.unwrap_or(Ipv4Addr::from(base + 2));
+    let host = args.host_ip.unwrap_or(Ipv4Addr::from(last - 1));
     let mut net = NetArgs::for_vm(PathBuf::new(), DnsArgs::default());
     net.listen_qemu = args.listen_qemu.clone();
     net.listen_vfkit = args
@@ -151,11 +208,34 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("-listen-vfkit {v:?}: expected unixgram://PATH"))
         })
         .collect::<anyhow::Result<_>>()?;
-    net.subnet = "192.168.127.0/24".into();
-    net.gateway = Some(Ipv4Addr::new(192, 168, 127, 1));
-    net.host_alias = Some(Ipv4Addr::new(192, 168, 127, 254));
+    net.subnet = format!("{subnet}/{prefix}");
+    net.gateway = Some(gateway);
+    net.host_alias = Some(host);
     net.guest_ip = Some(guest);
     net.dhcp_leases = vec![format!("5a:94:ef:e4:0c:ee={guest}")];
+    net.pcap = args.pcap.clone();
+    let unix = |flag: &str, url: &str| {
+        url.strip_prefix("unix://")
+            .map(PathBuf::from)
+            .with_context(|| format!("-{flag} {url:?}: only unix://PATH is supported"))
+    };
+    if let Some(s) = &args.services {
+        net.api_extra.push(unix("services", s)?);
+    }
+    let notification = args
+        .notification
+        .as_deref()
+        .map(|n| unix("notification", n))
+        .transpose()?;
+    net.notification = notification.clone();
+    if !args.ec2_metadata_access {
+        // gvproxy keeps guests away from the cloud's instance metadata
+        // (credentials!) unless asked: answered "network unreachable".
+        net.unreachable = vec![
+            std::net::IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+            std::net::IpAddr::V4(Ipv4Addr::new(169, 254, 169, 123)),
+        ];
+    }
     net.mtu = args.mtu;
     net.api = api;
     if args.ssh_port > 0 {
@@ -166,9 +246,50 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
         writeln!(f, "{}", std::process::id())?;
     }
     let pid_file = args.pid_file.clone();
-    let code = super::net::run_until(net, |_| Ok(()), None);
+    let code = super::net::run_until(
+        net,
+        |_| {
+            if let Some(path) = &notification {
+                send_notification(path, "ready");
+            }
+            Ok(())
+        },
+        None,
+    );
     if let Some(path) = pid_file {
         let _ = std::fs::remove_file(path);
     }
     code
+}
+
+/// One gvproxy notification: a connection to the socket carrying one JSON
+/// object, `{"notification_type": "..."}`, as gvproxy's sender writes it.
+/// Sent from a short-lived thread so a slow listener never stalls the
+/// network; a listener that is not there is logged, not fatal.
+fn send_notification(path: &std::path::Path, kind: &'static str) {
+    let path = path.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("gvproxy-notify".into())
+        .spawn(move || {
+            let sent = std::os::unix::net::UnixStream::connect(&path).and_then(|mut s| {
+                s.set_write_timeout(Some(std::time::Duration::from_secs(5)))?;
+                s.write_all(format!("{{\"notification_type\":\"{kind}\"}}\n").as_bytes())
+            });
+            if let Err(e) = sent {
+                tracing::warn!(socket = %path.display(), error = %e, "could not send the {kind} notification");
+            }
+        });
+}
+
+/// Front-end events as gvproxy notifications.
+pub(super) fn notifier(path: PathBuf) -> std::rc::Rc<dyn Fn(ferry_net::stack::PortEvent)> {
+    std::rc::Rc::new(move |event| {
+        use ferry_net::stack::PortEvent;
+        let kind = match event {
+            PortEvent::Attached => "connection_established",
+            PortEvent::Detached => "connection_closed",
+            PortEvent::Failed => "hypervisor_error",
+        };
+        send_notification(&path, kind);
+    })
 }

@@ -94,6 +94,12 @@ pub struct NetArgs {
     /// The whole IPv6 plan, set by the slirp4netns front end (fd00::/64).
     #[arg(skip)]
     pub plan6: Option<ferry_net::config::Ipv6Plan>,
+    /// More control API endpoints (gvproxy's `-services`).
+    #[arg(skip)]
+    pub api_extra: Vec<PathBuf>,
+    /// gvproxy's `-notification` socket: told "ready" and front-end events.
+    #[arg(skip)]
+    pub notification: Option<PathBuf>,
     /// Destinations answered "network unreachable" (set by the slirp4netns front end).
     #[arg(skip)]
     pub unreachable: Vec<std::net::IpAddr>,
@@ -325,6 +331,8 @@ impl NetArgs {
             dhcp6_leases: Vec::new(),
             plan6: None,
             unreachable: Vec::new(),
+            api_extra: Vec::new(),
+            notification: None,
             outbound4: None,
             outbound6: None,
             tap_mac: None,
@@ -481,6 +489,12 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
     }
     if let Some(path) = &args.slirp_api {
         tokio::task::spawn_local(ferry_net::api::slirp::bind(stack.clone(), path)?);
+    }
+    for path in &args.api_extra {
+        tokio::task::spawn_local(ferry_net::api::bind(stack.clone(), path)?);
+    }
+    if let Some(path) = &args.notification {
+        stack.borrow_mut().port_events = Some(super::gvproxy::notifier(path.clone()));
     }
     // Announced once everything is bound, so "ready" means ready.
     let mut ready: Vec<(String, String)> = Vec::new();
