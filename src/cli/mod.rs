@@ -56,7 +56,7 @@ pub enum Command {
     /// Run a command in a running VM (through its guest agent).
     Exec(control::ExecArgs),
     /// Run the userspace network (NAT, DHCP, DNS) for a namespace or VM.
-    Net(net::NetArgs),
+    Net(Box<net::NetArgs>),
     /// Serve a host directory to a guest over vhost-user-fs, with virtiofsd's
     /// command line (`ferry fs --help`; also: a link named virtiofsd).
     #[command(disable_help_flag = true, disable_version_flag = true)]
@@ -92,7 +92,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => vms::stop(args),
         Command::Logs(args) => vms::logs(args),
         Command::Exec(args) => control::exec(args),
-        Command::Net(args) => net::run(args),
+        Command::Net(args) => net::run(*args),
         Command::Fs { args } => Ok(fs::run(&args, true)),
         Command::Guest(cmd) => guest::run(cmd),
         Command::Vmm(args) => vmm::run(args),
