@@ -46,7 +46,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a guest VM, run a command in it, stream its output and exit with its exit code.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List the VMs started by `ferry run` on this host.
     Ps(vms::PsArgs),
     /// Stop running VMs (by name) and forget them.
@@ -87,7 +87,7 @@ pub enum Command {
 
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Ps(args) => vms::ps(args),
         Command::Stop(args) => vms::stop(args),
         Command::Logs(args) => vms::logs(args),
