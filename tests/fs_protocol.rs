@@ -760,12 +760,28 @@ fn ferry_fs_with_a_thread_pool_answers_every_common_request() {
     server.assert_alive();
 }
 
-/// `Seccomp:` of a process: 0 none, 2 filter.
-fn seccomp_state(pid: u32) -> String {
+/// `ferry fs FLAGS... --shared-dir /tmp --socket-path ...`, which must be
+/// refused before serving; returns what it said.
+fn refused(flags: &[&str]) -> String {
+    let mut args = vec!["fs"];
+    args.extend_from_slice(flags);
+    args.extend([
+        "--shared-dir",
+        "/tmp",
+        "--socket-path",
+        "/tmp/ferry-fsproto-refused.sock",
+    ]);
+    let out = Ferry::new(args).output();
+    assert_ne!(out.code, Some(0), "{flags:?} was accepted");
+    out.stderr
+}
+
+/// A field of /proc/PID/status, e.g. "Seccomp:" or "CapEff:".
+fn status_field(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .find_map(|l| l.strip_prefix(field))
         .map(|v| v.trim().to_string())
         .unwrap_or_default()
 }
@@ -781,16 +797,15 @@ fn virtiofsd_flags_have_their_effect() {
     let mut server = Backend::ferry(&share, "namespace", &["--xattr"]);
     let (mut client, init) = FuseClient::connect(&server.socket).unwrap();
     assert_eq!(
-        seccomp_state(server.process.child.id()),
+        status_field(server.process.child.id(), "Seccomp:"),
         "2",
         "no seccomp filter by default"
     );
     assert_ne!(init.flags & 0x2000, 0, "READDIRPLUS not granted by default");
     // virtiofsd's default capabilities, nothing more.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.process.child.id())).unwrap();
-    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    let eff = status_field(server.process.child.id(), "CapEff:");
     let want: u64 = [0u32, 1, 3, 4, 6, 7, 27, 31].iter().map(|b| 1u64 << b).sum();
-    assert_eq!(u64::from_str_radix(eff, 16).unwrap(), want, "CapEff {eff}");
+    assert_eq!(u64::from_str_radix(&eff, 16).unwrap(), want, "CapEff {eff}");
     round_trip(&mut client, &share);
     server.assert_alive();
     drop(client);
@@ -806,9 +821,7 @@ fn virtiofsd_flags_have_their_effect() {
         ..Default::default()
     };
     assert_eq!(errno(client.setattr(made.nodeid, &chown)), libc::EPERM);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.process.child.id())).unwrap();
-    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
-    let eff = u64::from_str_radix(eff, 16).unwrap();
+    let eff = u64::from_str_radix(&status_field(server.process.child.id(), "CapEff:"), 16).unwrap();
     assert_eq!(
         (eff & 1, eff & (1 << 21)),
         (0, 1 << 21),
@@ -820,22 +833,10 @@ fn virtiofsd_flags_have_their_effect() {
         ("--migration-mode", "find-paths"),
         ("--modcaps", "+nosuchcap"),
     ] {
-        let out = Ferry::new([
-            "fs",
-            flag,
-            value,
-            "--shared-dir",
-            "/tmp",
-            "--socket-path",
-            "/tmp/x-refuse.sock",
-        ])
-        .output();
-        assert_ne!(out.code, Some(0), "{flag}");
+        let said = refused(&[flag, value]);
         assert!(
-            out.stderr
-                .contains(flag.trim_end_matches("-mode").trim_end_matches("mode")),
-            "{flag}: {}",
-            out.stderr
+            said.contains(flag.trim_end_matches("mode").trim_end_matches('-')),
+            "{flag}: {said}"
         );
     }
 
@@ -843,37 +844,17 @@ fn virtiofsd_flags_have_their_effect() {
     let server = Backend::ferry(&share, "none", &["--seccomp", "none", "--no-readdirplus"]);
     let (_client, init) = FuseClient::connect(&server.socket).unwrap();
     assert_eq!(
-        seccomp_state(server.process.child.id()),
+        status_field(server.process.child.id(), "Seccomp:"),
         "0",
         "--seccomp none installed a filter"
     );
     assert_eq!(init.flags & 0x6000, 0, "--no-readdirplus still granted READDIRPLUS");
 
-    let out = Ferry::new([
-        "fs",
-        "--seccomp",
-        "maybe",
-        "--shared-dir",
-        "/tmp",
-        "--socket-path",
-        "/tmp/x.sock",
-    ])
-    .output();
-    assert_ne!(out.code, Some(0));
-    assert!(out.stderr.contains("--seccomp \"maybe\""), "{}", out.stderr);
+    let said = refused(&["--seccomp", "maybe"]);
+    assert!(said.contains("--seccomp \"maybe\""), "{said}");
 
-    let out = Ferry::new([
-        "fs",
-        "--inode-file-handles=mandatory",
-        "--sandbox=namespace",
-        "--shared-dir",
-        "/tmp",
-        "--socket-path",
-        "/tmp/x-fh.sock",
-    ])
-    .output();
-    assert_ne!(out.code, Some(0));
-    assert!(out.stderr.contains("--inode-file-handles=mandatory"), "{}", out.stderr);
+    let said = refused(&["--inode-file-handles=mandatory", "--sandbox=namespace"]);
+    assert!(said.contains("--inode-file-handles=mandatory"), "{said}");
 
     let share = tempdir("flags-old");
     let socket = share.with_extension("old.sock");
@@ -999,18 +980,8 @@ fn translated_owners_both_ways() {
         ("--uid-map", "0:1"),
         ("--translate-gid", "map:1:1"),
     ] {
-        let out = Ferry::new([
-            "fs",
-            flag,
-            value,
-            "--shared-dir",
-            "/tmp",
-            "--socket-path",
-            "/tmp/x-ids.sock",
-        ])
-        .output();
-        assert_ne!(out.code, Some(0));
-        assert!(out.stderr.contains(flag), "{flag} {value}: {}", out.stderr);
+        let said = refused(&[flag, value]);
+        assert!(said.contains(flag), "{flag} {value}: {said}");
     }
 }
 
@@ -1128,17 +1099,7 @@ fn syslog_takes_the_log_when_asked() {
         );
     }
     // As `ferry fs`, --syslog is refused with the reason.
-    let out = Ferry::new([
-        "fs",
-        "--syslog",
-        "--shared-dir",
-        "/tmp",
-        "--socket-path",
-        "/tmp/x-syslog.sock",
-    ])
-    .output();
-    assert_eq!(out.code, Some(2), "{}", out.stderr);
-    assert!(out.stderr.contains("--syslog"));
+    assert!(refused(&["--syslog"]).contains("--syslog"));
 }
 
 /// `--announce-submounts` (virtiofsd's default): a directory that is a

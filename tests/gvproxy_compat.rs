@@ -28,11 +28,8 @@ fn dhcp_discover(mac: [u8; 6]) -> Vec<u8> {
     .concat();
     let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255];
     ip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
-    let mut sum: u32 = ip.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let sum = common::inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
     [&[0xff; 6][..], &mac, &[0x08, 0x00], &ip, &udp].concat()
 }
 
@@ -141,17 +138,6 @@ fn unsupported_gvproxy_options_say_so() {
     assert!(out.stderr.contains("-listen-qemu or -listen-vfkit"), "{}", out.stderr);
 }
 
-fn csum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// A TCP SYN from `src` to `dst:port` as an Ethernet frame to `gw_mac`.
 fn tcp_syn(gw_mac: &[u8], src: [u8; 4], dst: [u8; 4], port: u16) -> Vec<u8> {
     let mut tcp = [
@@ -161,10 +147,10 @@ fn tcp_syn(gw_mac: &[u8], src: [u8; 4], dst: [u8; 4], port: u16) -> Vec<u8> {
     ]
     .concat();
     let pseudo = [&src[..], &dst[..], &[0, 6], &(tcp.len() as u16).to_be_bytes(), &tcp].concat();
-    let sum = csum(&pseudo);
+    let sum = common::inet_checksum(&pseudo);
     tcp[16..18].copy_from_slice(&sum.to_be_bytes());
     let mut ip = [&[0x45u8, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0][..], &src, &dst].concat();
-    let sum = csum(&ip);
+    let sum = common::inet_checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     [gw_mac, &GVPROXY_MAC[..], &[0x08, 0x00], &ip, &tcp].concat()
 }

@@ -313,7 +313,7 @@ fn seed_frames(src_mac: [u8; 6]) -> Vec<Vec<u8>> {
         ];
         let total = (20 + payload.len()) as u16;
         h[2..4].copy_from_slice(&total.to_be_bytes());
-        let sum = ferry_checksum(&h);
+        let sum = common::inet_checksum(&h);
         h[10..12].copy_from_slice(&sum.to_be_bytes());
         [h, payload.to_vec()].concat()
     };
@@ -388,7 +388,7 @@ fn seed_frames6(src_mac: [u8; 6]) -> Vec<Vec<u8>> {
         let mut l4 = l4.to_vec();
         let mut pseudo = [&src[..], &dst[..], &(l4.len() as u32).to_be_bytes(), &[0, 0, 0, proto]].concat();
         pseudo.extend_from_slice(&l4);
-        let sum = ferry_checksum(&pseudo);
+        let sum = common::inet_checksum(&pseudo);
         l4[sum_at..sum_at + 2].copy_from_slice(&sum.to_be_bytes());
         let len = (chain.len() + l4.len()) as u16;
         let next = if chain.is_empty() { proto } else { first };
@@ -457,17 +457,6 @@ fn seed_frames6(src_mac: [u8; 6]) -> Vec<Vec<u8>> {
         eth(gw, &ip6(ula, alias, 64, &hop_by_hop, 0, 17, &udp(12345, 9, b"hbh"), 6)),
         eth(gw, &ip6(ula, alias, 64, &fragment, 44, 17, &udp(12345, 9, b"frag"), 6)),
     ]
-}
-
-fn ferry_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[test]
@@ -555,18 +544,7 @@ fn malformed_frames_and_a_seeded_fuzz_run_do_not_hurt() {
         "malformed frames were not counted"
     );
     // And it still serves.
-    let (l, port) = listener();
-    std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        c.write_all(b"still here").unwrap();
-    });
-    let got = ns.run_in(move || {
-        let mut s = connect(alias(port));
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    });
-    assert_eq!(got, "still here");
+    assert_still_serves(&ns);
 }
 
 #[test]
@@ -623,6 +601,22 @@ fn ping_through_the_host_alias_is_real_or_absent() {
     }
 }
 
+/// The namespace still reaches a host service through the alias.
+fn assert_still_serves(ns: &Netns) {
+    let (l, port) = listener();
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.write_all(b"still here").unwrap();
+    });
+    let got = ns.run_in(move || {
+        let mut s = connect(alias(port));
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    assert_eq!(got, "still here");
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -662,7 +656,7 @@ fn a_flood_of_invented_macs_and_addresses_is_bounded() {
                 let mut icmp = vec![128u8, 0, 0, 0, 0, 1, 0, 1];
                 let mut pseudo = [&src[..], &dst[..], &(icmp.len() as u32).to_be_bytes(), &[0, 0, 0, 58]].concat();
                 pseudo.extend_from_slice(&icmp);
-                let sum = ferry_checksum(&pseudo);
+                let sum = common::inet_checksum(&pseudo);
                 icmp[2..4].copy_from_slice(&sum.to_be_bytes());
                 let ip = [
                     &[0x60, 0, 0, 0][..],
@@ -707,17 +701,6 @@ fn a_flood_of_invented_macs_and_addresses_is_bounded() {
         "RSS grew from {before} KiB to {after} KiB under a flood of 600,000 invented MACs"
     );
     // The namespace's own traffic still flows.
-    let (l, port) = listener();
-    std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        c.write_all(b"still here").unwrap();
-    });
-    let got = ns.run_in(move || {
-        let mut s = connect(alias(port));
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    });
-    assert_eq!(got, "still here");
+    assert_still_serves(&ns);
     std::fs::remove_file(&sock).ok();
 }

@@ -195,6 +195,18 @@ pub fn process_alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+/// The Internet checksum (RFC 1071) of `data`, for hand-built frames.
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// The unprivileged user the tests that need one run as.
 pub const TEST_USER: &str = "ferrytest";
 
