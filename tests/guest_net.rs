@@ -24,6 +24,16 @@ fn http_server(body: &'static str) -> u16 {
     port
 }
 
+/// `ferry run --name web FLAGS -- sh -c SCRIPT`, which must succeed.
+fn run_web(flags: &[&str], script: &str) -> common::Output {
+    let mut args = vec!["run", "--name", "web"];
+    args.extend_from_slice(flags);
+    args.extend(["--", "sh", "-c", script]);
+    let out = Ferry::new(args).output();
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    out
+}
+
 #[test]
 fn guest_gets_dhcp_dns_and_reaches_the_host_by_name() {
     require_tool("qemu-system-x86_64", "qemu-system-x86");
@@ -37,19 +47,7 @@ fn guest_gets_dhcp_dns_and_reaches_the_host_by_name() {
          nslookup nosuch.test 2>&1 | grep -m1 NXDOMAIN; \
          wget -q -O - http://host.container.internal:{port}/"
     );
-    let out = Ferry::new([
-        "run",
-        "--name",
-        "web",
-        "--dns-upstream",
-        &upstream.addr.to_string(),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ])
-    .output();
-    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let out = run_web(&["--dns-upstream", &upstream.addr.to_string()], &script);
     let o = &out.stdout;
     assert!(o.contains("addr 10.0.2.2/24"), "no DHCP address:\n{o}");
     assert!(
@@ -252,19 +250,7 @@ fn guest_gets_ipv6_and_reaches_a_host_service_by_name_over_ipv6() {
          wget -q -O - http://hostv6.test:{port}/; echo; \
          nslookup -type=AAAA web.test 2>&1 | tail -n +3"
     );
-    let out = Ferry::new([
-        "run",
-        "--name",
-        "web",
-        "--dns-record",
-        "hostv6=fd66:6572:7279::fe",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ])
-    .output();
-    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let out = run_web(&["--dns-record", "hostv6=fd66:6572:7279::fe"], &script);
     let o = &out.stdout;
     let addr = o
         .lines()
