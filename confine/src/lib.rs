@@ -19,6 +19,7 @@
 #![cfg(target_os = "linux")]
 
 pub mod seccomp;
+mod syscall_names;
 
 use std::ffi::CString;
 use std::io;

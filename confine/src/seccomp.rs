@@ -19,7 +19,8 @@ pub enum Mode {
     Kill,
     /// The call is allowed and logged by the kernel (audit log / dmesg).
     Log,
-    /// SIGSYS is delivered to the process.
+    /// SIGSYS is delivered: ferry writes the call's name to stderr, then
+    /// the process ends by that signal (a core dump where enabled).
     Trap,
 }
 
@@ -111,6 +112,60 @@ const LEGACY: &[libc::c_long] = &[
 #[cfg(not(target_arch = "x86_64"))]
 const LEGACY: &[libc::c_long] = &[];
 
+/// `ferry: seccomp: NAME (system call N) is not in ferry's allow-list`,
+/// written from the SIGSYS handler: async-signal-safe (a stack buffer and
+/// write(2), no allocation, no locks).
+extern "C" fn report_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: for SIGSYS the kernel fills siginfo's _sigsys member: after
+    // si_signo, si_errno, si_code (and padding to 16 bytes) come
+    // `void *_call_addr` and `int _syscall`, on every LP64 target.
+    let nr = unsafe {
+        *info
+            .cast::<u8>()
+            .add(16 + std::mem::size_of::<usize>())
+            .cast::<libc::c_int>()
+    };
+    let mut buf = [0u8; 160];
+    let mut at = 0;
+    let mut put = |b: &[u8]| {
+        let n = b.len().min(buf.len() - at);
+        buf[at..at + n].copy_from_slice(&b[..n]);
+        at += n;
+    };
+    put(b"ferry: seccomp: ");
+    let name = usize::try_from(nr)
+        .ok()
+        .and_then(|i| crate::syscall_names::NAMES.get(i))
+        .copied()
+        .unwrap_or("");
+    put(if name.is_empty() {
+        b"unknown call"
+    } else {
+        name.as_bytes()
+    });
+    put(b" (system call ");
+    let mut digits = [0u8; 12];
+    let mut i = digits.len();
+    let mut v = nr.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    put(&digits[i..]);
+    put(b") is not in ferry's allow-list; please report it\n");
+    // SAFETY: write(2) of our own buffer to stderr; then SIGSYS's default
+    // action is restored and the signal raised again to end the process.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), at);
+        libc::signal(libc::SIGSYS, libc::SIG_DFL);
+        libc::raise(libc::SIGSYS);
+    }
+}
+
 /// Installs the allow-list made of [`RUNTIME`] and `lists` on every thread
 /// of the process. `Mode::None` installs nothing.
 pub fn install(mode: Mode, lists: &[&[libc::c_long]]) -> io::Result<()> {
@@ -121,6 +176,18 @@ pub fn install(mode: Mode, lists: &[&[libc::c_long]]) -> io::Result<()> {
         Mode::Log => SeccompAction::Log,
         Mode::Trap => SeccompAction::Trap,
     };
+    if mode == Mode::Trap {
+        // SAFETY: sigaction(2) with a zeroed, then filled, struct whose
+        // handler has the SA_SIGINFO signature.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = report_sigsys as *const () as usize;
+            act.sa_flags = libc::SA_SIGINFO;
+            if libc::sigaction(libc::SIGSYS, &act, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
     let mut rules = BTreeMap::new();
     for call in RUNTIME.iter().chain(LEGACY).chain(lists.iter().flat_map(|l| l.iter())) {
         rules.insert(*call, Vec::new());
@@ -165,5 +232,40 @@ mod tests {
         assert_eq!(libc::WEXITSTATUS(status), 0, "getppid was not refused with EPERM");
         assert_eq!(Mode::parse("kill"), Some(Mode::Kill));
         assert_eq!(Mode::parse("maybe"), None);
+    }
+
+    #[test]
+    fn trap_mode_names_the_refused_call() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) into a valid two-int array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: fork(2); the child only redirects stderr, installs the
+        // filter and makes one refused call.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: dup2(2)/getppid(2)/_exit(2) in the forked child.
+            unsafe {
+                libc::dup2(fds[1], 2);
+                if install(Mode::Trap, &[]).is_ok() {
+                    libc::syscall(libc::SYS_getppid);
+                }
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: closing our copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        let mut status = 0;
+        // SAFETY: waiting for our own child with a valid out-pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let mut out = [0u8; 512];
+        // SAFETY: read(2) into our buffer from the pipe's read end.
+        let n = unsafe { libc::read(fds[0], out.as_mut_ptr().cast(), out.len()) };
+        let said = String::from_utf8_lossy(&out[..n.max(0) as usize]).to_string();
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "status {status}: {said}"
+        );
+        assert!(said.contains("getppid (system call"), "{said}");
     }
 }

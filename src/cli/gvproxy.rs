@@ -214,6 +214,8 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
     net.guest_ip = Some(guest);
     net.dhcp_leases = vec![format!("5a:94:ef:e4:0c:ee={guest}")];
     net.pcap = args.pcap.clone();
+    // gvproxy installs no seccomp filter; neither does ferry in its place.
+    net.seccomp = "none".into();
     let unix = |flag: &str, url: &str| {
         url.strip_prefix("unix://")
             .map(PathBuf::from)

@@ -94,6 +94,12 @@ pub struct NetArgs {
     /// The whole IPv6 plan, set by the slirp4netns front end (fd00::/64).
     #[arg(skip)]
     pub plan6: Option<ferry_net::config::Ipv6Plan>,
+    /// What a system call outside ferry's allow-list gets once the network
+    /// is up: kill (the process; the default, as passt and pasta), trap
+    /// (reported by name, then the process ends), log (allowed, logged by
+    /// the kernel's audit), errno (fails with EPERM) or none.
+    #[arg(long, value_name = "MODE", default_value = "kill")]
+    pub seccomp: String,
     /// More control API endpoints (gvproxy's `-services`).
     #[arg(skip)]
     pub api_extra: Vec<PathBuf>,
@@ -333,6 +339,7 @@ impl NetArgs {
             unreachable: Vec::new(),
             api_extra: Vec::new(),
             notification: None,
+            seccomp: "kill".into(),
             outbound4: None,
             outbound6: None,
             tap_mac: None,
@@ -397,6 +404,8 @@ pub fn run_until(
     exit: Option<Arc<tokio::sync::Notify>>,
 ) -> anyhow::Result<ExitCode> {
     let cfg = args.config()?;
+    let seccomp = ferry_confine::seccomp::Mode::parse(&args.seccomp)
+        .ok_or_else(|| anyhow::anyhow!("--seccomp {:?}: expected kill, trap, log, errno or none", args.seccomp))?;
     if let Some(userns) = &args.userns {
         tap::join_user_namespace(&ns_path(userns, "user"))?;
     }
@@ -409,6 +418,9 @@ pub fn run_until(
     local.block_on(&runtime, async {
         let mut running = start(&args, cfg, true).await?;
         ready(&running)?;
+        // Everything is open and bound: from here on only the calls the
+        // NAT, DNS and front ends make (lists beside their code).
+        ferry_confine::seccomp::install(seccomp, ferry_net::SYSCALLS).context("--seccomp")?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let exit_requested = async {
             match &exit {

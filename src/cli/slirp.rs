@@ -209,6 +209,8 @@ pub fn run(args: SlirpArgs) -> anyhow::Result<ExitCode> {
             ..DnsArgs::default()
         },
     );
+    // slirp4netns installs a filter only with --enable-seccomp (below).
+    net.seccomp = "none".into();
     net.listen_qemu.clear();
     net.netns = vec![netns];
     net.tap = args.tapname.clone();
