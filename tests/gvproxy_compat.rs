@@ -252,6 +252,41 @@ fn gvproxy_options_do_what_gvproxy_does() {
         }
     };
     assert_eq!((icmp[34], icmp[35]), (3, 0), "ICMP network unreachable");
+    // gvproxy's other API paths, with its shapes.
+    let (code, cam) = api_curl(&api, &["http://gvproxy/cam"]);
+    assert_eq!(code, 200);
+    assert!(cam.get("5a:94:ef:e4:0c:ee").is_some(), "{cam}");
+    let (code, leases) = api_curl(&api, &["http://gvproxy/services/dhcp/leases"]);
+    assert!(code == 200 && leases.is_object(), "{leases}");
+    let zone = r#"{"Name":"podman.internal.","Records":[{"Name":"foo","IP":"10.77.0.9"}]}"#;
+    let (code, v) = api_curl(&api, &["-X", "POST", "-d", zone, "http://gvproxy/services/dns/add"]);
+    assert_eq!(code, 200, "{v}");
+    let (_, zones) = api_curl(&api, &["http://gvproxy/services/dns/all"]);
+    let added = zones
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|z| z["Name"] == "podman.internal.")
+        .expect("the added zone");
+    assert_eq!(added["Records"][0]["Name"], "foo");
+    assert_eq!(added["Records"][0]["IP"], "10.77.0.9");
+    assert!(
+        zones
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|z| z["Name"] == "containers.internal."),
+        "{zones}"
+    );
+    let (_, names) = api_curl(&api, &["http://gvproxy/dns/records"]);
+    assert!(
+        names
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "foo.podman.internal"),
+        "{names}"
+    );
     drop(s);
     assert!(next_note().contains("connection_closed"));
 

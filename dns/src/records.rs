@@ -171,6 +171,40 @@ impl Records {
         Ok(())
     }
 
+    /// Registers one name in one zone (gvproxy's `/services/dns/add`): the
+    /// zone becomes local (its other names answer NXDOMAIN) if it was not.
+    pub fn register_in_zone(&mut self, zone: &str, label: &str, addr: IpAddr, owner: Owner) -> Result<(), String> {
+        let zone = normalise(zone);
+        let label = normalise(label);
+        if zone.is_empty() || !zone.split('.').all(valid_label) {
+            return Err(format!("zone {zone:?} is not a valid DNS name"));
+        }
+        if !label.split('.').all(valid_label) {
+            return Err(format!("{label:?} is not a valid DNS name"));
+        }
+        if !self.zones.contains(&zone) {
+            self.zones.push(zone.clone());
+        }
+        let key = format!("{label}.{zone}");
+        let mut addrs = self.names.get(&key).map(|(a, _)| *a).unwrap_or_default();
+        match addr {
+            IpAddr::V4(v4) => addrs.v4 = Some(v4),
+            IpAddr::V6(v6) => {
+                addrs.v6 = Some(v6);
+                addrs.v6_stable = true;
+            }
+        }
+        self.names.insert(key, (addrs, owner));
+        Ok(())
+    }
+
+    /// The built-in names (host and gateway aliases) with their addresses.
+    pub fn builtins(&self) -> Vec<(String, NameAddrs)> {
+        let mut all: Vec<_> = self.builtins.iter().map(|(n, a)| (n.clone(), *a)).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Removes every name `owner` registered; returns how many.
     pub fn unregister_owner(&mut self, owner: &Owner) -> usize {
         let before = self.names.len();

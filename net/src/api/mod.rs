@@ -93,7 +93,6 @@ fn handle(stack: &StackRef, req: &Request) -> Result<(u16, Value), HttpError> {
         ("GET", "/leases") => {
             let st = stack.borrow();
             let now = Instant::now();
-            let mac_text = |m: &[u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
             // Every IPv6 address seen from a MAC (SLAAC or DHCPv6).
             let ip6_of = |mac: &[u8; 6]| {
                 let mut v6: Vec<String> = st
@@ -256,6 +255,76 @@ fn handle(stack: &StackRef, req: &Request) -> Result<(u16, Value), HttpError> {
             )?;
             Ok((200, json!({})))
         }
+        // gvproxy's other service paths, with its JSON shapes.
+        ("GET", "/services/dhcp/leases") => {
+            let st = stack.borrow();
+            let leases: serde_json::Map<String, Value> = st
+                .dhcp
+                .leases()
+                .map(|l| (l.ip.to_string(), json!(mac_text(&l.mac))))
+                .collect();
+            Ok((200, Value::Object(leases)))
+        }
+        ("GET", "/cam") => {
+            let st = stack.borrow();
+            let cam: serde_json::Map<String, Value> = st
+                .switch
+                .tx
+                .mac_port
+                .iter()
+                .map(|(mac, port)| (mac_text(mac), json!(port)))
+                .collect();
+            Ok((200, Value::Object(cam)))
+        }
+        ("GET", "/services/dns/all") => {
+            let dns = dns_of(stack)?;
+            let records = dns.records();
+            // Names grouped by zone: each name's first label under the rest.
+            let mut zones: std::collections::BTreeMap<String, Vec<Value>> = std::collections::BTreeMap::new();
+            for (name, addrs) in records.builtins().into_iter().chain(records.list()) {
+                let (label, zone) = name.split_once('.').unwrap_or((name.as_str(), ""));
+                for ip in addrs.v4.map(IpAddr::V4).into_iter().chain(addrs.v6.map(IpAddr::V6)) {
+                    zones
+                        .entry(format!("{zone}."))
+                        .or_default()
+                        .push(json!({ "Name": label, "IP": ip.to_string() }));
+                }
+            }
+            let all: Vec<Value> = zones
+                .into_iter()
+                .map(|(zone, recs)| json!({ "Name": zone, "Records": recs, "DefaultIP": null }))
+                .collect();
+            Ok((200, Value::Array(all)))
+        }
+        ("POST", "/services/dns/add") => {
+            let dns = dns_of(stack)?;
+            let body = parse_json(req)?;
+            let zone = body
+                .get("Name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| error(400, "missing string field \"Name\" (the zone)"))?;
+            let records = body
+                .get("Records")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut table = dns.records();
+            for r in &records {
+                let name = r
+                    .get("Name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| error(400, "a record without \"Name\""))?;
+                let ip: IpAddr = r
+                    .get("IP")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| error(400, format!("record {name:?}: \"IP\" is not an IP address")))?;
+                table
+                    .register_in_zone(zone, name, ip, ferry_dns::Owner::Static(format!("gvproxy:{zone}")))
+                    .map_err(|e| error(400, e))?;
+            }
+            Ok((200, json!({})))
+        }
         ("POST", "/services/forwarder/unexpose") => {
             let (proto, local, _) = gvproxy_fields(req)?;
             if stack.borrow_mut().remove_forward(proto, local) {
@@ -269,6 +338,10 @@ fn handle(stack: &StackRef, req: &Request) -> Result<(u16, Value), HttpError> {
         }
         _ => Err(error(404, format!("no such endpoint {path}"))),
     }
+}
+
+fn mac_text(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 fn forward_json(f: &ForwardSpec) -> Value {
