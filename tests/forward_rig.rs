@@ -282,3 +282,109 @@ fn ferry_run_publishes_a_guest_web_server() {
     assert!(body.starts_with("HTTP/1.") && body.contains(" 200 "), "{body}");
     let _ = running.child.kill();
 }
+
+/// Polls `connect` until it succeeds or `limit` passes; returns how long
+/// it took.
+fn reachable_within(to: SocketAddr, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_millis(200)) {
+            let mut out = String::new();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            if s.read_to_string(&mut out).is_ok() && out == "auto" {
+                return Some(start.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// `--publish-auto` (pasta's `-t auto`): a TCP listener the namespace opens
+/// after start becomes reachable on the host's 127.0.0.1 and ::1 within a
+/// second and stops being reachable when it closes; UDP too; a
+/// loopback-only listener is not forwarded, and a host port already taken
+/// is not stolen (logged once).
+#[test]
+fn publish_auto_follows_the_namespaces_listeners() {
+    let ns = Netns::new();
+    let host_taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = host_taken.local_addr().unwrap().port();
+    let ferry = FerryNet::start(&ns, &["--configure", "--publish-auto"]);
+    let port = free_port();
+    let listener = ns.run_in(move || TcpListener::bind(("0.0.0.0", port)).unwrap());
+    let served = listener.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for c in served.incoming() {
+            let Ok(mut c) = c else { return };
+            let _ = c.write_all(b"auto");
+        }
+    });
+    let took = reachable_within(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(5))
+        .expect("the namespace's listener never appeared on the host's 127.0.0.1");
+    assert!(took < Duration::from_secs(1), "listen() to reachable took {took:?}");
+    assert!(reachable_within(
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        Duration::from_secs(2)
+    )
+    .is_some());
+    // The listener closes: so does the host port.
+    // SAFETY: shutdown(2) on a socket we own: wakes the accept thread.
+    unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&listener), libc::SHUT_RDWR) };
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the host port stayed open after the listener closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // UDP: a bound socket in the namespace echoes through 127.0.0.1.
+    let uport = free_port();
+    let echo = ns.run_in(move || UdpSocket::bind(("0.0.0.0", uport)).unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let _ = client.send_to(b"ping", ("127.0.0.1", uport));
+        let mut buf = [0u8; 16];
+        if let Ok(n) = client.recv(&mut buf) {
+            assert_eq!(&buf[..n], b"ping");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no UDP echo through the automatic forward");
+    }
+
+    // Loopback-only in the namespace: not forwarded. A taken host port:
+    // left to its owner, logged once.
+    let local_only = free_port();
+    let _lo = ns.run_in(move || TcpListener::bind(("127.0.0.1", local_only)).unwrap());
+    let _t = ns.run_in(move || TcpListener::bind(("0.0.0.0", taken)).unwrap());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        TcpStream::connect(("127.0.0.1", local_only)).is_err(),
+        "a loopback-only listener was forwarded"
+    );
+    host_taken.set_nonblocking(false).unwrap();
+    let _c = TcpStream::connect(("127.0.0.1", taken)).unwrap();
+    let (_, peer) = host_taken.accept().unwrap();
+    assert!(peer.ip().is_loopback(), "the host's own listener still owns its port");
+    let said: Vec<String> = ferry.log.try_iter().collect();
+    let told = said
+        .iter()
+        .filter(|l| l.contains("host port is not free") && l.contains(&taken.to_string()))
+        .count();
+    assert_eq!(told, 1, "{said:?}");
+}

@@ -26,6 +26,8 @@ use crate::wire::{self, Addrs};
 /// (the seccomp allow-list).
 #[cfg(target_os = "linux")]
 pub const SYSCALLS: &[libc::c_long] = &[
+    // --publish-auto reads the guest namespace's /proc/thread-self/net/*.
+    libc::SYS_openat,
     libc::SYS_socket,
     libc::SYS_bind,
     libc::SYS_listen,
@@ -37,7 +39,7 @@ pub const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_recvfrom,
 ];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
     Tcp,
     Udp,

@@ -135,6 +135,14 @@ pub struct NetArgs {
     /// Guest the -p forwards go to: an IP or a registered name [default: the first guest address].
     #[arg(long = "publish-to", value_name = "GUEST")]
     pub publish_to: Option<String>,
+    /// Forward every port a namespace listens on (TCP) or has bound (UDP),
+    /// from the host's 127.0.0.1 and ::1, while it does (pasta's `-t auto`).
+    /// A host port already taken is left alone and logged once.
+    #[arg(long = "publish-auto")]
+    pub publish_auto: bool,
+    /// Only these ports for --publish-auto.
+    #[arg(long = "publish-auto-range", value_name = "LO-HI", default_value = "1-65535", value_parser = parse_port_range)]
+    pub publish_auto_range: std::ops::RangeInclusive<u16>,
     /// Capture every frame to and from the guests into FILE (pcap format).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
@@ -236,6 +244,117 @@ fn parse_unixgram(s: &str) -> Result<PathBuf, String> {
     match s.strip_prefix("unixgram://") {
         Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
         _ => Err(format!("{s:?}: expected unixgram://PATH")),
+    }
+}
+
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    match (lo.parse::<u16>(), hi.parse::<u16>()) {
+        (Ok(lo), Ok(hi)) if lo >= 1 && lo <= hi => Ok(lo..=hi),
+        _ => Err(format!("{s:?}: expected LO-HI, e.g. 8000-9000")),
+    }
+}
+
+/// `--publish-auto` for one namespace: a thread that has joined it reads
+/// the socket tables every 500 ms and sends the set of listeners when it
+/// changes; the stack's task turns changes into forwards.
+fn watch_listeners(
+    netns: &std::path::Path,
+    tx: tokio::sync::mpsc::UnboundedSender<std::collections::BTreeSet<ferry_net::listeners::Listener>>,
+) -> anyhow::Result<()> {
+    use ferry_net::forward::Proto;
+    let ns = std::fs::File::open(netns).with_context(|| format!("--publish-auto: opening {}", netns.display()))?;
+    std::thread::Builder::new().name("publish-auto".into()).spawn(move || {
+        // SAFETY: setns(2) on a namespace descriptor we hold; it moves only
+        // this thread, which does nothing else.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "--publish-auto: cannot enter the namespace");
+            return;
+        }
+        drop(ns);
+        let mut last = None;
+        loop {
+            let mut now = std::collections::BTreeSet::new();
+            for (table, proto) in [
+                ("tcp", Proto::Tcp),
+                ("tcp6", Proto::Tcp),
+                ("udp", Proto::Udp),
+                ("udp6", Proto::Udp),
+            ] {
+                if let Ok(text) = std::fs::read_to_string(format!("/proc/thread-self/net/{table}")) {
+                    now.extend(ferry_net::listeners::parse(&text, proto));
+                }
+            }
+            if last.as_ref() != Some(&now) {
+                if tx.send(now.clone()).is_err() {
+                    return;
+                }
+                last = Some(now);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    })?;
+    Ok(())
+}
+
+/// Adds and removes the automatic forwards to `guest` as its listeners come
+/// and go. Explicit forwards and taken host ports are never touched.
+async fn publish_auto(
+    stack: ferry_net::stack::StackRef,
+    guest: std::net::IpAddr,
+    range: std::ops::RangeInclusive<u16>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<std::collections::BTreeSet<ferry_net::listeners::Listener>>,
+) {
+    use ferry_net::forward::{ForwardSpec, GuestTarget};
+    use std::collections::BTreeSet;
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+    let mut current: BTreeSet<ferry_net::listeners::Listener> = BTreeSet::new();
+    let mut ours: BTreeSet<(ferry_net::forward::Proto, SocketAddr)> = BTreeSet::new();
+    let mut told: BTreeSet<ferry_net::listeners::Listener> = BTreeSet::new();
+    while let Some(seen) = rx.recv().await {
+        let seen: BTreeSet<_> = seen.into_iter().filter(|(_, p)| range.contains(p)).collect();
+        let mut st = stack.borrow_mut();
+        for &(proto, port) in seen.difference(&current) {
+            for host in [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)] {
+                let host = SocketAddr::new(host, port);
+                let spec = ForwardSpec {
+                    proto,
+                    host,
+                    guest: GuestTarget::Ip(guest),
+                    guest_port: port,
+                };
+                match st.add_forward(spec) {
+                    Ok(()) => {
+                        ours.insert((proto, host));
+                        if host.is_ipv4() {
+                            tracing::info!(
+                                port,
+                                proto = proto.as_str(),
+                                "the guest listens: forwarded from the host's 127.0.0.1 and ::1"
+                            );
+                        }
+                    }
+                    Err(e) if host.is_ipv4() && told.insert((proto, port)) => {
+                        tracing::warn!(
+                            port,
+                            proto = proto.as_str(),
+                            "the guest listens but the host port is not free, so it is not forwarded: {e}"
+                        );
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        for &(proto, port) in current.difference(&seen) {
+            for host in [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)] {
+                let host = SocketAddr::new(host, port);
+                if ours.remove(&(proto, host)) {
+                    st.remove_forward(proto, host);
+                }
+            }
+            told.remove(&(proto, port));
+        }
+        current = seen;
     }
 }
 
@@ -349,6 +468,8 @@ impl NetArgs {
             dns,
             publish: Vec::new(),
             publish_to: None,
+            publish_auto: false,
+            publish_auto_range: 1..=65535,
             pcap: None,
             api: None,
             slirp_api: None,
@@ -529,6 +650,16 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         })
         .with_context(|| format!("creating tap {} in {}", args.tap, netns.display()))?;
         namespaces.spawn_local(ferry_net::run_port(stack.clone(), Rc::new(tap)));
+        if args.publish_auto {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            watch_listeners(&netns, tx)?;
+            tokio::task::spawn_local(publish_auto(
+                stack.clone(),
+                addr.into(),
+                args.publish_auto_range.clone(),
+                rx,
+            ));
+        }
         let guest = if args.configure {
             addr.to_string()
         } else {
