@@ -850,6 +850,11 @@ fn virtiofsd_flags_have_their_effect() {
     );
     assert_eq!(init.flags & 0x6000, 0, "--no-readdirplus still granted READDIRPLUS");
 
+    assert!(refused(&["--posix-acl=sometimes"]).contains("--posix-acl"));
+    let acl = tempdir("flags-acl");
+    let mut server = Backend::ferry(&acl, "none", &["--posix-acl=auto"]);
+    let _ = server.connect();
+    server.assert_alive();
     let said = refused(&["--seccomp", "maybe"]);
     assert!(said.contains("--seccomp \"maybe\""), "{said}");
 

@@ -82,9 +82,11 @@ pub struct FsArgs {
     /// Extended attributes.
     #[arg(long)]
     xattr: bool,
-    /// POSIX ACLs (implies --xattr).
-    #[arg(long)]
-    posix_acl: bool,
+    /// POSIX ACLs (implies --xattr): never, auto or always; given alone,
+    /// always. ACLs travel as system.posix_acl_* xattrs, so auto and always
+    /// both turn them on.
+    #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "always")]
+    posix_acl: Option<String>,
     /// Refuse every write (EROFS); needs --sandbox namespace.
     #[arg(long)]
     readonly: bool,
@@ -228,7 +230,11 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
         cache: a.cache.parse::<CacheMode>().map_err(anyhow::Error::msg)?,
         sandbox: a.sandbox.parse::<SandboxMode>().map_err(anyhow::Error::msg)?,
         xattr: a.xattr,
-        posix_acl: a.posix_acl,
+        posix_acl: match a.posix_acl.as_deref() {
+            None | Some("never") => false,
+            Some("auto" | "always") => true,
+            Some(other) => anyhow::bail!("--posix-acl={other:?}: expected never, auto or always"),
+        },
         readonly: a.readonly,
         writeback: a.writeback,
         // On unless turned off, as in virtiofsd.
