@@ -310,7 +310,7 @@ fn publish_auto_follows_the_namespaces_listeners() {
     let ns = Netns::new();
     let host_taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = host_taken.local_addr().unwrap().port();
-    let ferry = FerryNet::start(&ns, &["--configure", "--publish-auto"]);
+    let mut ferry = FerryNet::start(&ns, &["--configure", "--publish-auto"]);
     let port = free_port();
     let listener = ns.run_in(move || TcpListener::bind(("0.0.0.0", port)).unwrap());
     let served = listener.try_clone().unwrap();
@@ -387,4 +387,5 @@ fn publish_auto_follows_the_namespaces_listeners() {
         .filter(|l| l.contains("host port is not free") && l.contains(&taken.to_string()))
         .count();
     assert_eq!(told, 1, "{said:?}");
+    assert!(ferry.alive(), "ferry died (a call outside its seccomp list?)");
 }

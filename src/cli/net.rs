@@ -264,11 +264,15 @@ fn watch_listeners(
 ) -> anyhow::Result<()> {
     use ferry_net::forward::Proto;
     let ns = std::fs::File::open(netns).with_context(|| format!("--publish-auto: opening {}", netns.display()))?;
+    // The thread enters the namespace before this returns: setns is not in
+    // the seccomp allow-list installed once the network is up.
+    let (entered_tx, entered) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("publish-auto".into()).spawn(move || {
         // SAFETY: setns(2) on a namespace descriptor we hold; it moves only
         // this thread, which does nothing else.
-        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "--publish-auto: cannot enter the namespace");
+        let joined = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } == 0;
+        let _ = entered_tx.send(joined.then_some(()).ok_or_else(std::io::Error::last_os_error));
+        if !joined {
             return;
         }
         drop(ns);
@@ -294,6 +298,10 @@ fn watch_listeners(
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
     })?;
+    entered
+        .recv()
+        .context("--publish-auto: the watcher thread ended")?
+        .context("--publish-auto: entering the namespace")?;
     Ok(())
 }
 
