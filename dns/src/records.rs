@@ -64,6 +64,11 @@ pub const GATEWAY_NAME: &str = "gateway.containers.internal";
 /// Zones of the built-in names: never forwarded upstream.
 const BUILTIN_ZONES: &[&str] = &["container.internal", "containers.internal", "docker.internal"];
 
+/// Names registered at most (every zone's copy counts): guests name
+/// themselves through DHCP and DHCPv6, clients through the APIs; past this
+/// a new name is refused with an error, an existing one can still change.
+pub const MAX_NAMES: usize = 16384;
+
 /// Normalises a name: lower case, no trailing dot.
 pub fn normalise(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
@@ -166,6 +171,9 @@ impl Records {
                     ..old.filter(|(_, o)| *o == owner).map(|(a, _)| *a).unwrap_or_default()
                 },
             };
+            if !self.names.contains_key(&key) && self.names.len() >= MAX_NAMES {
+                return Err(format!("{MAX_NAMES} names are registered already; remove some first"));
+            }
             self.names.insert(key, (addrs, owner.clone()));
         }
         Ok(())
@@ -193,6 +201,9 @@ impl Records {
                 addrs.v6 = Some(v6);
                 addrs.v6_stable = true;
             }
+        }
+        if !self.names.contains_key(&key) && self.names.len() >= MAX_NAMES {
+            return Err(format!("{MAX_NAMES} names are registered already; remove some first"));
         }
         self.names.insert(key, (addrs, owner));
         Ok(())
@@ -251,6 +262,24 @@ impl Records {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_name_table_is_bounded() {
+        let mut r = Records::new(&["test".to_string()], None, Ipv4Addr::new(10, 0, 2, 1));
+        for i in 0..MAX_NAMES {
+            r.register(&format!("n{i}"), Ipv4Addr::new(10, 0, 2, 9), Owner::Static("t".into()))
+                .unwrap();
+        }
+        let err = r.register("one-more", Ipv4Addr::new(10, 0, 2, 9), Owner::Static("t".into()));
+        assert!(err.unwrap_err().contains("registered already"));
+        // An existing name can still change; removing makes room.
+        r.register("n1", Ipv4Addr::new(10, 0, 2, 10), Owner::Static("t".into()))
+            .unwrap();
+        assert_eq!(r.unregister("n2"), 1);
+        r.register("one-more", Ipv4Addr::new(10, 0, 2, 9), Owner::Static("t".into()))
+            .unwrap();
+    }
+
     use super::*;
 
     fn records() -> Records {
