@@ -1138,3 +1138,37 @@ fn mount_points_are_announced_as_submounts() {
     assert_eq!(in_namespace, (true, 1, 0), "the same inside the namespace sandbox");
     assert_eq!(off, (false, 0, 0), "--no-announce-submounts");
 }
+
+/// `--tag` (virtiofsd 1.14): the tag is advertised in the device's
+/// configuration space (VHOST_USER_PROTOCOL_F_CONFIG), NUL-padded to 36
+/// bytes, followed by the number of request queues; without `--tag` the
+/// feature is not offered (QEMU 7.1-8.0 would crash on it, as with
+/// virtiofsd).
+#[test]
+fn the_tag_is_in_the_configuration_space() {
+    use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+    use vhost::vhost_user::VhostUserFrontend;
+    let share = tempdir("tag");
+    let mut server = Backend::ferry(&share, "none", &["--tag", "mytag"]);
+    let mut client = server.connect();
+    let frontend = client.device().frontend();
+    let (_, config) = frontend
+        .get_config(0, 40, VhostUserConfigFlags::WRITABLE, &[0u8; 40])
+        .unwrap();
+    assert_eq!(&config[..5], b"mytag");
+    assert!(config[5..36].iter().all(|b| *b == 0));
+    assert_eq!(u32::from_le_bytes(config[36..40].try_into().unwrap()), 1);
+    drop(client);
+
+    let share = tempdir("notag");
+    let server = Backend::ferry(&share, "none", &[]);
+    let mut frontend = vhost::vhost_user::Frontend::connect(&server.socket, 2).unwrap();
+    vhost::VhostBackend::set_owner(&mut frontend).unwrap();
+    let features = vhost::VhostBackend::get_features(&mut frontend).unwrap();
+    vhost::VhostBackend::set_features(&mut frontend, features).unwrap();
+    let proto = frontend.get_protocol_features().unwrap();
+    assert!(
+        !proto.contains(VhostUserProtocolFeatures::CONFIG),
+        "CONFIG offered without --tag"
+    );
+}

@@ -88,7 +88,7 @@ impl VhostUserDevice {
                 .get_protocol_features()
                 .map_err(vhost_err("GET_PROTOCOL_FEATURES"))?;
             frontend
-                .set_protocol_features(proto & VhostUserProtocolFeatures::MQ)
+                .set_protocol_features(proto & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG))
                 .map_err(vhost_err("SET_PROTOCOL_FEATURES"))?;
         }
 

@@ -160,6 +160,8 @@ pub struct FsDevice {
     /// INIT reply flags this share must not grant although the passthrough
     /// file system offers them (READDIRPLUS under `--no-readdirplus`).
     withheld_init_flags: u32,
+    /// `--tag`: advertised in the device's configuration space.
+    tag: Option<String>,
 }
 
 /// FUSE_INIT's opcode, and where `fuse_init_out.flags` sits in its reply:
@@ -239,7 +241,21 @@ impl FsDevice {
             fs,
             replay: None,
             withheld_init_flags: if opts.readdirplus { 0 } else { READDIRPLUS_FLAGS },
+            tag: opts.tag.clone(),
         })
+    }
+
+    /// The virtio-fs configuration space (`struct virtio_fs_config`): the
+    /// tag, NUL-padded to 36 bytes, then the number of request queues
+    /// (little-endian). None without `--tag`: the front end's own tag is
+    /// what the guest sees then.
+    pub fn config_space(&self, request_queues: u32) -> Option<Vec<u8>> {
+        let tag = self.tag.as_ref()?;
+        let mut config = vec![0u8; 36];
+        let n = tag.len().min(36);
+        config[..n].copy_from_slice(&tag.as_bytes()[..n]);
+        config.extend_from_slice(&request_queues.to_le_bytes());
+        Some(config)
     }
 
     /// Answers the guest agent's replays of host changes (see [`crate::inject`]).

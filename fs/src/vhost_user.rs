@@ -89,6 +89,10 @@ impl Pool {
 }
 
 impl FsBackend {
+    fn config(&self) -> Option<Vec<u8>> {
+        self.device.config_space(u32::try_from(self.queues - 1).unwrap_or(1))
+    }
+
     fn process(&self, vring: &VringRwLock<Memory>) -> io::Result<()> {
         let Some(mem) = &self.mem else {
             return Err(io::Error::other("a queue was kicked before guest memory was set"));
@@ -183,9 +187,22 @@ impl VhostUserBackendMut for FsBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
+        let base = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        // As virtiofsd: the configuration space (the tag) only with --tag.
+        if self.config().is_some() {
+            base | VhostUserProtocolFeatures::CONFIG
+        } else {
+            base
+        }
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config = self.config().unwrap_or_default();
+        let start = (offset as usize).min(config.len());
+        let end = start.saturating_add(size as usize).min(config.len());
+        config[start..end].to_vec()
     }
 
     fn set_event_idx(&mut self, enabled: bool) {
