@@ -1163,9 +1163,9 @@ fn the_tag_is_in_the_configuration_space() {
     let share = tempdir("notag");
     let server = Backend::ferry(&share, "none", &[]);
     let mut frontend = vhost::vhost_user::Frontend::connect(&server.socket, 2).unwrap();
-    vhost::VhostBackend::set_owner(&mut frontend).unwrap();
-    let features = vhost::VhostBackend::get_features(&mut frontend).unwrap();
-    vhost::VhostBackend::set_features(&mut frontend, features).unwrap();
+    vhost::VhostBackend::set_owner(&frontend).unwrap();
+    let features = vhost::VhostBackend::get_features(&frontend).unwrap();
+    vhost::VhostBackend::set_features(&frontend, features).unwrap();
     let proto = frontend.get_protocol_features().unwrap();
     assert!(
         !proto.contains(VhostUserProtocolFeatures::CONFIG),
