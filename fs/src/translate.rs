@@ -56,13 +56,21 @@ impl<F> Translated<F> {
 impl<F: FileSystem> Translated<F> {
     /// A looked-up entry as the guest gets it: owners translated, and a
     /// directory on another device than `parent` flagged as a submount.
-    fn guest_lookup(&self, ctx: &Context, parent: u64, e: Entry) -> Entry {
+    fn guest_lookup(&self, ctx: &Context, parent: u64, parent_dev: &mut Option<u64>, e: Entry) -> Entry {
         let mut e = self.guest_entry(e);
         if self.announce_submounts && e.attr.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            if let Ok((p, _)) = self.inner.getattr(ctx, F::Inode::from(parent), None) {
-                if p.st_dev != e.attr.st_dev {
-                    e.attr_flags |= ATTR_SUBMOUNT;
-                }
+            // The parent's device is looked up once per call (a READDIRPLUS
+            // batch may hold many directories), and only if a directory
+            // needs it.
+            if parent_dev.is_none() {
+                *parent_dev = self
+                    .inner
+                    .getattr(ctx, F::Inode::from(parent), None)
+                    .ok()
+                    .map(|(p, _)| p.st_dev);
+            }
+            if parent_dev.is_some_and(|dev| dev != e.attr.st_dev) {
+                e.attr_flags |= ATTR_SUBMOUNT;
             }
         }
         e
@@ -89,7 +97,7 @@ impl<F: FileSystem> FileSystem for Translated<F> {
         let parent: u64 = parent.into();
         self.inner
             .lookup(ctx, F::Inode::from(parent), name)
-            .map(|e| self.guest_lookup(ctx, parent, e))
+            .map(|e| self.guest_lookup(ctx, parent, &mut None, e))
     }
 
     fn forget(&self, ctx: &Context, inode: Self::Inode, count: u64) {
@@ -337,7 +345,8 @@ impl<F: FileSystem> FileSystem for Translated<F> {
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let dir: u64 = inode.into();
-        let mut add = |d: DirEntry, e: Entry| add_entry(d, self.guest_lookup(ctx, dir, e));
+        let mut dir_dev = None;
+        let mut add = |d: DirEntry, e: Entry| add_entry(d, self.guest_lookup(ctx, dir, &mut dir_dev, e));
         self.inner
             .readdirplus(ctx, F::Inode::from(dir), handle, size, offset, &mut add)
     }

@@ -36,7 +36,8 @@ pub struct FsArgs {
     /// The directory to share.
     #[arg(long, value_name = "DIR")]
     shared_dir: Option<PathBuf>,
-    /// The tag (accepted; QEMU's -device ...,tag= is what the guest sees).
+    /// The tag, advertised in the device's configuration space (offers
+    /// VHOST_USER_PROTOCOL_F_CONFIG, as virtiofsd; QEMU 7.1-8.0 crash on it).
     #[arg(long, value_name = "TAG")]
     tag: Option<String>,
     /// Group that may connect to the socket.
@@ -96,12 +97,14 @@ pub struct FsArgs {
     /// Honour the guest's O_DIRECT opens.
     #[arg(long)]
     allow_direct_io: bool,
-    /// FUSE_HANDLE_KILLPRIV_V2 (accepted).
+    /// Negotiate FUSE_HANDLE_KILLPRIV_V2: the server clears setuid/setgid
+    /// bits and capabilities on write, truncate and chown.
     #[arg(long)]
     killpriv_v2: bool,
     #[arg(long, hide = true)]
     no_killpriv_v2: bool,
-    /// Disable READDIRPLUS (accepted).
+    /// Withhold READDIRPLUS at INIT: the guest lists directories with
+    /// READDIR and looks entries up one by one.
     #[arg(long)]
     no_readdirplus: bool,
     /// Log to syslog instead of stderr (as virtiofsd, under the ident
@@ -114,7 +117,8 @@ pub struct FsArgs {
     /// Old-style options: source=DIR,cache=MODE,xattr,no_posix_lock,...
     #[arg(short = 'o', value_name = "LIST")]
     options: Vec<String>,
-    /// Foreground (always; accepted).
+    /// Foreground: ferry always is; kept because virtiofsd keeps it (a
+    /// no-op there too).
     #[arg(short = 'f')]
     foreground: bool,
     /// Debug logging.
