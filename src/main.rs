@@ -3,6 +3,7 @@
 
 mod cli;
 mod logging;
+mod sshfwd;
 
 use std::process::ExitCode;
 

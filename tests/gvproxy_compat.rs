@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{api_curl, Ferry};
@@ -121,6 +122,7 @@ fn driven_like_podman_machine() {
 
 #[test]
 fn unsupported_gvproxy_options_say_so() {
+    // gvproxy's own check and message for the four forward flags.
     let out = Ferry::new([
         "gvproxy",
         "-listen-qemu",
@@ -132,10 +134,339 @@ fn unsupported_gvproxy_options_say_so() {
     ])
     .output();
     assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("not supported by ferry yet"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("must all be specified together, the same number of times"),
+        "{}",
+        out.stderr
+    );
+    let out = Ferry::new([
+        "gvproxy",
+        "-listen-qemu",
+        "unix:///tmp/x.sock",
+        "-forward-sock",
+        "/a",
+        "-forward-dest",
+        "/b",
+        "-forward-user",
+        "core",
+        "-forward-identity",
+        "/nonexistent/id_ed25519",
+    ])
+    .output();
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("-forward-identity /nonexistent/id_ed25519: cannot load the SSH private key"),
+        "{}",
+        out.stderr
+    );
     let out = Ferry::new(["gvproxy", "-mtu", "1500"]).output();
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("-listen-qemu or -listen-vfkit"), "{}", out.stderr);
+}
+
+/// A background command inside `ns`, killed with its process group on drop.
+fn spawn_in(ns: &common::netns::Netns, args: &[&str]) -> common::Running {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns.path().display())).arg("--").args(args);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    common::Running {
+        child: cmd.spawn().unwrap_or_else(|e| panic!("{args:?}: {e}")),
+    }
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// podman machine's `-forward-sock`: the "guest" is a network namespace on
+/// ferry's vfkit socket (socat carries its tap's frames, one datagram each),
+/// with the guest address gvproxy leases and a real OpenSSH sshd started
+/// only after ferry, so the forward has to wait for it. Behind the forwards:
+/// a real `podman system service` (the podman client talks to it through
+/// ferry, as podman machine's host client does) and an echo server (2 MiB
+/// checked byte for byte, with half-close).
+#[test]
+fn forward_sock_carries_podman_over_ssh() {
+    common::require_tool("socat", "socat");
+    common::require_tool("podman", "podman");
+    assert!(
+        Path::new("/usr/sbin/sshd").exists(),
+        "sshd is not installed; run `apt-get install openssh-server`"
+    );
+    let dir = std::env::temp_dir().join(format!("ferry-gvproxy-ssh-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |name: &str| dir.join(name).display().to_string();
+    run_ok(&[
+        "ssh-keygen",
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        &p("id"),
+        "-C",
+        "ferry-test",
+    ]);
+    run_ok(&["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", &p("hostkey")]);
+    std::fs::copy(dir.join("id.pub"), dir.join("authorized_keys")).unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+
+    // Guest-side sockets: podman's API and an echo server.
+    let _podman = {
+        let mut cmd = std::process::Command::new("podman");
+        cmd.args([
+            "--root",
+            &p("storage"),
+            "--runroot",
+            &p("runroot"),
+            "system",
+            "service",
+            "--time=0",
+            &format!("unix://{}", p("podman.sock")),
+        ]);
+        use std::os::unix::process::CommandExt;
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
+        common::Running {
+            child: cmd.spawn().unwrap(),
+        }
+    };
+    let echo = std::os::unix::net::UnixListener::bind(dir.join("echo.sock")).unwrap();
+    std::thread::spawn(move || {
+        for conn in echo.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut back = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut conn, &mut back);
+                let _ = back.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+
+    let link = dir.join("gvproxy");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ferry"), &link).unwrap();
+    let vfkit = dir.join("vfkit.sock");
+    let ssh_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let args = [
+        "-mtu".to_string(),
+        "1500".into(),
+        "-ssh-port".into(),
+        ssh_port.to_string(),
+        "-listen-vfkit".into(),
+        format!("unixgram://{}", vfkit.display()),
+        "-forward-sock".into(),
+        p("podman-host.sock"),
+        "-forward-dest".into(),
+        p("podman.sock"),
+        "-forward-user".into(),
+        "root".into(),
+        "-forward-identity".into(),
+        p("id"),
+        "-forward-sock".into(),
+        format!("unix://{}", p("echo-host.sock")),
+        "-forward-dest".into(),
+        p("echo.sock"),
+        "-forward-user".into(),
+        "root".into(),
+        "-forward-identity".into(),
+        p("id"),
+        "-debug".into(),
+        "-log-file".into(),
+        p("gvproxy.log"),
+    ];
+    let mut gvproxy = Ferry::with_binary(&link, &args).spawn();
+    let host_echo = dir.join("echo-host.sock");
+    wait_for(&host_echo);
+    wait_for(&vfkit);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&host_echo).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the forward socket is the owner's only, as gvproxy's");
+
+    // A client that connects before the guest is even up is served once
+    // sshd answers (it waits in the listen backlog).
+    let early = std::thread::spawn({
+        let host_echo = host_echo.clone();
+        move || {
+            let mut s = UnixStream::connect(&host_echo).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+            s.write_all(b"early bird").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut back = String::new();
+            s.read_to_string(&mut back).unwrap();
+            back
+        }
+    });
+
+    let guest = common::netns::Netns::new();
+    let tap = "TUN,tun-type=tap,tun-name=eth0,iff-no-pi,iff-up";
+    let sendto = format!("UNIX-SENDTO:{},bind={}", vfkit.display(), p("guest.sock"));
+    let _bridge = spawn_in(&guest, &["socat", "-b", "65536", tap, &sendto]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !guest
+        .command(&["ip", "link", "show", "eth0"], Duration::from_secs(5))
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "socat never created eth0");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for cmd in [
+        &["ip", "link", "set", "lo", "up"][..],
+        &["ip", "link", "set", "eth0", "address", "5a:94:ef:e4:0c:ee", "up"],
+        &["ip", "addr", "add", "192.168.127.2/24", "dev", "eth0"],
+        &["ip", "route", "add", "default", "via", "192.168.127.1"],
+    ] {
+        let out = guest.command(cmd, Duration::from_secs(5));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // sshd comes up a while after ferry, as in a booting guest.
+    std::thread::sleep(Duration::from_secs(2));
+    let sshd = || {
+        spawn_in(
+            &guest,
+            &[
+                "/usr/sbin/sshd",
+                "-D",
+                "-e",
+                "-f",
+                "/dev/null",
+                "-o",
+                &format!("HostKey={}", p("hostkey")),
+                "-o",
+                &format!("AuthorizedKeysFile={}", p("authorized_keys")),
+                "-o",
+                "StrictModes=no",
+                "-o",
+                "UsePAM=no",
+                "-o",
+                "PidFile=none",
+                "-o",
+                "PermitRootLogin=prohibit-password",
+            ],
+        )
+    };
+    let sshd_1 = sshd();
+
+    assert_eq!(early.join().unwrap(), "early bird");
+
+    // OpenSSH's own client through -ssh-port (127.0.0.1:PORT -> guest:22):
+    // 2 MiB out and back through `cat`. The vfkit port's burst handling is
+    // what keeps this fast (it used to take minutes).
+    {
+        let mut c = std::process::Command::new("ssh")
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-p",
+                &ssh_port.to_string(),
+                "-i",
+                &p("id"),
+                "root@127.0.0.1",
+                "cat",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut input = c.stdin.take().unwrap();
+        let sent = std::thread::spawn(move || input.write_all(&[7u8; 2 << 20]).is_ok());
+        let out = c.wait_with_output().unwrap();
+        assert!(sent.join().unwrap(), "ssh did not take its input");
+        assert!(
+            out.stdout.len() == 2 << 20 && out.stdout.iter().all(|&b| b == 7),
+            "ssh -p {ssh_port} cat: {} bytes back",
+            out.stdout.len()
+        );
+    }
+    // 2 MiB through the echo forward, checked byte for byte.
+    let data: Vec<u8> = (0..2u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut s = UnixStream::connect(&host_echo).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        let data = data.clone();
+        std::thread::spawn(move || {
+            w.write_all(&data).unwrap();
+            w.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(
+        back == data,
+        "echo through the SSH forward differs ({} of {} bytes back)",
+        back.len(),
+        data.len()
+    );
+
+    // podman's own client, remote, through the forward (podman machine's path).
+    let out = std::process::Command::new("podman")
+        .args(["--url", &format!("unix://{}", p("podman-host.sock")), "version"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("Server:") && text.contains("API Version"),
+        "podman --url through -forward-sock: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The guest's sshd restarts (a reboot): the next connection brings up
+    // a new session.
+    drop(sshd_1);
+    let _sshd_2 = sshd();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut s = UnixStream::connect(&host_echo).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"after restart").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = String::new();
+    s.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "after restart", "no new SSH session after sshd restarted");
+
+    // SIGTERM: the forward sockets are removed, as gvproxy removes them.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(gvproxy.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gvproxy.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!host_echo.exists(), "forward socket left behind");
+    drop(_bridge);
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A TCP SYN from `src` to `dst:port` as an Ethernet frame to `gw_mac`.

@@ -34,6 +34,8 @@ pub const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_accept4,
     libc::SYS_setsockopt,
     libc::SYS_getsockname,
+    // dial_guest: a socket pair per connection ferry opens to the guest.
+    libc::SYS_socketpair,
     libc::SYS_shutdown,
     libc::SYS_sendto,
     libc::SYS_recvfrom,
@@ -415,24 +417,61 @@ async fn tcp_accept_loop(stack: Weak<std::cell::RefCell<Stack>>, listener: TcpLi
 }
 
 async fn tcp_forward_conn(stack: Weak<std::cell::RefCell<Stack>>, conn: TcpStream, spec: ForwardSpec) {
-    let deadline = Instant::now() + GUEST_WAIT;
+    if !connect_and_splice(stack, conn, &spec.guest, spec.guest_port, GUEST_WAIT).await {
+        tracing::warn!(guest = %spec.guest, host = %spec.host, "forwarded connection dropped: the guest did not come up");
+    }
+}
+
+/// Waits (up to `wait`) for the guest to be reachable, opens a TCP
+/// connection to its `port` from the gateway and splices `host` to it.
+/// False if the guest never came up.
+async fn connect_and_splice(
+    stack: Weak<std::cell::RefCell<Stack>>,
+    host: impl crate::tcp::HostStream,
+    guest: &GuestTarget,
+    port: u16,
+    wait: Duration,
+) -> bool {
+    let deadline = Instant::now() + wait;
     let guest_ip = loop {
-        let Some(stack) = stack.upgrade() else { return };
-        if let Some(ip) = stack.borrow_mut().reachable_guest(&spec.guest) {
+        let Some(stack) = stack.upgrade() else { return true };
+        if let Some(ip) = stack.borrow_mut().reachable_guest(guest) {
             break ip;
         }
         if Instant::now() > deadline {
-            tracing::warn!(guest = %spec.guest, host = %spec.host, "forwarded connection dropped: the guest did not come up");
-            return;
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let Some(stack) = stack.upgrade() else { return };
-    let Some((key, handle)) = stack.borrow_mut().tcp_connect_to_guest(guest_ip, spec.guest_port) else {
-        return;
+    let Some(stack) = stack.upgrade() else { return true };
+    let Some((key, handle)) = stack.borrow_mut().tcp_connect_to_guest(guest_ip, port) else {
+        return true;
     };
-    crate::tcp::splice(&stack, handle, conn).await;
+    crate::tcp::splice(&stack, handle, host).await;
     stack.borrow_mut().tcp_release(key, handle);
+    true
+}
+
+/// A TCP connection from the gateway to the guest's `port`, for ferry's own
+/// clients (the SSH socket forwards of gvproxy mode) rather than a host
+/// listener: the returned socket is one end of a pair whose other end is
+/// spliced to the guest. A guest that refuses, resets or does not come up
+/// within `wait` shows as end-of-file on the returned socket, as a refused
+/// connection would. Must be called on the stack's `LocalSet`.
+pub fn dial_guest(
+    stack: &crate::stack::StackRef,
+    guest: GuestTarget,
+    port: u16,
+    wait: Duration,
+) -> io::Result<tokio::net::UnixStream> {
+    let (ours, theirs) = tokio::net::UnixStream::pair()?;
+    let stack = Rc::downgrade(stack);
+    tokio::task::spawn_local(async move {
+        if !connect_and_splice(stack, theirs, &guest, port, wait).await {
+            tracing::debug!(%guest, port, "dial to the guest: the guest did not come up");
+        }
+    });
+    Ok(ours)
 }
 
 async fn udp_loop(stack: Weak<std::cell::RefCell<Stack>>, socket: Rc<UdpSocket>, spec: ForwardSpec) {

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
@@ -386,9 +387,41 @@ enum Dir {
     Done,
 }
 
+/// The host end of a spliced flow: a TCP socket to a host service, or one
+/// end of a socket pair for a flow ferry itself opened to the guest
+/// ([`crate::forward::dial_guest`]). Both are readiness-driven sockets
+/// whose shutdown and linger go through `socket2`.
+pub(crate) trait HostStream: std::os::fd::AsFd {
+    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>>;
+    fn poll_write_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>>;
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+macro_rules! host_stream {
+    ($t:ty) => {
+        impl HostStream for $t {
+            fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+                <$t>::poll_read_ready(self, cx)
+            }
+            fn poll_write_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+                <$t>::poll_write_ready(self, cx)
+            }
+            fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                <$t>::try_read(self, buf)
+            }
+            fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+                <$t>::try_write(self, buf)
+            }
+        }
+    };
+}
+host_stream!(TcpStream);
+host_stream!(tokio::net::UnixStream);
+
 /// Moves bytes both ways until both directions are finished or either side
 /// fails. Returns when the flow can be forgotten.
-pub(crate) async fn splice(stack: &StackRef, handle: SocketHandle, host: TcpStream) {
+pub(crate) async fn splice(stack: &StackRef, handle: SocketHandle, host: impl HostStream) {
     let host = Rc::new(host);
     let mut to_host = Dir::Open; // guest -> host
     let mut to_guest = Dir::Open; // host -> guest
@@ -404,7 +437,7 @@ pub(crate) async fn splice(stack: &StackRef, handle: SocketHandle, host: TcpStre
                 // Reset by the guest, timed out, or closed in both directions.
                 if state == tcp::State::Closed && (to_host == Dir::Open || to_guest == Dir::Open) {
                     // Tell the host side too: RST if the guest reset us.
-                    let _ = socket2::SockRef::from(&*host).set_linger(Some(Duration::ZERO));
+                    let _ = socket2::SockRef::from(&host.as_fd()).set_linger(Some(Duration::ZERO));
                 }
                 return Poll::Ready(());
             }
@@ -430,7 +463,7 @@ pub(crate) async fn splice(stack: &StackRef, handle: SocketHandle, host: TcpStre
                     }
                 } else if !socket.may_recv() && !handshaking(state) {
                     // The guest sent FIN and we delivered everything.
-                    let _ = socket2::SockRef::from(&*host).shutdown(std::net::Shutdown::Write);
+                    let _ = socket2::SockRef::from(&host.as_fd()).shutdown(std::net::Shutdown::Write);
                     to_host = Dir::Done;
                     progressed = true;
                 } else {

@@ -74,16 +74,16 @@ pub struct GvproxyArgs {
     /// print debug info
     #[arg(long)]
     pub debug: bool,
-    /// forward a unix socket to the guest over SSH (not supported yet: refused)
+    /// forward a unix socket (PATH or unix://PATH) to the guest over SSH; repeatable, one -forward-dest, -forward-user and -forward-identity each
     #[arg(long = "forward-sock", value_name = "PATH")]
     pub forward_sock: Vec<String>,
-    /// destination of --forward-sock in the guest
+    /// unix socket in the guest that -forward-sock connects to
     #[arg(long = "forward-dest", value_name = "PATH")]
     pub forward_dest: Vec<String>,
-    /// SSH user for --forward-sock
+    /// SSH user for -forward-sock
     #[arg(long = "forward-user", value_name = "USER")]
     pub forward_user: Vec<String>,
-    /// SSH identity for --forward-sock
+    /// SSH private key (identity) for -forward-sock
     #[arg(long = "forward-identity", value_name = "PATH")]
     pub forward_identity: Vec<String>,
     /// gvproxy's YAML configuration file: refused (not implemented; give the
@@ -162,10 +162,7 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
         args.listen_stdio.is_none() && args.listen_bess.is_none() && args.listen_vpnkit.is_none(),
         "-listen-stdio, -listen-bess and -listen-vpnkit are not supported by ferry; use -listen-qemu or -listen-vfkit"
     );
-    anyhow::ensure!(
-        args.forward_sock.is_empty() && args.forward_dest.is_empty(),
-        "-forward-sock/-forward-dest (unix sockets over SSH) are not supported by ferry yet; forward over TCP with -ssh-port and `ssh -L` instead"
-    );
+    let forwards = socket_forwards(&args)?;
     anyhow::ensure!(
         !args.listen_qemu.is_empty() || !args.listen_vfkit.is_empty(),
         "no VM front end: give -listen-qemu or -listen-vfkit"
@@ -248,9 +245,14 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
         writeln!(f, "{}", std::process::id())?;
     }
     let pid_file = args.pid_file.clone();
+    let device = ferry_net::forward::GuestTarget::Ip(guest.into());
+    let forward_sockets: Vec<PathBuf> = forwards.iter().map(|(f, _)| f.socket.clone()).collect();
     let code = super::net::run_until(
         net,
-        |_| {
+        |running| {
+            for (fwd, key) in forwards {
+                crate::sshfwd::spawn(&running.stack, device.clone(), fwd, key)?;
+            }
             if let Some(path) = &notification {
                 send_notification(path, "ready");
             }
@@ -261,7 +263,43 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = pid_file {
         let _ = std::fs::remove_file(path);
     }
+    for path in forward_sockets {
+        let _ = std::fs::remove_file(path);
+    }
     code
+}
+
+/// The SSH socket forwards, checked as gvproxy checks them: the four flags
+/// the same number of times, and every identity loadable.
+fn socket_forwards(
+    args: &GvproxyArgs,
+) -> anyhow::Result<Vec<(crate::sshfwd::SocketForward, std::sync::Arc<russh::keys::PrivateKey>)>> {
+    let n = args.forward_sock.len();
+    anyhow::ensure!(
+        args.forward_dest.len() == n && args.forward_user.len() == n && args.forward_identity.len() == n,
+        "--forward-sock, --forward-dest, --forward-user, and --forward-identity must all be specified together, the same number of times, or not at all"
+    );
+    (0..n)
+        .map(|i| {
+            let sock = &args.forward_sock[i];
+            let socket = match sock.split_once("://") {
+                Some(("unix", path)) => PathBuf::from(path),
+                Some((scheme, _)) => anyhow::bail!(
+                    "-forward-sock {sock:?}: URI scheme not supported: {scheme} (use unix://PATH or a path)"
+                ),
+                None => PathBuf::from(sock),
+            };
+            let identity = PathBuf::from(&args.forward_identity[i]);
+            let key = crate::sshfwd::load_identity(&identity)?;
+            let fwd = crate::sshfwd::SocketForward {
+                socket,
+                dest: args.forward_dest[i].clone(),
+                user: args.forward_user[i].clone(),
+                identity,
+            };
+            Ok((fwd, key))
+        })
+        .collect()
 }
 
 /// One gvproxy notification: a connection to the socket carrying one JSON

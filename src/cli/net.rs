@@ -581,6 +581,9 @@ fn raise_fd_limit(cfg: &NetConfig) {
 
 /// A network being served on the current `LocalSet`.
 pub struct Running {
+    /// The network, for clients ferry runs on it itself (gvproxy's SSH
+    /// socket forwards).
+    pub stack: ferry_net::stack::StackRef,
     metrics: Arc<NetMetrics>,
     dns: Option<Arc<ferry_dns::DnsServer>>,
     namespaces: tokio::task::JoinSet<()>,
@@ -686,7 +689,7 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
     }
     for path in &args.listen_vfkit {
         let port = ferry_net::frontend::unixgram::Unixgram::bind(path)?;
-        tokio::task::spawn_local(ferry_net::run_port(stack.clone(), Rc::new(port)));
+        tokio::task::spawn_local(ferry_net::run_port(stack.clone(), port));
         ready.push((format!("vfkit on unixgram://{}", path.display()), "by DHCP".to_string()));
     }
     for path in &args.listen_vhost_user {
@@ -717,6 +720,7 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
     }
     tokio::task::spawn_local(ferry_net::run_timers(stack.clone()));
     Ok(Running {
+        stack,
         metrics,
         dns,
         has_namespaces: !args.netns.is_empty(),
