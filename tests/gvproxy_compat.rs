@@ -633,3 +633,136 @@ fn gvproxy_options_do_what_gvproxy_does() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Reads frames from `next` until a DHCP offer; returns its yiaddr.
+fn offered_address(mut next: impl FnMut() -> Vec<u8>) -> [u8; 4] {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no DHCP offer");
+        let f = next();
+        if f.len() > 42 + 240 && f[12..14] == [8, 0] && f[23] == 17 && f[34..36] == [0, 67] {
+            return f[42 + 16..42 + 20].try_into().unwrap();
+        }
+    }
+}
+
+fn read_hyperkit_frame(r: &mut impl Read) -> Vec<u8> {
+    let mut len = [0u8; 2];
+    r.read_exact(&mut len).expect("no frame");
+    let mut f = vec![0u8; u16::from_le_bytes(len) as usize];
+    r.read_exact(&mut f).unwrap();
+    f
+}
+
+fn hyperkit_frame(f: &[u8]) -> Vec<u8> {
+    [&(f.len() as u16).to_le_bytes()[..], f].concat()
+}
+
+/// gvproxy's other transports, driven as their clients drive them (no
+/// hyperkit or BESS program runs on Linux here, so the test speaks their
+/// protocols): `-listen-vpnkit` (hyperkit's handshake, then 2-byte
+/// little-endian lengths; gvproxy's UUID gets gvproxy's guest MAC and so
+/// the guest's static lease), `-listen-bess` (SOCK_SEQPACKET, a frame per
+/// packet) and `-listen-stdio` (2-byte lengths on standard input/output).
+#[test]
+fn vpnkit_bess_and_stdio_transports() {
+    let dir = std::env::temp_dir().join(format!("ferry-gvproxy-tr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (vpnkit, bess) = (dir.join("vpnkit.sock"), dir.join("bess.sock"));
+    // One transport per instance: gvproxy refuses vpnkit with bess.
+    let gvproxy = |flag: &str, url: String| {
+        Ferry::new(["gvproxy".to_string(), "-ssh-port".into(), "-1".into(), flag.into(), url]).spawn()
+    };
+    let mut running = gvproxy("-listen-vpnkit", format!("unix://{}", vpnkit.display()));
+    wait_for(&vpnkit);
+
+    // vpnkit: init echoed, the command answered with MTU, max frame, MAC.
+    let mut v = UnixStream::connect(&vpnkit).unwrap();
+    v.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let init: Vec<u8> = (0..49u8).collect();
+    v.write_all(&init).unwrap();
+    let mut echo = [0u8; 49];
+    v.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo[..], &init[..], "init message echoed");
+    let mut command = [0u8; 41];
+    command[0] = 1;
+    command[1..37].copy_from_slice(b"c3d68012-0208-11ea-9fd7-f2189899ab08");
+    v.write_all(&command).unwrap();
+    let mut reply = [0u8; 258];
+    v.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[0], 1);
+    assert_eq!(u16::from_le_bytes([reply[1], reply[2]]), 1500, "MTU");
+    assert_eq!(u16::from_le_bytes([reply[3], reply[4]]), 1514, "largest frame");
+    assert_eq!(&reply[5..11], &GVPROXY_MAC, "gvproxy's MAC for its UUID");
+    v.write_all(&hyperkit_frame(&dhcp_discover(GVPROXY_MAC))).unwrap();
+    assert_eq!(offered_address(|| read_hyperkit_frame(&mut v)), [192, 168, 127, 2]);
+
+    drop(running.child.kill());
+
+    // bess: one frame per packet.
+    let mut running = gvproxy("-listen-bess", format!("unixpacket://{}", bess.display()));
+    wait_for(&bess);
+    let b = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+    b.connect(&socket2::SockAddr::unix(&bess).unwrap()).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let other = [0x02, 0, 0, 0, 0, 0x42];
+    let discover = dhcp_discover(other);
+    assert_eq!(b.send(&discover).unwrap(), discover.len());
+    let ip = offered_address(|| {
+        let mut buf = vec![0u8; 65536];
+        let n = (&b).read(&mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    });
+    assert_eq!(ip[..3], [192, 168, 127], "a pool address for another MAC");
+    assert_ne!(ip, [192, 168, 127, 2], "the static lease is gvproxy's MAC's only");
+    drop(running.child.kill());
+
+    // stdio: the same exchange over pipes.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["gvproxy", "-ssh-port", "-1", "-listen-stdio", "accept"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = child.stdout.take().unwrap();
+    input.write_all(&hyperkit_frame(&dhcp_discover(GVPROXY_MAC))).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ip = offered_address(|| read_hyperkit_frame(&mut output));
+        let _ = tx.send(ip);
+    });
+    let ip = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no DHCP offer on standard output");
+    assert_eq!(ip, [192, 168, 127, 2]);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // gvproxy's rules on combining transports.
+    let out = Ferry::new([
+        "gvproxy".to_string(),
+        "-listen-vpnkit".into(),
+        format!("unix://{}", vpnkit.display()),
+        "-listen-qemu".into(),
+        format!("unix://{}", dir.join("q.sock").display()),
+    ])
+    .output();
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("cannot use qemu and vpnkit protocol at the same time"),
+        "{}",
+        out.stderr
+    );
+    let out = Ferry::new(["gvproxy", "-listen-bess", "unix:///tmp/x.sock"]).output();
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("bess listen address must be unixpacket:// address"),
+        "{}",
+        out.stderr
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -39,6 +39,7 @@ pub fn async_fd<T: OwnsFd>(inner: T) -> std::io::Result<tokio::io::unix::AsyncFd
 pub trait OwnsFd: std::os::fd::AsRawFd {}
 impl OwnsFd for std::os::fd::OwnedFd {}
 impl OwnsFd for socket2::Socket {}
+impl OwnsFd for std::fs::File {}
 
 /// Removes a socket file left at `path` by an earlier run (anything that is
 /// not a socket is left alone, so bind then fails with a clear error).

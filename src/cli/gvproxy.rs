@@ -90,13 +90,15 @@ pub struct GvproxyArgs {
     /// options on the command line)
     #[arg(long, hide = true)]
     pub config: Option<String>,
-    /// unsupported front ends, refused with a clear error
-    #[arg(long = "listen-stdio", hide = true)]
+    /// serve one VM on standard input/output (any value, e.g. "accept"): frames with a 2-byte length
+    #[arg(long = "listen-stdio", value_name = "ANY")]
     pub listen_stdio: Option<String>,
-    #[arg(long = "listen-bess", hide = true)]
+    /// unixpacket socket for BESS-compatible applications (unixpacket://PATH)
+    #[arg(long = "listen-bess", value_name = "URL")]
     pub listen_bess: Option<String>,
-    #[arg(long = "listen-vpnkit", hide = true)]
-    pub listen_vpnkit: Option<String>,
+    /// vpnkit socket for hyperkit (unix://PATH or tcp://IP:PORT)
+    #[arg(long = "listen-vpnkit", value_name = "URL")]
+    pub listen_vpnkit: Option<ListenAddr>,
 }
 
 /// Go's flag package takes `-name` as well as `--name`.
@@ -158,14 +160,27 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
         args.config.is_none(),
         "-config (gvproxy's YAML file) is not supported by ferry yet: give the same settings as command-line options"
     );
+    // gvproxy's own rules for the transports.
     anyhow::ensure!(
-        args.listen_stdio.is_none() && args.listen_bess.is_none() && args.listen_vpnkit.is_none(),
-        "-listen-stdio, -listen-bess and -listen-vpnkit are not supported by ferry; use -listen-qemu or -listen-vfkit"
+        args.listen_vpnkit.is_none() || args.listen_qemu.is_empty(),
+        "cannot use qemu and vpnkit protocol at the same time"
+    );
+    anyhow::ensure!(
+        args.listen_vpnkit.is_none() || args.listen_bess.is_none(),
+        "cannot use bess and vpnkit protocol at the same time"
+    );
+    anyhow::ensure!(
+        args.listen_qemu.is_empty() || args.listen_bess.is_none(),
+        "cannot use qemu and bess protocol at the same time"
     );
     let forwards = socket_forwards(&args)?;
     anyhow::ensure!(
-        !args.listen_qemu.is_empty() || !args.listen_vfkit.is_empty(),
-        "no VM front end: give -listen-qemu or -listen-vfkit"
+        !args.listen_qemu.is_empty()
+            || !args.listen_vfkit.is_empty()
+            || args.listen_vpnkit.is_some()
+            || args.listen_bess.is_some()
+            || args.listen_stdio.is_some(),
+        "no VM front end: give -listen-qemu or -listen-vfkit (or -listen-vpnkit, -listen-bess, -listen-stdio)"
     );
     let mut api = None;
     for l in &args.listen {
@@ -205,6 +220,15 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("-listen-vfkit {v:?}: expected unixgram://PATH"))
         })
         .collect::<anyhow::Result<_>>()?;
+    net.listen_vpnkit = args.listen_vpnkit.iter().cloned().collect();
+    net.listen_bess = match &args.listen_bess {
+        Some(b) => vec![b
+            .strip_prefix("unixpacket://")
+            .map(PathBuf::from)
+            .context("bess listen address must be unixpacket:// address")?],
+        None => Vec::new(),
+    };
+    net.listen_stdio = args.listen_stdio.is_some();
     net.subnet = format!("{subnet}/{prefix}");
     net.gateway = Some(gateway);
     net.host_alias = Some(host);

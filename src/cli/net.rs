@@ -32,7 +32,7 @@ pub struct NetArgs {
     /// Network namespace to serve: a PID or a path such as /proc/PID/ns/net or
     /// /run/netns/NAME. Repeat to put several namespaces on one network; with
     /// --configure the Nth gets the Nth guest address.
-    #[arg(long, value_name = "PATH|PID", required_unless_present_any = ["listen_qemu", "listen_vfkit", "listen_vhost_user"])]
+    #[arg(long, value_name = "PATH|PID", required_unless_present_any = ["listen_qemu", "listen_vfkit", "listen_vhost_user", "listen_vpnkit", "listen_bess", "listen_stdio"])]
     pub netns: Vec<String>,
     /// Accept QEMU `-netdev stream`/`-netdev socket` connections here
     /// (unix://PATH or tcp://127.0.0.1:PORT; repeatable). Each connection is a guest.
@@ -47,6 +47,20 @@ pub struct NetArgs {
     /// `-object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem`.
     #[arg(long = "listen-vhost-user", value_name = "PATH")]
     pub listen_vhost_user: Vec<PathBuf>,
+    /// Serve hyperkit VMs with vpnkit's protocol here (unix://PATH or
+    /// tcp://127.0.0.1:PORT; repeatable): its handshake, then frames with a
+    /// 2-byte length.
+    #[arg(long = "listen-vpnkit", value_name = "ADDR")]
+    pub listen_vpnkit: Vec<ferry_net::frontend::listen::ListenAddr>,
+    /// Serve BESS-style clients on this SOCK_SEQPACKET unix socket
+    /// (unixpacket://PATH; repeatable): one frame per packet, a guest per connection.
+    #[arg(long = "listen-bess", value_name = "ADDR", value_parser = parse_unixpacket)]
+    pub listen_bess: Vec<PathBuf>,
+    /// Serve one guest on standard input and output: frames with a 2-byte
+    /// little-endian length (hyperkit's framing), for a hypervisor that runs
+    /// ferry with pipes.
+    #[arg(long = "listen-stdio")]
+    pub listen_stdio: bool,
     /// User namespace to join first, for an unprivileged ferry (a PID or a path).
     #[arg(long, value_name = "PATH|PID")]
     pub userns: Option<String>,
@@ -237,6 +251,13 @@ impl DnsArgs {
                 .map_err(|e| anyhow::anyhow!("--dns-record {record:?}: {e}"))?;
         }
         Ok(Some(server))
+    }
+}
+
+fn parse_unixpacket(s: &str) -> Result<PathBuf, String> {
+    match s.strip_prefix("unixpacket://") {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => Err(format!("{s:?}: expected unixpacket://PATH")),
     }
 }
 
@@ -448,6 +469,9 @@ impl NetArgs {
             listen_qemu: vec![ferry_net::frontend::listen::ListenAddr::Unix(sock)],
             listen_vfkit: Vec::new(),
             listen_vhost_user: Vec::new(),
+            listen_vpnkit: Vec::new(),
+            listen_bess: Vec::new(),
+            listen_stdio: false,
             userns: None,
             tap: "tap0".into(),
             configure: false,
@@ -691,6 +715,29 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
         let port = ferry_net::frontend::unixgram::Unixgram::bind(path)?;
         tokio::task::spawn_local(ferry_net::run_port(stack.clone(), port));
         ready.push((format!("vfkit on unixgram://{}", path.display()), "by DHCP".to_string()));
+    }
+    for addr in &args.listen_vpnkit {
+        let mtu = u16::try_from(cfg.mtu).map_err(|_| {
+            anyhow::anyhow!(
+                "--listen-vpnkit: the MTU {} does not fit vpnkit's 16-bit frame length",
+                cfg.mtu
+            )
+        })?;
+        let kind = ferry_net::frontend::listen::StreamKind::Vpnkit { mtu };
+        let accept = ferry_net::frontend::listen::stream_listener(stack.clone(), addr.clone(), kind).await?;
+        tokio::task::spawn_local(accept);
+        ready.push((format!("vpnkit on {addr}"), "by DHCP".to_string()));
+    }
+    for path in &args.listen_bess {
+        tokio::task::spawn_local(ferry_net::frontend::seqpacket::listen(stack.clone(), path)?);
+        ready.push((
+            format!("bess on unixpacket://{}", path.display()),
+            "by DHCP".to_string(),
+        ));
+    }
+    if args.listen_stdio {
+        tokio::task::spawn_local(ferry_net::frontend::stdio::attach(&stack)?);
+        ready.push(("standard input/output".to_string(), "by DHCP".to_string()));
     }
     for path in &args.listen_vhost_user {
         listen_vhost_user(&stack, path)?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use tokio::net::{TcpListener, UnixListener};
 
-use super::stream::{StreamIo, StreamPort};
+use super::stream::{Framing, StreamIo, StreamPort};
 use crate::stack::StackRef;
 
 /// Where QEMU stream clients connect: `unix://PATH` or `tcp://IP:PORT`.
@@ -45,8 +45,30 @@ impl std::fmt::Display for ListenAddr {
     }
 }
 
+/// What a stream listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// QEMU's `-netdev stream`: 4-byte big-endian lengths.
+    Qemu,
+    /// hyperkit's vpnkit protocol: the handshake, then 2-byte lengths.
+    Vpnkit { mtu: u16 },
+}
+
 /// Binds now (so errors reach the caller) and returns the accept loop.
 pub async fn qemu_stream(stack: StackRef, addr: ListenAddr) -> io::Result<impl std::future::Future<Output = ()>> {
+    stream_listener(stack, addr, StreamKind::Qemu).await
+}
+
+/// Binds now (so errors reach the caller) and returns the accept loop.
+pub async fn stream_listener(
+    stack: StackRef,
+    addr: ListenAddr,
+    kind: StreamKind,
+) -> io::Result<impl std::future::Future<Output = ()>> {
+    let prefix = match kind {
+        StreamKind::Qemu => "qemu",
+        StreamKind::Vpnkit { .. } => "vpnkit",
+    };
     let max_frame = stack.borrow().switch.rx.buf.len();
     let listener = match &addr {
         ListenAddr::Unix(path) => {
@@ -69,13 +91,13 @@ pub async fn qemu_stream(stack: StackRef, addr: ListenAddr) -> io::Result<impl s
             n += 1;
             match &listener {
                 Either::Unix(l) => match l.accept().await {
-                    Ok((conn, _)) => attach(&stack, conn, max_frame, format!("qemu:{addr}#{n}")),
+                    Ok((conn, _)) => attach(&stack, conn, kind, max_frame, format!("{prefix}:{addr}#{n}")),
                     Err(e) => tracing::warn!(error = %e, "accept failed"),
                 },
                 Either::Tcp(l) => match l.accept().await {
                     Ok((conn, peer)) => {
                         let _ = conn.set_nodelay(true);
-                        attach(&stack, conn, max_frame, format!("qemu:{peer}"))
+                        attach(&stack, conn, kind, max_frame, format!("{prefix}:{peer}"))
                     }
                     Err(e) => tracing::warn!(error = %e, "accept failed"),
                 },
@@ -89,10 +111,31 @@ enum Either {
     Tcp(TcpListener),
 }
 
-fn attach<S: StreamIo + 'static>(stack: &StackRef, conn: S, max_frame: usize, name: String) {
-    let port = StreamPort::new(conn, max_frame, name);
-    tokio::task::spawn_local(port.clone().flush_task());
-    tokio::task::spawn_local(crate::run_port(stack.clone(), port));
+/// How long a vpnkit client may take over its handshake.
+const HANDSHAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn attach<S>(stack: &StackRef, conn: S, kind: StreamKind, max_frame: usize, name: String)
+where
+    S: StreamIo + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let stack = stack.clone();
+    tokio::task::spawn_local(async move {
+        let mut conn = conn;
+        let framing = match kind {
+            StreamKind::Qemu => Framing::Qemu,
+            StreamKind::Vpnkit { mtu } => {
+                match tokio::time::timeout(HANDSHAKE_WAIT, super::vpnkit::handshake(&mut conn, mtu)).await {
+                    Ok(Ok(_mac)) => {}
+                    Ok(Err(e)) => return tracing::warn!(port = %name, error = %e, "vpnkit handshake failed"),
+                    Err(_) => return tracing::warn!(port = %name, "vpnkit handshake: the client sent nothing for 10 s"),
+                }
+                Framing::Hyperkit
+            }
+        };
+        let port = StreamPort::with_framing(conn, framing, max_frame, name);
+        tokio::task::spawn_local(port.clone().flush_task());
+        crate::run_port(stack, port).await;
+    });
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
 //! Front ends: how guest frames enter and leave ferry.
 
 pub mod listen;
+pub mod seqpacket;
+pub mod stdio;
 pub mod stream;
 #[cfg(target_os = "linux")]
 pub mod tap;
 pub mod unixgram;
 #[cfg(target_os = "linux")]
 pub mod vhost_user;
+pub mod vpnkit;
 
 use std::io;
 use std::task::{Context, Poll};

@@ -1,6 +1,8 @@
 //! QEMU's stream netdev (`-netdev stream` / `-netdev socket`): Ethernet
 //! frames over a byte stream, each preceded by its length as a 4-byte
-//! big-endian integer. One connection is one switch port.
+//! big-endian integer. One connection is one switch port. The same code
+//! serves hyperkit's framing (a 2-byte little-endian length: gvproxy's
+//! `-listen-vpnkit` after its handshake, and `-listen-stdio`).
 //!
 //! A bad length (zero or above the MTU) cannot be resynchronised on a
 //! stream, so it ends that connection only; other guests keep running.
@@ -15,7 +17,40 @@ use tokio::sync::Notify;
 
 use super::Frontend;
 
-const HEADER: usize = 4;
+/// How each frame's length is written before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// QEMU: 4 bytes, big-endian.
+    Qemu,
+    /// hyperkit / vpnkit: 2 bytes, little-endian.
+    Hyperkit,
+}
+
+impl Framing {
+    const fn len(self) -> usize {
+        match self {
+            Framing::Qemu => 4,
+            Framing::Hyperkit => 2,
+        }
+    }
+
+    fn decode(self, h: &[u8]) -> usize {
+        match self {
+            Framing::Qemu => u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize,
+            Framing::Hyperkit => u16::from_le_bytes([h[0], h[1]]) as usize,
+        }
+    }
+
+    /// The header for a frame of `len` bytes (`buf` holds up to 4), or an
+    /// error if the framing cannot express it.
+    fn encode(self, len: usize, buf: &mut [u8; 4]) -> io::Result<&[u8]> {
+        match self {
+            Framing::Qemu => buf.copy_from_slice(&u32::try_from(len).map_err(io::Error::other)?.to_be_bytes()),
+            Framing::Hyperkit => buf[..2].copy_from_slice(&u16::try_from(len).map_err(io::Error::other)?.to_le_bytes()),
+        }
+        Ok(&buf[..self.len()])
+    }
+}
 /// Output queued behind a slow reader before frames are dropped.
 const TX_LIMIT: usize = 4 << 20;
 
@@ -62,6 +97,7 @@ pub struct StreamPort<S> {
     tx: RefCell<Vec<u8>>,
     tx_ready: Notify,
     max_frame: usize,
+    framing: Framing,
     name: String,
 }
 
@@ -75,10 +111,19 @@ fn bad_length(len: usize, max: usize) -> io::Error {
 
 impl<S: StreamIo> StreamPort<S> {
     pub fn new(io: S, max_frame: usize, name: String) -> Rc<StreamPort<S>> {
+        StreamPort::with_framing(io, Framing::Qemu, max_frame, name)
+    }
+
+    pub fn with_framing(io: S, framing: Framing, max_frame: usize, name: String) -> Rc<StreamPort<S>> {
+        let max_frame = match framing {
+            Framing::Qemu => max_frame,
+            Framing::Hyperkit => max_frame.min(usize::from(u16::MAX)),
+        };
         Rc::new(StreamPort {
             io,
+            framing,
             rx: RefCell::new(RxState {
-                buf: vec![0; 2 * (HEADER + max_frame)],
+                buf: vec![0; 2 * (framing.len() + max_frame)],
                 start: 0,
                 end: 0,
             }),
@@ -113,18 +158,18 @@ impl<S: StreamIo> StreamPort<S> {
 impl<S: StreamIo> Frontend for StreamPort<S> {
     fn poll_recv(&self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
         let mut rx = self.rx.borrow_mut();
+        let header = self.framing.len();
         loop {
             let have = rx.end - rx.start;
-            if have >= HEADER {
-                let h = &rx.buf[rx.start..rx.start + HEADER];
-                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            if have >= header {
+                let len = self.framing.decode(&rx.buf[rx.start..rx.start + header]);
                 if len == 0 || len > self.max_frame || len > out.len() {
                     return Poll::Ready(Err(bad_length(len, self.max_frame.min(out.len()))));
                 }
-                if have >= HEADER + len {
-                    let from = rx.start + HEADER;
+                if have >= header + len {
+                    let from = rx.start + header;
                     out[..len].copy_from_slice(&rx.buf[from..from + len]);
-                    rx.start += HEADER + len;
+                    rx.start += header + len;
                     if rx.start == rx.end {
                         rx.start = 0;
                         rx.end = 0;
@@ -156,31 +201,30 @@ impl<S: StreamIo> Frontend for StreamPort<S> {
     }
 
     fn send(&self, frame: &[u8]) -> io::Result<()> {
-        let header = u32::try_from(frame.len()).map_err(io::Error::other)?.to_be_bytes();
+        let mut head = [0u8; 4];
+        let header = self.framing.encode(frame.len(), &mut head)?;
+        let hlen = header.len();
         let mut tx = self.tx.borrow_mut();
         if !tx.is_empty() {
             // Keep frames in order behind the pending bytes.
-            if tx.len() + HEADER + frame.len() > TX_LIMIT {
+            if tx.len() + hlen + frame.len() > TX_LIMIT {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            tx.extend_from_slice(&header);
+            tx.extend_from_slice(header);
             tx.extend_from_slice(frame);
             return Ok(());
         }
-        let written = match self
-            .io
-            .try_write_vectored(&[IoSlice::new(&header), IoSlice::new(frame)])
-        {
+        let written = match self.io.try_write_vectored(&[IoSlice::new(header), IoSlice::new(frame)]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(e),
         };
-        if written < HEADER + frame.len() {
-            if written < HEADER {
+        if written < hlen + frame.len() {
+            if written < hlen {
                 tx.extend_from_slice(&header[written..]);
                 tx.extend_from_slice(frame);
             } else {
-                tx.extend_from_slice(&frame[written - HEADER..]);
+                tx.extend_from_slice(&frame[written - hlen..]);
             }
             self.tx_ready.notify_one();
         }
