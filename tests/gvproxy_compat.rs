@@ -766,3 +766,121 @@ fn vpnkit_bess_and_stdio_transports() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `-config FILE`: gvproxy's YAML drives the address plan, static leases,
+/// gateway MAC, forwards, DNS zones and the endpoints; keys gvproxy does
+/// not know and settings ferry cannot honour are refused by name.
+#[test]
+fn config_file_as_gvproxy_reads_it() {
+    let dir = std::env::temp_dir().join(format!("ferry-gvproxy-cfg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (api, qemu, pid, cfg) = (
+        dir.join("api.sock"),
+        dir.join("qemu.sock"),
+        dir.join("gv.pid"),
+        dir.join("gvproxy.yaml"),
+    );
+    let fwd = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let guest_mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    let yaml = format!(
+        r#"listen:
+  - unix://{api}
+log-level: debug
+interfaces:
+  qemu: unix://{qemu}
+pid-file: {pid}
+stack:
+  mtu: 1400
+  subnet: 10.99.0.0/24
+  gatewayIP: 10.99.0.1
+  deviceIP: 10.99.0.5
+  hostIP: 10.99.0.254
+  gatewayMacAddress: 5a:94:ef:e4:00:01
+  dns:
+    - name: example.internal.
+      records:
+        - name: db
+          ip: 10.99.0.77
+  forwards:
+    127.0.0.1:{fwd}: 10.99.0.5:8080
+  nat:
+    10.99.0.254: 127.0.0.1
+  dhcpStaticLeases:
+    10.99.0.5: 02:11:22:33:44:55
+"#,
+        api = api.display(),
+        qemu = qemu.display(),
+        pid = pid.display()
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut running = Ferry::new(["gvproxy".to_string(), "-config".into(), cfg.display().to_string()]).spawn();
+    wait_for(&api);
+    wait_for(&qemu);
+    assert!(pid.exists(), "pid-file from the config");
+
+    let (_, all) = api_curl(&api, &["http://gvproxy/services/forwarder/all"]);
+    let all = all.as_array().unwrap().clone();
+    assert_eq!(
+        all.len(),
+        1,
+        "only the file's forward, no default ssh-port one: {all:?}"
+    );
+    assert_eq!(all[0]["local"], format!("127.0.0.1:{fwd}"));
+    assert_eq!(all[0]["remote"], "10.99.0.5:8080");
+    let (_, zones) = api_curl(&api, &["http://gvproxy/services/dns/all"]);
+    let zone = zones
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|z| z["Name"] == "example.internal.")
+        .unwrap_or_else(|| panic!("the file's zone: {zones}"))
+        .clone();
+    assert_eq!(zone["Records"][0]["Name"], "db");
+    assert_eq!(zone["Records"][0]["IP"], "10.99.0.77");
+
+    // The static lease and the gateway's MAC and address from the file.
+    let mut s = UnixStream::connect(&qemu).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    send_frame(&mut s, &dhcp_discover(guest_mac));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let offer = loop {
+        assert!(Instant::now() < deadline, "no DHCP offer");
+        let f = read_frame(&mut s);
+        if f.len() > 42 + 240 && f[12..14] == [8, 0] && f[23] == 17 && f[34..36] == [0, 67] {
+            break f;
+        }
+    };
+    assert_eq!(
+        &offer[6..12],
+        &[0x5a, 0x94, 0xef, 0xe4, 0x00, 0x01],
+        "gatewayMacAddress"
+    );
+    assert_eq!(&offer[42 + 16..42 + 20], &[10, 99, 0, 5], "dhcpStaticLeases");
+    assert_eq!(&offer[42 + 20..42 + 24], &[10, 99, 0, 1], "gatewayIP");
+    drop(running.child.kill());
+
+    // Refusals name what they refuse.
+    let refused = |yaml: &str, expect: &str| {
+        std::fs::write(&cfg, yaml).unwrap();
+        let out = Ferry::new(["gvproxy".to_string(), "-config".into(), cfg.display().to_string()]).output();
+        assert_eq!(out.code, Some(1), "{yaml}");
+        assert!(out.stderr.contains(expect), "{yaml}: {}", out.stderr);
+    };
+    let q = format!("interfaces:\n  qemu: unix://{}\n", qemu.display());
+    refused(&format!("{q}stack:\n  mtuu: 1500\n"), "unknown field `mtuu`");
+    refused(
+        &format!("{q}stack:\n  nat:\n    192.168.127.254: 10.0.0.5\n"),
+        "stack.nat 192.168.127.254: 10.0.0.5",
+    );
+    refused(
+        &format!("{q}stack:\n  dns:\n    - name: x.\n      records:\n        - regexp: '.*'\n"),
+        "regexp records are not supported",
+    );
+    refused("stack: [", "failed to parse configuration");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -59,9 +59,9 @@ pub struct GvproxyArgs {
     /// vfkit socket to listen on (unixgram://PATH)
     #[arg(long = "listen-vfkit", value_name = "URL")]
     pub listen_vfkit: Vec<String>,
-    /// set the MTU
-    #[arg(long, default_value_t = 1500)]
-    pub mtu: u32,
+    /// set the MTU [default: 1500]
+    #[arg(long)]
+    pub mtu: Option<u32>,
     /// port to access the guest by SSH (127.0.0.1:PORT -> guest:22); -1 disables
     #[arg(long = "ssh-port", default_value_t = 2222, allow_negative_numbers = true)]
     pub ssh_port: i32,
@@ -86,10 +86,9 @@ pub struct GvproxyArgs {
     /// SSH private key (identity) for -forward-sock
     #[arg(long = "forward-identity", value_name = "PATH")]
     pub forward_identity: Vec<String>,
-    /// gvproxy's YAML configuration file: refused (not implemented; give the
-    /// options on the command line)
-    #[arg(long, hide = true)]
-    pub config: Option<String>,
+    /// use configuration file (gvproxy's YAML) with command line override
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// serve one VM on standard input/output (any value, e.g. "accept"): frames with a 2-byte length
     #[arg(long = "listen-stdio", value_name = "ANY")]
     pub listen_stdio: Option<String>,
@@ -130,6 +129,13 @@ pub fn run(args: &[OsString]) -> ExitCode {
         println!("gvproxy version v{}-ferry", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    let (parsed, plan) = match settle(parsed) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("gvproxy (ferry): error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let log_file = match &parsed.log_file {
         Some(p) => match std::fs::OpenOptions::new().create(true).append(true).open(p) {
             Ok(f) => Some(f),
@@ -141,11 +147,15 @@ pub fn run(args: &[OsString]) -> ExitCode {
         None => None,
     };
     let opts = crate::logging::LogOptions {
-        log_level: parsed.debug.then(|| "debug".to_string()),
+        log_level: if parsed.debug {
+            Some("debug".to_string())
+        } else {
+            plan.log_level.clone()
+        },
         ..Default::default()
     };
     crate::logging::init_to(&opts, log_file);
-    match serve(parsed) {
+    match serve(parsed, plan) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gvproxy (ferry): error: {e:#}");
@@ -155,11 +165,128 @@ pub fn run(args: &[OsString]) -> ExitCode {
     }
 }
 
-fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        args.config.is_none(),
-        "-config (gvproxy's YAML file) is not supported by ferry yet: give the same settings as command-line options"
-    );
+/// What the address plan adds to the flags: gvproxy's defaults without
+/// `-config`, the file's `stack` section with it.
+#[derive(Debug, Default)]
+struct Plan {
+    /// `MAC=IP` static leases; None = gvproxy's default lease for the device IP.
+    leases: Option<Vec<String>>,
+    /// TCP forwards host → guest; None = the `-ssh-port` forward.
+    forwards: Option<Vec<(std::net::SocketAddr, std::net::SocketAddr)>>,
+    dns: Vec<(String, String, std::net::IpAddr)>,
+    search: Vec<String>,
+    vpnkit_macs: Option<Vec<(String, [u8; 6])>>,
+    gateway_mac: Option<[u8; 6]>,
+    /// The file's stack section, for its NAT rules (which need the host IP).
+    stack: Option<super::gvproxy_config::Stack>,
+    log_level: Option<String>,
+}
+
+fn mac(what: &str, s: &str) -> anyhow::Result<[u8; 6]> {
+    ferry_net::config::parse_mac(s).with_context(|| format!("{what}: {s:?} is not a MAC address"))
+}
+
+/// Folds `-config FILE` into the flags as gvproxy does (see
+/// gvproxy_config.rs for which side wins).
+fn settle(mut args: GvproxyArgs) -> anyhow::Result<(GvproxyArgs, Plan)> {
+    let Some(path) = args.config.clone() else {
+        return Ok((args, Plan::default()));
+    };
+    let c = super::gvproxy_config::load(&path)?;
+    if args.listen.is_empty() {
+        args.listen = c.listen.clone();
+    }
+    let cli_transport = !args.listen_qemu.is_empty()
+        || !args.listen_vfkit.is_empty()
+        || args.listen_vpnkit.is_some()
+        || args.listen_bess.is_some()
+        || args.listen_stdio.is_some();
+    if !cli_transport {
+        let i = &c.interfaces;
+        if let Some(q) = &i.qemu {
+            args.listen_qemu = vec![q.parse().map_err(|e: String| anyhow::anyhow!("interfaces.qemu: {e}"))?];
+        }
+        if let Some(v) = &i.vpnkit {
+            args.listen_vpnkit = Some(
+                v.parse()
+                    .map_err(|e: String| anyhow::anyhow!("interfaces.vpnkit: {e}"))?,
+            );
+        }
+        args.listen_vfkit.extend(i.vfkit.clone());
+        args.listen_bess = i.bess.clone();
+        args.listen_stdio = i.stdio.clone();
+    }
+    args.pid_file = args.pid_file.or(c.pid_file.map(PathBuf::from));
+    args.log_file = args.log_file.or(c.log_file.map(PathBuf::from));
+    args.services = args.services.or(c.services);
+    args.notification = args.notification.or(c.notification);
+    args.ec2_metadata_access |= c.ec2_metadata_access || c.stack.ec2_metadata_access;
+    // The file's socket forwards first, then the command line's (gvproxy appends).
+    for (list, items) in [
+        (
+            &mut args.forward_sock,
+            c.forwards.iter().map(|f| f.socket.clone()).collect::<Vec<_>>(),
+        ),
+        (
+            &mut args.forward_dest,
+            c.forwards.iter().map(|f| f.dest.clone()).collect(),
+        ),
+        (
+            &mut args.forward_user,
+            c.forwards.iter().map(|f| f.user.clone()).collect(),
+        ),
+        (
+            &mut args.forward_identity,
+            c.forwards.iter().map(|f| f.identity.clone()).collect(),
+        ),
+    ] {
+        list.splice(0..0, items);
+    }
+    let st = &c.stack;
+    if let Some(v) = &st.subnet {
+        args.subnet = v.clone();
+    }
+    args.gateway_ip = st.gateway_ip.or(args.gateway_ip);
+    args.device_ip = st.device_ip.or(args.device_ip);
+    args.host_ip = st.host_ip.or(args.host_ip);
+    args.mtu = args.mtu.or(st.mtu);
+    args.pcap = args.pcap.or(st.capture_file.as_ref().map(PathBuf::from));
+    args.debug |= st.debug;
+    if std::env::args().any(|a| a == "-ssh-port" || a == "--ssh-port") {
+        tracing::warn!("-ssh-port is unavailable with a config file: add \"127.0.0.1:PORT: DEVICE_IP:22\" to stack.forwards instead");
+    }
+    let mut leases = Vec::new();
+    for (ip, m) in &st.dhcp_static_leases {
+        mac(&format!("stack.dhcpStaticLeases {ip}"), m)?;
+        leases.push(format!("{m}={ip}"));
+    }
+    let vpnkit_macs = st
+        .vpnkit_uuid_mac_addresses
+        .iter()
+        .map(|(uuid, m)| Ok((uuid.clone(), mac(&format!("stack.vpnKitUUIDMacAddresses {uuid}"), m)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let plan = Plan {
+        leases: Some(leases),
+        forwards: Some(st.forward_pairs()?),
+        dns: st.dns_records()?,
+        search: st.dns_search_domains.clone(),
+        vpnkit_macs: Some(vpnkit_macs),
+        gateway_mac: st
+            .gateway_mac_address
+            .as_deref()
+            .map(|m| mac("stack.gatewayMacAddress", m))
+            .transpose()?,
+        log_level: c.log_level.clone(),
+        stack: None,
+    };
+    let plan = Plan {
+        stack: Some(c.stack),
+        ..plan
+    };
+    Ok((args, plan))
+}
+
+fn serve(args: GvproxyArgs, plan: Plan) -> anyhow::Result<ExitCode> {
     // gvproxy's own rules for the transports.
     anyhow::ensure!(
         args.listen_vpnkit.is_none() || args.listen_qemu.is_empty(),
@@ -233,7 +360,18 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
     net.gateway = Some(gateway);
     net.host_alias = Some(host);
     net.guest_ip = Some(guest);
-    net.dhcp_leases = vec![format!("5a:94:ef:e4:0c:ee={guest}")];
+    net.dhcp_leases = plan
+        .leases
+        .unwrap_or_else(|| vec![format!("5a:94:ef:e4:0c:ee={guest}")]);
+    // gvproxy's gateway MAC, and its vpnkit VM UUID → guest MAC.
+    net.gateway_mac = Some(plan.gateway_mac.unwrap_or([0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd]));
+    net.vpnkit_macs = plan.vpnkit_macs.unwrap_or_else(|| {
+        vec![(
+            ferry_net::frontend::vpnkit::DEFAULT_UUID.to_string(),
+            ferry_net::frontend::vpnkit::DEFAULT_MAC,
+        )]
+    });
+    net.search = plan.search.clone();
     net.pcap = args.pcap.clone();
     // gvproxy installs no seccomp filter; neither does ferry in its place.
     net.seccomp = "none".into();
@@ -259,10 +397,22 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
             std::net::IpAddr::V4(Ipv4Addr::new(169, 254, 169, 123)),
         ];
     }
-    net.mtu = args.mtu;
+    net.mtu = args.mtu.unwrap_or(1500);
     net.api = api;
-    if args.ssh_port > 0 {
-        net.publish = vec![format!("127.0.0.1:{}:22", args.ssh_port)];
+    let tcp_forwards = match plan.forwards {
+        Some(f) => f,
+        None if args.ssh_port > 0 => {
+            let port = u16::try_from(args.ssh_port)
+                .ok()
+                .filter(|p| *p >= 1024)
+                .context("ssh-port value must be between 1024 and 65535")?;
+            vec![((Ipv4Addr::LOCALHOST, port).into(), (guest, 22).into())]
+        }
+        None if args.ssh_port == -1 => Vec::new(),
+        None => anyhow::bail!("ssh-port value must be between 1024 and 65535"),
+    };
+    if let Some(st) = &plan.stack {
+        net.no_host_loopback = !st.host_alias(host)?;
     }
     if let Some(path) = &args.pid_file {
         let mut f = std::fs::File::create(path).with_context(|| format!("creating -pid-file {}", path.display()))?;
@@ -274,6 +424,22 @@ fn serve(args: GvproxyArgs) -> anyhow::Result<ExitCode> {
     let code = super::net::run_until(
         net,
         |running| {
+            for (host_addr, guest_addr) in tcp_forwards {
+                let spec = ferry_net::forward::ForwardSpec {
+                    proto: ferry_net::forward::Proto::Tcp,
+                    host: host_addr,
+                    guest: ferry_net::forward::GuestTarget::Ip(guest_addr.ip()),
+                    guest_port: guest_addr.port(),
+                };
+                running.stack.borrow_mut().add_forward(spec)?;
+            }
+            if let Some(dns) = running.stack.borrow().dns.as_ref() {
+                for (zone, name, ip) in &plan.dns {
+                    dns.records()
+                        .register_in_zone(zone, name, *ip, ferry_dns::Owner::Static("-config".into()))
+                        .map_err(|e| anyhow::anyhow!("stack.dns {name}.{zone}: {e}"))?;
+                }
+            }
             for (fwd, key) in forwards {
                 crate::sshfwd::spawn(&running.stack, device.clone(), fwd, key)?;
             }

@@ -5,6 +5,7 @@ mod control;
 mod fs;
 mod guest;
 mod gvproxy;
+mod gvproxy_config;
 pub mod net;
 mod registry;
 mod run;

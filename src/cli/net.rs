@@ -61,6 +61,10 @@ pub struct NetArgs {
     /// ferry with pipes.
     #[arg(long = "listen-stdio")]
     pub listen_stdio: bool,
+    /// vpnkit VM UUID → MAC (gvproxy's `vpnKitUUIDMacAddresses`); other
+    /// UUIDs get a MAC derived from the UUID.
+    #[arg(skip)]
+    pub vpnkit_macs: Vec<(String, [u8; 6])>,
     /// User namespace to join first, for an unprivileged ferry (a PID or a path).
     #[arg(long, value_name = "PATH|PID")]
     pub userns: Option<String>,
@@ -134,6 +138,9 @@ pub struct NetArgs {
     /// First guest address handed out by DHCP (and used by --configure) [default: gateway + 1].
     #[arg(long, value_name = "IP")]
     pub guest_ip: Option<Ipv4Addr>,
+    /// The gateway's MAC address [default: 52:55:0a:00:02:01].
+    #[arg(long = "gateway-mac", value_name = "MAC", value_parser = parse_mac)]
+    pub gateway_mac: Option<[u8; 6]>,
     /// Static DHCP lease (repeatable).
     #[arg(long = "dhcp-lease", value_name = "MAC=IP")]
     pub dhcp_leases: Vec<String>,
@@ -252,6 +259,10 @@ impl DnsArgs {
         }
         Ok(Some(server))
     }
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    ferry_net::config::parse_mac(s).ok_or_else(|| format!("{s:?}: expected a MAC address like 5a:94:ef:e4:0c:dd"))
 }
 
 fn parse_unixpacket(s: &str) -> Result<PathBuf, String> {
@@ -414,6 +425,9 @@ impl NetArgs {
         if let Some(ip) = self.guest_ip {
             cfg.first_guest = ip;
         }
+        if let Some(mac) = self.gateway_mac {
+            cfg.gateway_mac = mac;
+        }
         if let Some(ip) = self.dns_addr {
             cfg.dns_addr = ip;
         }
@@ -472,6 +486,7 @@ impl NetArgs {
             listen_vpnkit: Vec::new(),
             listen_bess: Vec::new(),
             listen_stdio: false,
+            vpnkit_macs: Vec::new(),
             userns: None,
             tap: "tap0".into(),
             configure: false,
@@ -495,6 +510,7 @@ impl NetArgs {
             outbound6: None,
             tap_mac: None,
             guest_ip: None,
+            gateway_mac: None,
             dhcp_leases: Vec::new(),
             search: Vec::new(),
             dns,
@@ -723,7 +739,10 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
                 cfg.mtu
             )
         })?;
-        let kind = ferry_net::frontend::listen::StreamKind::Vpnkit { mtu };
+        let kind = ferry_net::frontend::listen::StreamKind::Vpnkit {
+            mtu,
+            macs: args.vpnkit_macs.clone().into(),
+        };
         let accept = ferry_net::frontend::listen::stream_listener(stack.clone(), addr.clone(), kind).await?;
         tokio::task::spawn_local(accept);
         ready.push((format!("vpnkit on {addr}"), "by DHCP".to_string()));

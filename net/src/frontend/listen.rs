@@ -46,12 +46,16 @@ impl std::fmt::Display for ListenAddr {
 }
 
 /// What a stream listener speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamKind {
     /// QEMU's `-netdev stream`: 4-byte big-endian lengths.
     Qemu,
-    /// hyperkit's vpnkit protocol: the handshake, then 2-byte lengths.
-    Vpnkit { mtu: u16 },
+    /// hyperkit's vpnkit protocol: the handshake, then 2-byte lengths;
+    /// `macs` assigns MACs to VM UUIDs.
+    Vpnkit {
+        mtu: u16,
+        macs: std::rc::Rc<[(String, [u8; 6])]>,
+    },
 }
 
 /// Binds now (so errors reach the caller) and returns the accept loop.
@@ -91,13 +95,13 @@ pub async fn stream_listener(
             n += 1;
             match &listener {
                 Either::Unix(l) => match l.accept().await {
-                    Ok((conn, _)) => attach(&stack, conn, kind, max_frame, format!("{prefix}:{addr}#{n}")),
+                    Ok((conn, _)) => attach(&stack, conn, kind.clone(), max_frame, format!("{prefix}:{addr}#{n}")),
                     Err(e) => tracing::warn!(error = %e, "accept failed"),
                 },
                 Either::Tcp(l) => match l.accept().await {
                     Ok((conn, peer)) => {
                         let _ = conn.set_nodelay(true);
-                        attach(&stack, conn, kind, max_frame, format!("{prefix}:{peer}"))
+                        attach(&stack, conn, kind.clone(), max_frame, format!("{prefix}:{peer}"))
                     }
                     Err(e) => tracing::warn!(error = %e, "accept failed"),
                 },
@@ -123,8 +127,8 @@ where
         let mut conn = conn;
         let framing = match kind {
             StreamKind::Qemu => Framing::Qemu,
-            StreamKind::Vpnkit { mtu } => {
-                match tokio::time::timeout(HANDSHAKE_WAIT, super::vpnkit::handshake(&mut conn, mtu)).await {
+            StreamKind::Vpnkit { mtu, macs } => {
+                match tokio::time::timeout(HANDSHAKE_WAIT, super::vpnkit::handshake(&mut conn, mtu, &macs)).await {
                     Ok(Ok(_mac)) => {}
                     Ok(Err(e)) => return tracing::warn!(port = %name, error = %e, "vpnkit handshake failed"),
                     Err(_) => return tracing::warn!(port = %name, "vpnkit handshake: the client sent nothing for 10 s"),

@@ -12,7 +12,7 @@ pub const INIT_LEN: usize = 49;
 pub const COMMAND_LEN: usize = 41;
 pub const REPLY_LEN: usize = 258;
 
-/// The UUID gvproxy maps to its guest MAC 5a:94:ef:e4:0c:ee.
+/// The UUID gvproxy maps to its guest MAC 5a:94:ef:e4:0c:ee by default.
 pub const DEFAULT_UUID: &str = "c3d68012-0208-11ea-9fd7-f2189899ab08";
 pub const DEFAULT_MAC: [u8; 6] = [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee];
 
@@ -21,13 +21,13 @@ pub fn command_uuid(command: &[u8; COMMAND_LEN]) -> String {
     String::from_utf8_lossy(&command[1..37]).into_owned()
 }
 
-/// The MAC for a VM: gvproxy's fixed one for its default UUID; for any other
-/// UUID one derived from it (locally administered, unicast), so a VM keeps
-/// its address (and DHCP lease) across reconnects where gvproxy picks a
-/// random one each time.
-pub fn mac_for(uuid: &str) -> [u8; 6] {
-    if uuid == DEFAULT_UUID {
-        return DEFAULT_MAC;
+/// The MAC for a VM: the one `macs` assigns to its UUID (gvproxy's
+/// `vpnKitUUIDMacAddresses`); for any other UUID one derived from it
+/// (locally administered, unicast), so a VM keeps its address (and DHCP
+/// lease) across reconnects where gvproxy picks a random one each time.
+pub fn mac_for(uuid: &str, macs: &[(String, [u8; 6])]) -> [u8; 6] {
+    if let Some((_, mac)) = macs.iter().find(|(u, _)| u.eq_ignore_ascii_case(uuid)) {
+        return *mac;
     }
     // FNV-1a: a stable spread of the UUID's bytes, not a secret.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -49,7 +49,7 @@ pub fn reply(mtu: u16, mac: [u8; 6]) -> [u8; REPLY_LEN] {
 }
 
 /// Runs the handshake on a fresh connection.
-pub async fn handshake<S>(conn: &mut S, mtu: u16) -> std::io::Result<[u8; 6]>
+pub async fn handshake<S>(conn: &mut S, mtu: u16, macs: &[(String, [u8; 6])]) -> std::io::Result<[u8; 6]>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -60,7 +60,7 @@ where
     let mut command = [0u8; COMMAND_LEN];
     conn.read_exact(&mut command).await?;
     let uuid = command_uuid(&command);
-    let mac = mac_for(&uuid);
+    let mac = mac_for(&uuid, macs);
     tracing::debug!(%uuid, mac = ?mac, "vpnkit handshake");
     conn.write_all(&reply(mtu, mac)).await?;
     Ok(mac)
@@ -82,11 +82,13 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(mac_for(DEFAULT_UUID), DEFAULT_MAC);
-        let m = mac_for("11111111-2222-3333-4444-555555555555");
+        let map = [(DEFAULT_UUID.to_string(), DEFAULT_MAC)];
+        assert_eq!(mac_for(DEFAULT_UUID, &map), DEFAULT_MAC);
+        assert_ne!(mac_for(DEFAULT_UUID, &[]), DEFAULT_MAC, "only when mapped");
+        let m = mac_for("11111111-2222-3333-4444-555555555555", &map);
         assert_eq!(m[0] & 0x03, 0x02, "locally administered unicast");
-        assert_eq!(m, mac_for("11111111-2222-3333-4444-555555555555"));
-        assert_ne!(m, mac_for("11111111-2222-3333-4444-555555555556"));
+        assert_eq!(m, mac_for("11111111-2222-3333-4444-555555555555", &map));
+        assert_ne!(m, mac_for("11111111-2222-3333-4444-555555555556", &map));
     }
 
     #[test]
