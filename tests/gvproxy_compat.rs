@@ -106,6 +106,23 @@ fn driven_like_podman_machine() {
     assert_eq!(&dhcp[16..20], &[192, 168, 127, 2], "yiaddr");
     assert_eq!(&dhcp[20..24], &[192, 168, 127, 1], "server");
 
+    // gvproxy's /connect: the API connection becomes a VM link with the
+    // main transport's framing (QEMU's here); a frame sent in the same
+    // write as the request is not lost.
+    let mut c = UnixStream::connect(&api).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let other = [0x02, 0, 0, 0, 0, 0x07];
+    let discover = dhcp_discover(other);
+    let request = [
+        &b"POST /connect HTTP/1.1\r\nHost: gvproxy\r\n\r\n"[..],
+        &(discover.len() as u32).to_be_bytes(),
+        &discover,
+    ]
+    .concat();
+    c.write_all(&request).unwrap();
+    let ip = offered_address(|| read_frame(&mut c));
+    assert_eq!(ip[..3], [192, 168, 127], "a lease over /connect");
+
     // SIGTERM: clean exit, pid file removed, the log file has our debug lines.
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) };
@@ -293,6 +310,8 @@ fn forward_sock_carries_podman_over_ssh() {
         "-debug".into(),
         "-log-file".into(),
         p("gvproxy.log"),
+        "-listen".into(),
+        format!("unix://{}", p("api.sock")),
     ];
     let mut gvproxy = Ferry::with_binary(&link, &args).spawn();
     let host_echo = dir.join("echo-host.sock");
@@ -442,6 +461,17 @@ fn forward_sock_carries_podman_over_ssh() {
         "podman --url through -forward-sock: {text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // gvproxy's /tunnel: "OK", then a TCP stream to the guest (sshd's banner).
+    let mut t = UnixStream::connect(dir.join("api.sock")).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    t.write_all(b"GET /tunnel?ip=192.168.127.2&port=22 HTTP/1.1\r\nHost: gvproxy\r\n\r\n")
+        .unwrap();
+    let mut ok_banner = [0u8; 9];
+    t.read_exact(&mut ok_banner).unwrap();
+    assert_eq!(&ok_banner, b"OKSSH-2.0", "/tunnel to the guest's sshd");
+    let (code, v) = api_curl(&dir.join("api.sock"), &["-X", "POST", "http://gvproxy/connect"]);
+    assert_eq!(code, 404, "/connect has no framing on a vfkit-only gvproxy: {v}");
 
     // The guest's sshd restarts (a reboot): the next connection brings up
     // a new session.

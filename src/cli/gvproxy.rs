@@ -356,6 +356,15 @@ fn serve(args: GvproxyArgs, plan: Plan) -> anyhow::Result<ExitCode> {
         None => Vec::new(),
     };
     net.listen_stdio = args.listen_stdio.is_some();
+    // gvproxy's /connect speaks the main transport's stream framing
+    // (hyperkit's by default); the datagram transports have none.
+    net.api_connect = if !args.listen_qemu.is_empty() {
+        Some(ferry_net::frontend::stream::Framing::Qemu)
+    } else if args.listen_bess.is_some() || !args.listen_vfkit.is_empty() {
+        None
+    } else {
+        Some(ferry_net::frontend::stream::Framing::Hyperkit)
+    };
     net.subnet = format!("{subnet}/{prefix}");
     net.gateway = Some(gateway);
     net.host_alias = Some(host);

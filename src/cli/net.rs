@@ -65,6 +65,9 @@ pub struct NetArgs {
     /// UUIDs get a MAC derived from the UUID.
     #[arg(skip)]
     pub vpnkit_macs: Vec<(String, [u8; 6])>,
+    /// The framing of gvproxy's `/connect` on the --api endpoint (None: not served).
+    #[arg(skip)]
+    pub api_connect: Option<ferry_net::frontend::stream::Framing>,
     /// User namespace to join first, for an unprivileged ferry (a PID or a path).
     #[arg(long, value_name = "PATH|PID")]
     pub userns: Option<String>,
@@ -487,6 +490,7 @@ impl NetArgs {
             listen_bess: Vec::new(),
             listen_stdio: false,
             vpnkit_macs: Vec::new(),
+            api_connect: None,
             userns: None,
             tap: "tap0".into(),
             configure: false,
@@ -669,7 +673,7 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
     }
     // Bound before "ready" is announced, so clients never race it.
     if let Some(path) = &args.api {
-        tokio::task::spawn_local(ferry_net::api::bind(stack.clone(), path)?);
+        tokio::task::spawn_local(ferry_net::api::bind_with(stack.clone(), path, args.api_connect)?);
     }
     if let Some(path) = &args.slirp_api {
         tokio::task::spawn_local(ferry_net::api::slirp::bind(stack.clone(), path)?);

@@ -14,6 +14,9 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub body: Vec<u8>,
+    /// Bytes the client sent after the request (for connections that
+    /// leave HTTP: gvproxy's `/tunnel` and `/connect`).
+    pub rest: Vec<u8>,
 }
 
 /// A failure that becomes a 4xx reply.
@@ -88,6 +91,7 @@ pub async fn read_request<S: tokio::io::AsyncRead + Unpin>(stream: S) -> Result<
         method: method.to_string(),
         path: path.to_string(),
         body,
+        rest: r.buffer().to_vec(),
     })
 }
 

@@ -10,6 +10,10 @@
 //!   POST   /forwards                 {"publish":"8080:80/tcp","guest":"web"}
 //!   DELETE /forwards/PROTO/IP:PORT   remove a forward
 //!   gvproxy's /services/forwarder/expose, /unexpose (POST) and /all (GET)
+//!   gvproxy's /tunnel?ip=IP&port=N: "OK", then the connection is a TCP
+//!   stream to the guest's IP:N
+//!   gvproxy's /connect (only where a framing is given): the connection
+//!   becomes a VM link carrying frames
 //!
 //! Errors are `{"error": "..."}` with a 4xx status; a bad request never
 //! affects the daemon.
@@ -36,6 +40,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `path` (replacing a stale socket) and returns the serving loop.
 pub fn bind(stack: StackRef, path: &Path) -> io::Result<impl std::future::Future<Output = ()>> {
+    bind_with(stack, path, None)
+}
+
+/// As [`bind`]; `connect` is the framing of gvproxy's `/connect` on this
+/// endpoint (None: not served here).
+pub fn bind_with(
+    stack: StackRef,
+    path: &Path,
+    connect: Option<crate::frontend::stream::Framing>,
+) -> io::Result<impl std::future::Future<Output = ()>> {
     crate::sys::remove_stale_socket(path);
     let listener = UnixListener::bind(path)
         .map_err(|e| io::Error::new(e.kind(), format!("API socket {}: {e}", path.display())))?;
@@ -47,8 +61,15 @@ pub fn bind(stack: StackRef, path: &Path) -> io::Result<impl std::future::Future
             };
             let stack = stack.clone();
             tokio::task::spawn_local(async move {
-                let (read, write) = conn.into_split();
-                let request = tokio::time::timeout(REQUEST_TIMEOUT, http::read_request(read)).await;
+                let (mut read, write) = conn.into_split();
+                let request = tokio::time::timeout(REQUEST_TIMEOUT, http::read_request(&mut read)).await;
+                if let Ok(Ok(req)) = &request {
+                    let leaves_http = req.path.starts_with("/tunnel") || req.path == "/connect";
+                    if leaves_http {
+                        let Ok(conn) = read.reunite(write) else { return };
+                        return leave_http(&stack, req, conn, connect).await;
+                    }
+                }
                 let (status, body) = match request {
                     Ok(Ok(req)) => match handle(&stack, &req) {
                         Ok((status, value)) => (status, value.to_string()),
@@ -62,6 +83,67 @@ pub fn bind(stack: StackRef, path: &Path) -> io::Result<impl std::future::Future
         }
     })
 }
+
+/// gvproxy's `/tunnel` and `/connect`: the connection stops being HTTP.
+async fn leave_http(
+    stack: &StackRef,
+    req: &Request,
+    mut conn: tokio::net::UnixStream,
+    connect: Option<crate::frontend::stream::Framing>,
+) {
+    use tokio::io::AsyncWriteExt;
+    async fn refuse(conn: tokio::net::UnixStream, status: u16, msg: String) {
+        let _ = http::write_response(conn, status, &json!({ "error": msg }).to_string()).await;
+    }
+    if req.path == "/connect" {
+        let Some(framing) = connect else {
+            return refuse(
+                conn,
+                404,
+                "/connect is served on gvproxy's -listen endpoints only".into(),
+            )
+            .await;
+        };
+        let max_frame = stack.borrow().switch.rx.buf.len();
+        let port = crate::frontend::stream::StreamPort::with_framing(conn, framing, max_frame, "api:/connect".into());
+        port.preload(&req.rest);
+        tokio::task::spawn_local(port.clone().flush_task());
+        return crate::run_port(stack.clone(), port).await;
+    }
+    let query = req.path.split_once('?').map_or("", |(_, q)| q);
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let Some(ip) = param("ip") else {
+        return refuse(conn, 400, "ip is mandatory".into()).await;
+    };
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return refuse(conn, 400, format!("ip {ip:?} is not an IP address")).await;
+    };
+    let Some(port) = param("port").and_then(|p| p.parse::<u16>().ok()) else {
+        return refuse(conn, 400, "port must be a number 0-65535".into()).await;
+    };
+    let guest = match crate::forward::dial_guest(stack, GuestTarget::Ip(ip), port, TUNNEL_WAIT) {
+        Ok(g) => g,
+        Err(e) => return refuse(conn, 500, format!("cannot dial {ip}:{port}: {e}")).await,
+    };
+    // As gvproxy: a bare "OK", then the guest's bytes.
+    if conn.write_all(b"OK").await.is_err() {
+        return;
+    }
+    let mut guest = guest;
+    if guest.write_all(&req.rest).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut conn, &mut guest).await;
+}
+
+/// How long `/tunnel` waits for the guest to answer ARP.
+const TUNNEL_WAIT: Duration = Duration::from_secs(5);
 
 fn parse_json(req: &Request) -> Result<Value, HttpError> {
     serde_json::from_slice(&req.body).map_err(|e| error(400, format!("malformed JSON: {e}")))

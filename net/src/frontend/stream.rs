@@ -134,6 +134,17 @@ impl<S: StreamIo> StreamPort<S> {
         })
     }
 
+    /// Bytes already read from the connection by someone else (an HTTP
+    /// request's reader), to be parsed before anything new. What does not
+    /// fit the receive buffer is dropped.
+    pub fn preload(&self, bytes: &[u8]) {
+        let mut rx = self.rx.borrow_mut();
+        let n = bytes.len().min(rx.buf.len() - rx.end);
+        let end = rx.end;
+        rx.buf[end..end + n].copy_from_slice(&bytes[..n]);
+        rx.end += n;
+    }
+
     /// Writes out what `send` could not, until the port is dropped.
     pub async fn flush_task(self: Rc<Self>) {
         loop {
