@@ -60,8 +60,15 @@ impl Prepared {
         }
     }
 
+    /// Whether the file systems are to be created after [`Prepared::confine`]
+    /// (namespace mode, whose new root carries what they open from /proc)
+    /// rather than before (chroot: nothing of /proc inside).
+    pub fn open_after_confine(&self) -> bool {
+        self.mode == SandboxMode::Namespace
+    }
+
     /// Leaves only the shares visible to this process.
-    pub fn confine(self) -> io::Result<()> {
+    pub fn confine(&self) -> io::Result<()> {
         let new_root = self.staging.as_ref().unwrap_or(&self.dirs[0]);
         match self.mode {
             SandboxMode::None => Ok(()),
@@ -198,6 +205,20 @@ pub fn prepare_shares(mode: SandboxMode, shares: &[(&Path, bool)]) -> io::Result
         mount(
             Some(&cstr(Path::new(&format!("/proc/{}/fd", std::process::id())))?),
             &cstr(&fd_dir)?,
+            libc::MS_BIND,
+        ),
+    )?;
+    // File handles (--inode-file-handles) are reopened through the mount
+    // they came from, which fuse-backend-rs finds in /proc/self/mountinfo:
+    // that file too, opened only once confined, so the paths in it are
+    // the ones this process sees then.
+    let mountinfo = staging.join("proc/self/mountinfo");
+    std::fs::File::create(&mountinfo)?;
+    check(
+        "exposing this process's /proc/self/mountinfo in the sandbox",
+        mount(
+            Some(&cstr(Path::new(&format!("/proc/{}/mountinfo", std::process::id())))?),
+            &cstr(&mountinfo)?,
             libc::MS_BIND,
         ),
     )?;

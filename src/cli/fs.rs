@@ -474,18 +474,6 @@ fn serve(a: FsArgs) -> anyhow::Result<()> {
     }
     let mut opts = options(&a)?;
     let served = shares(&a, &opts)?;
-    if opts.inode_file_handles != InodeFileHandles::Never && opts.sandbox == SandboxMode::Namespace {
-        // The pivot leaves fuse-backend-rs unable to reopen handles through
-        // the mount table; refuse rather than fail at the guest's INIT.
-        anyhow::ensure!(
-            opts.inode_file_handles != InodeFileHandles::Mandatory,
-            "--inode-file-handles=mandatory does not work with --sandbox namespace yet: use --sandbox chroot (or none)"
-        );
-        tracing::info!(
-            "--inode-file-handles=prefer: not with --sandbox namespace; inodes are held as O_PATH descriptors"
-        );
-        opts.inode_file_handles = InodeFileHandles::Never;
-    }
     if opts.inode_file_handles != InodeFileHandles::Never {
         for s in &served {
             if let Err(e) = ferry_fs::device::file_handles_work(&s.dir) {
@@ -503,18 +491,27 @@ fn serve(a: FsArgs) -> anyhow::Result<()> {
     let sandbox = ferry_fs::sandbox::prepare_shares(opts.sandbox, &list)?;
     let mut devices = Vec::with_capacity(served.len());
     let mut watched = Vec::new();
-    for (i, s) in served.iter().enumerate() {
-        let mut device = ferry_fs::device::FsDevice::new(&sandbox.root(i), &opts)
-            .with_context(|| format!("opening the shared directory {}", s.dir.display()))?;
-        if a.notify_fd.is_some() {
-            let replay = ferry_fs::inject::Replay::new();
-            device = device.with_replay(replay.clone());
-            watched.push((s.label.clone(), sandbox.root(i), replay));
+    let mut open_devices = || -> anyhow::Result<()> {
+        for (i, s) in served.iter().enumerate() {
+            let mut device = ferry_fs::device::FsDevice::new(&sandbox.root(i), &opts)
+                .with_context(|| format!("opening the shared directory {}", s.dir.display()))?;
+            if a.notify_fd.is_some() {
+                let replay = ferry_fs::inject::Replay::new();
+                device = device.with_replay(replay.clone());
+                watched.push((s.label.clone(), sandbox.root(i), replay));
+            }
+            devices.push(device);
         }
-        devices.push(device);
+        Ok(())
+    };
+    // Threads only after confine: a mount namespace is entered per thread.
+    if sandbox.open_after_confine() {
+        sandbox.confine()?;
+        open_devices()?;
+    } else {
+        open_devices()?;
+        sandbox.confine()?;
     }
-    // Threads only after this: a mount namespace is entered per thread.
-    sandbox.confine()?;
     // Still one thread: capabilities are per thread, and those started
     // from here on inherit what is kept.
     let keep = kept_caps(a.modcaps.as_deref(), opts.inode_file_handles != InodeFileHandles::Never)?;
