@@ -1177,3 +1177,96 @@ fn the_tag_is_in_the_configuration_space() {
         "CONFIG offered without --tag"
     );
 }
+
+/// An xattr of `path` as the host sees it.
+fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| buf[..len as usize].to_vec())
+}
+
+/// `--xattrmap` as virtiofsd: with `:map::user.virtiofs.:` every guest
+/// xattr lives under `user.virtiofs.` on the host (so an unprivileged or
+/// SELinux host keeps its own), host attributes without the prefix are
+/// hidden from the guest, the stored names cannot be reached directly,
+/// and a remapped `security.capability` is dropped on chown as the kernel
+/// would drop the real one.
+#[test]
+fn xattrmap_renames_and_hides() {
+    let share = tempdir("xattrmap");
+    std::fs::write(share.join("f"), b"x").unwrap();
+    let f = share.join("f");
+    let host_set = |name: &str, value: &[u8]| {
+        let p = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        // SAFETY: valid strings and a value buffer of its length.
+        let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        assert_eq!(rc, 0, "setting {name} on the host");
+    };
+    host_set("user.hosts.own", b"h");
+    let mut server = Backend::ferry(&share, "namespace", &["--xattrmap=:map::user.virtiofs.:"]);
+    let mut c = server.connect();
+    let e = c.lookup(ROOT, b"f").unwrap();
+
+    c.setxattr(e.nodeid, b"trusted.overlay.opaque", b"y").unwrap();
+    assert_eq!(
+        host_xattr(&f, "user.virtiofs.trusted.overlay.opaque"),
+        Some(b"y".to_vec())
+    );
+    assert_eq!(
+        host_xattr(&f, "trusted.overlay.opaque"),
+        None,
+        "not stored under the guest's name"
+    );
+    assert_eq!(c.getxattr(e.nodeid, b"trusted.overlay.opaque", 64).unwrap(), b"y");
+
+    c.setxattr(e.nodeid, b"security.capability", b"cap").unwrap();
+    let list = c.listxattr(e.nodeid, 4096).unwrap();
+    let mut names: Vec<&[u8]> = list.split(|&b| b == 0).filter(|n| !n.is_empty()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [&b"security.capability"[..], b"trusted.overlay.opaque"],
+        "host's own hidden"
+    );
+    let count = c.listxattr(e.nodeid, 0).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(count[..4].try_into().unwrap()) as usize,
+        list.len(),
+        "size query matches"
+    );
+    let err = c.listxattr(e.nodeid, 3).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ERANGE));
+
+    // The guest's own "user.virtiofs.*" is prefixed too (its own
+    // namespace), so it cannot reach the stored names directly.
+    let err = c
+        .getxattr(e.nodeid, b"user.virtiofs.trusted.overlay.opaque", 64)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENODATA), "stored names reached directly");
+
+    // chown: the remapped capability goes, as the kernel drops the real one.
+    let chown = SetattrIn {
+        valid: ferry_driver::fuse::FATTR_UID,
+        uid: 0,
+        ..Default::default()
+    };
+    c.setattr(e.nodeid, &chown).unwrap();
+    assert_eq!(host_xattr(&f, "user.virtiofs.security.capability"), None);
+    assert!(
+        host_xattr(&f, "user.virtiofs.trusted.overlay.opaque").is_some(),
+        "other xattrs stay"
+    );
+
+    c.removexattr(e.nodeid, b"trusted.overlay.opaque").unwrap();
+    assert_eq!(host_xattr(&f, "user.virtiofs.trusted.overlay.opaque"), None);
+    server.assert_alive();
+    drop(c);
+    drop(server);
+
+    let said = refused(&["--xattrmap=:nope:all:::"]);
+    assert!(said.contains("type \"nope\""), "{said}");
+}

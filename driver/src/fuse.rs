@@ -464,4 +464,17 @@ impl FuseClient {
         let arg = GetxattrIn { size, padding: 0 };
         self.call(Opcode::Getxattr, nodeid, &[arg.as_slice(), name.as_bytes_with_nul()])
     }
+
+    /// LISTXATTR: with `size` 0 the reply is the list's length (a 4-byte
+    /// count and padding), else the NUL-terminated names.
+    pub fn listxattr(&mut self, nodeid: u64, size: u32) -> io::Result<Vec<u8>> {
+        let arg = GetxattrIn { size, padding: 0 };
+        self.call(Opcode::Listxattr, nodeid, &[arg.as_slice()])
+    }
+
+    pub fn removexattr(&mut self, nodeid: u64, name: &[u8]) -> io::Result<()> {
+        let name = cstr(name)?;
+        self.call(Opcode::Removexattr, nodeid, &[name.as_bytes_with_nul()])
+            .map(drop)
+    }
 }

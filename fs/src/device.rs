@@ -237,6 +237,7 @@ impl FsDevice {
                 uids: opts.uids.clone(),
                 gids: opts.gids.clone(),
                 announce_submounts: opts.announce_submounts,
+                xattrmap: opts.xattrmap.clone(),
             }),
             fs,
             replay: None,

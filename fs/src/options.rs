@@ -101,6 +101,8 @@ pub struct FsOptions {
     /// `--translate-gid`, `--uid-map`, `--gid-map`).
     pub uids: crate::idmap::IdMap,
     pub gids: crate::idmap::IdMap,
+    /// `--xattrmap`: guest ↔ host xattr names.
+    pub xattrmap: Option<crate::xattrmap::XattrMap>,
 }
 
 impl FsOptions {
@@ -119,6 +121,11 @@ impl FsOptions {
                 "cache" => self.cache = need()?.parse()?,
                 "xattr" => self.xattr = true,
                 "no_xattr" => self.xattr = false,
+                // As virtiofsd: a mapping implies xattr support.
+                "xattrmap" => {
+                    self.xattrmap = Some(crate::xattrmap::XattrMap::parse(need()?)?);
+                    self.xattr = true;
+                }
                 "posix_acl" => self.posix_acl = true,
                 "no_posix_acl" => self.posix_acl = false,
                 "writeback" => self.writeback = true,

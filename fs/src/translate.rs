@@ -15,6 +15,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 
 use crate::idmap::IdMap;
+use crate::xattrmap::{ClientName, XattrMap};
 
 /// A `FileSystem` whose owners are translated by `uids` and `gids`.
 pub struct Translated<F> {
@@ -23,6 +24,8 @@ pub struct Translated<F> {
     pub gids: IdMap,
     /// Flag directories on another host file system than their parent.
     pub announce_submounts: bool,
+    /// `--xattrmap`: xattr names renamed, passed or hidden.
+    pub xattrmap: Option<XattrMap>,
 }
 
 /// FUSE_ATTR_SUBMOUNT in `fuse_attr.flags`.
@@ -74,6 +77,37 @@ impl<F: FileSystem> Translated<F> {
             }
         }
         e
+    }
+}
+
+impl<F: FileSystem> Translated<F> {
+    /// The host's name for an xattr name from the guest.
+    fn host_xattr(&self, name: &CStr) -> io::Result<std::borrow::Cow<'_, CStr>> {
+        let Some(map) = &self.xattrmap else {
+            // Borrowed from the request; the Cow only outlives it in type.
+            return Ok(std::borrow::Cow::Owned(name.to_owned()));
+        };
+        match map.client(name.to_bytes()) {
+            ClientName::Host(n) => std::ffi::CString::new(n)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL)),
+            ClientName::Denied => Err(io::Error::from_raw_os_error(libc::EPERM)),
+            ClientName::Unsupported => Err(io::Error::from_raw_os_error(libc::ENOTSUP)),
+        }
+    }
+
+    /// When `security.capability` is stored under another name, the host
+    /// kernel no longer drops it when a file is written or changes owner:
+    /// do it here, as virtiofsd does.
+    fn kill_mapped_capability(&self, ctx: &Context, inode: F::Inode) {
+        let Some(map) = &self.xattrmap else { return };
+        if let ClientName::Host(n) = map.client(b"security.capability") {
+            if n != b"security.capability" {
+                if let Ok(name) = std::ffi::CString::new(n) {
+                    let _ = self.inner.removexattr(ctx, inode, &name);
+                }
+            }
+        }
     }
 }
 
@@ -134,9 +168,12 @@ impl<F: FileSystem> FileSystem for Translated<F> {
         if valid.contains(SetattrValid::GID) {
             attr.st_gid = self.gids.to_host(attr.st_gid).ok_or_else(Self::eperm)?;
         }
-        self.inner
-            .setattr(ctx, inode, attr, handle, valid)
-            .map(|(st, d)| (self.guest_stat(st), d))
+        let raw: u64 = inode.into();
+        let r = self.inner.setattr(ctx, raw.into(), attr, handle, valid)?;
+        if valid.intersects(SetattrValid::UID | SetattrValid::GID | SetattrValid::SIZE) {
+            self.kill_mapped_capability(ctx, raw.into());
+        }
+        Ok((self.guest_stat(r.0), r.1))
     }
 
     fn readlink(&self, ctx: &Context, inode: Self::Inode) -> io::Result<Vec<u8>> {
@@ -245,9 +282,13 @@ impl<F: FileSystem> FileSystem for Translated<F> {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
+        let raw: u64 = inode.into();
+        if fuse_flags & fuse_backend_rs::abi::fuse_abi::WRITE_KILL_PRIV != 0 {
+            self.kill_mapped_capability(ctx, raw.into());
+        }
         self.inner.write(
             ctx,
-            inode,
+            raw.into(),
             handle,
             r,
             size,
@@ -299,19 +340,40 @@ impl<F: FileSystem> FileSystem for Translated<F> {
     }
 
     fn setxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()> {
-        self.inner.setxattr(ctx, inode, name, value, flags)
+        self.inner.setxattr(ctx, inode, &self.host_xattr(name)?, value, flags)
     }
 
     fn getxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
+        self.inner.getxattr(ctx, inode, &self.host_xattr(name)?, size)
     }
 
     fn listxattr(&self, ctx: &Context, inode: Self::Inode, size: u32) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        let Some(map) = &self.xattrmap else {
+            return self.inner.listxattr(ctx, inode, size);
+        };
+        // The guest's list differs in length from the host's: fetch it
+        // whole, map it, then answer the size query or the list.
+        let raw: u64 = inode.into();
+        let host = match self.inner.listxattr(ctx, raw.into(), 0)? {
+            ListxattrReply::Count(0) => Vec::new(),
+            ListxattrReply::Count(n) => match self.inner.listxattr(ctx, raw.into(), n)? {
+                ListxattrReply::Names(v) => v,
+                ListxattrReply::Count(_) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            },
+            ListxattrReply::Names(v) => v,
+        };
+        let guest = map.server_list(&host);
+        if size == 0 {
+            Ok(ListxattrReply::Count(guest.len() as u32))
+        } else if guest.len() > size as usize {
+            Err(io::Error::from_raw_os_error(libc::ERANGE))
+        } else {
+            Ok(ListxattrReply::Names(guest))
+        }
     }
 
     fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
-        self.inner.removexattr(ctx, inode, name)
+        self.inner.removexattr(ctx, inode, &self.host_xattr(name)?)
     }
 
     fn opendir(

@@ -158,9 +158,12 @@ pub struct FsArgs {
     /// dac_read_search with file handles).
     #[arg(long, value_name = "LIST")]
     modcaps: Option<String>,
-    /// Options ferry does not implement, refused with the reason.
-    #[arg(long, hide = true, value_name = "RULES")]
+    /// Map xattr names between guest and host, virtiofsd's rules
+    /// (`:type:scope:key:prepend:` ..., or `:map:key:prepend:`); implies --xattr.
+    /// E.g. `:map::user.virtiofs.:` keeps every guest xattr under user.virtiofs.
+    #[arg(long, value_name = "RULES")]
     xattrmap: Option<String>,
+    /// Options ferry does not implement, refused with the reason.
     #[arg(long, hide = true)]
     allow_mmap: bool,
     #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "auto")]
@@ -259,6 +262,11 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
         o.apply_legacy(list).map_err(anyhow::Error::msg)?;
     }
     refuse_unsupported(a)?;
+    if let Some(rules) = &a.xattrmap {
+        // As virtiofsd: a mapping implies --xattr.
+        o.xattrmap = Some(ferry_fs::xattrmap::XattrMap::parse(rules).map_err(anyhow::Error::msg)?);
+        o.xattr = true;
+    }
     o.uids = id_map("uid", &a.translate_uid, &a.uid_map)?;
     o.gids = id_map("gid", &a.translate_gid, &a.gid_map)?;
     anyhow::ensure!(
@@ -281,7 +289,6 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
 /// with the reason (docs/compat.md lists them).
 fn refuse_unsupported(a: &FsArgs) -> anyhow::Result<()> {
     let reasons = [
-        (a.xattrmap.is_some(), "--xattrmap", "xattr name mapping is not implemented"),
         (
             a.allow_mmap,
             "--allow-mmap",
