@@ -1270,3 +1270,96 @@ fn xattrmap_renames_and_hides() {
     let said = refused(&["--xattrmap=:nope:all:::"]);
     assert!(said.contains("type \"nope\""), "{said}");
 }
+
+/// `--allow-mmap`: FUSE_DIRECT_IO_ALLOW_MMAP (bit 36: bit 4 of INIT's
+/// flags2) is granted to a guest that offers it, so files opened for
+/// direct I/O (`--cache never`) can still be mapped shared by a Linux
+/// 6.6+ guest; not without the flag, and not to a guest that did not ask.
+#[test]
+fn allow_mmap_is_negotiated() {
+    const ALLOW_MMAP2: u32 = 1 << 4;
+    const INIT_EXT: u32 = 1 << 30;
+    let share = tempdir("allow-mmap");
+    let mut server = Backend::ferry(&share, "none", &["--cache=never", "--allow-mmap"]);
+    let (mut c, init) = FuseClient::connect_offering(&server.socket, ALLOW_MMAP2).unwrap();
+    assert_ne!(init.flags2 & ALLOW_MMAP2, 0, "granted with --allow-mmap");
+    assert_ne!(init.flags & INIT_EXT, 0, "flags2 announced");
+    assert!(c.getattr(ROOT).is_ok(), "the session works after the patched INIT");
+    server.assert_alive();
+    drop(c);
+    drop(server);
+
+    let mut server = Backend::ferry(&share, "none", &["--cache=never"]);
+    let (_c, init) = FuseClient::connect_offering(&server.socket, ALLOW_MMAP2).unwrap();
+    assert_eq!(init.flags2 & ALLOW_MMAP2, 0, "not granted without --allow-mmap");
+    server.assert_alive();
+}
+
+/// `--security-label`: a guest granted FUSE_SECURITY_CTX sends the new
+/// file's context with CREATE (in the request's extension area, as Linux
+/// 6.x does); ferry stores it as that xattr on the host file. With
+/// `=always` a guest that does not offer the feature is refused at INIT.
+#[test]
+fn security_label_is_stored_on_create() {
+    const SECURITY_CTX2: u32 = 1;
+    let share = tempdir("seclabel");
+    let mut server = Backend::ferry(&share, "namespace", &["--security-label"]);
+    let (mut c, init) = FuseClient::connect_offering(&server.socket, SECURITY_CTX2).unwrap();
+    assert_ne!(init.flags2 & SECURITY_CTX2, 0, "FUSE_SECURITY_CTX granted");
+
+    // CREATE "labelled" with one security context in the extension area.
+    let (label_name, label) = (b"security.selinux", b"system_u:object_r:container_file_t:s0\0");
+    let mut ctx = [
+        &(label.len() as u32).to_le_bytes()[..],
+        &[0; 4],
+        label_name,
+        b"\0",
+        label,
+    ]
+    .concat();
+    while (8 + ctx.len()) % 8 != 0 {
+        ctx.push(0);
+    }
+    let ext = [&((8 + ctx.len()) as u32).to_le_bytes()[..], &1u32.to_le_bytes(), &ctx].concat();
+    let create_in = [
+        &(libc::O_CREAT as u32 | libc::O_WRONLY as u32).to_le_bytes()[..],
+        &0o644u32.to_le_bytes(),
+        &0u32.to_le_bytes(),
+        &0u32.to_le_bytes(),
+    ]
+    .concat();
+    let body = [&create_in[..], b"labelled\0", &ext].concat();
+    let header = [
+        &((40 + body.len()) as u32).to_le_bytes()[..],
+        &35u32.to_le_bytes(), // CREATE
+        &9999u64.to_le_bytes(),
+        &ROOT.to_le_bytes(),
+        &0u32.to_le_bytes(),
+        &0u32.to_le_bytes(),
+        &1u32.to_le_bytes(),
+        &((ext.len() / 8) as u16).to_le_bytes(), // total_extlen
+        &0u16.to_le_bytes(),
+    ]
+    .concat();
+    let (error, _) = c.raw(&[header, body].concat(), 4096).unwrap();
+    assert_eq!(error, 0, "CREATE with a security context");
+    assert!(share.join("labelled").exists());
+    assert_eq!(
+        host_xattr(&share.join("labelled"), "security.selinux"),
+        Some(label.to_vec())
+    );
+    // A creation without a context leaves no label.
+    c.mkdir(ROOT, b"plain", 0o755).unwrap();
+    assert_eq!(host_xattr(&share.join("plain"), "security.selinux"), None);
+    server.assert_alive();
+    drop(c);
+
+    // always: a guest without FUSE_SECURITY_CTX cannot mount.
+    let mut server = Backend::ferry(&share, "namespace", &["--security-label=always"]);
+    let refused = FuseClient::connect(&server.socket);
+    assert!(
+        refused.is_err(),
+        "INIT accepted without FUSE_SECURITY_CTX under --security-label=always"
+    );
+    server.assert_alive();
+}

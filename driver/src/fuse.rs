@@ -82,6 +82,12 @@ fn decode<T: ByteValued>(body: &[u8]) -> io::Result<T> {
 impl FuseClient {
     /// Connects to the back end at `socket` and sends FUSE INIT.
     pub fn connect(socket: &Path) -> io::Result<(FuseClient, InitOut)> {
+        FuseClient::connect_offering(socket, 0)
+    }
+
+    /// As [`FuseClient::connect`], offering `flags2` in INIT (with
+    /// FUSE_INIT_EXT and protocol 7.38, as a newer Linux does) when not 0.
+    pub fn connect_offering(socket: &Path, flags2: u32) -> io::Result<(FuseClient, InitOut)> {
         // hiprio + one request queue; room for the queues and two buffers.
         let probe = crate::split_queue::SplitQueue::footprint(256) * 2;
         let mem_size = probe + 2 * u64::from(BUF_CAP) + (1 << 20);
@@ -96,7 +102,7 @@ impl FuseClient {
             uid: 0,
             gid: 0,
         };
-        let init = client.init()?;
+        let init = client.init(flags2)?;
         Ok((client, init))
     }
 
@@ -227,17 +233,25 @@ impl FuseClient {
         Ok((out.error, out.unique, body))
     }
 
-    fn init(&mut self) -> io::Result<InitOut> {
+    fn init(&mut self, flags2: u32) -> io::Result<InitOut> {
+        // FUSE_INIT_EXT: a second word of flags follows (11 more unused).
+        const INIT_EXT: u32 = 1 << 30;
         let init = InitIn {
             major: 7,
-            minor: 31,
+            minor: if flags2 != 0 { 38 } else { 31 },
             max_readahead: 128 << 10,
             // ASYNC_READ | BIG_WRITES | DO_READDIRPLUS | PARALLEL_DIROPS |
             // MAX_PAGES (requests up to 1 MiB, as a Linux guest asks) |
             // SUBMOUNTS
-            flags: 0x1 | 0x20 | 0x2000 | 0x40000 | 0x40_0000 | 0x800_0000,
+            flags: 0x1 | 0x20 | 0x2000 | 0x40000 | 0x40_0000 | 0x800_0000 | if flags2 != 0 { INIT_EXT } else { 0 },
         };
-        let body = self.call(Opcode::Init, 0, &[init.as_slice()])?;
+        let mut ext = [0u8; 48];
+        ext[..4].copy_from_slice(&flags2.to_le_bytes());
+        let body = if flags2 != 0 {
+            self.call(Opcode::Init, 0, &[init.as_slice(), &ext])?
+        } else {
+            self.call(Opcode::Init, 0, &[init.as_slice()])?
+        };
         decode(&body)
     }
 

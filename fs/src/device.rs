@@ -16,7 +16,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::inject::Replay;
-use crate::options::{CacheMode, FsOptions, InodeFileHandles};
+use crate::options::{CacheMode, FsOptions, InodeFileHandles, Negotiation};
 use crate::translate::Translated;
 
 /// System calls of the passthrough file system answering FUSE requests
@@ -160,6 +160,14 @@ pub struct FsDevice {
     /// INIT reply flags this share must not grant although the passthrough
     /// file system offers them (READDIRPLUS under `--no-readdirplus`).
     withheld_init_flags: u32,
+    /// INIT `flags2` bits this share grants when the guest offers them,
+    /// which fuse-backend-rs does not know (DIRECT_IO_ALLOW_MMAP for
+    /// `--allow-mmap`).
+    granted_init_flags2: u32,
+    /// INIT `flags2` bits a guest must offer or be refused (`--security-label=always`).
+    required_init_flags2: u32,
+    /// `--security-label`: label new files with the guest's context.
+    security_label: bool,
     /// `--tag`: advertised in the device's configuration space.
     tag: Option<String>,
 }
@@ -168,24 +176,50 @@ pub struct FsDevice {
 /// after the 16-byte out header and `major`, `minor`, `max_readahead`.
 const OP_INIT: u32 = 26;
 const INIT_OUT_FLAGS: u64 = 16 + 12;
+/// `fuse_init_out.flags2`: after flags, max_background, congestion_threshold,
+/// max_write, time_gran, max_pages and map_alignment.
+const INIT_OUT_FLAGS2: u64 = 16 + 32;
+/// FUSE_INIT_EXT: `flags2` is meaningful (in `flags`).
+const INIT_EXT: u32 = 1 << 30;
+/// FUSE_DIRECT_IO_ALLOW_MMAP (bit 36, i.e. bit 4 of `flags2`; Linux 6.6+):
+/// files opened for direct I/O may still be mapped shared.
+pub const DIRECT_IO_ALLOW_MMAP2: u32 = 1 << 4;
+/// FUSE_SECURITY_CTX (bit 32: bit 0 of `flags2`): creating requests carry
+/// the new file's security context.
+pub const SECURITY_CTX2: u32 = 1;
+/// Requests that create a file: MKNOD, MKDIR, SYMLINK, CREATE.
+const CREATING: [u32; 4] = [8, 9, 6, 35];
 /// FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO.
 const READDIRPLUS_FLAGS: u32 = (1 << 13) | (1 << 14);
 
-/// Clears `bits` in the `flags` word of an INIT reply already written to
-/// the chain's device-writable buffers (fuse-backend-rs's `Server` takes
-/// the file system's answer as it is; this is the one place to narrow it).
-fn withhold_init_flags<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>, bits: u32)
+/// Narrows or widens an INIT reply already written to the chain's
+/// device-writable buffers (fuse-backend-rs's `Server` takes the file
+/// system's answer as it is; this is the one place to adjust it): `clear`
+/// from `flags`, `set2` into `flags2` (with FUSE_INIT_EXT in `flags`).
+fn patch_init_reply<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>, clear: u32, set2: u32)
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let set = if set2 != 0 { INIT_EXT } else { 0 };
+    patch_word(mem, chain, INIT_OUT_FLAGS, |f| (f & !clear) | set);
+    if set2 != 0 {
+        patch_word(mem, chain, INIT_OUT_FLAGS2, |f| f | set2);
+    }
+}
+
+/// Rewrites the u32 at `offset` of the chain's writable buffers.
+fn patch_word<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>, offset: u64, f: impl Fn(u32) -> u32)
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     use vm_memory::{Bytes, GuestAddress};
-    let mut skip = INIT_OUT_FLAGS;
+    let mut skip = offset;
     for desc in chain.clone().writable() {
         let len = u64::from(desc.len());
         if skip + 4 <= len {
             let at = GuestAddress(desc.addr().0 + skip);
-            if let Ok(flags) = mem.read_obj::<u32>(at) {
-                let _ = mem.write_obj(flags & !bits, at);
+            if let Ok(word) = mem.read_obj::<u32>(at) {
+                let _ = mem.write_obj(f(word), at);
             }
             return;
         }
@@ -198,7 +232,81 @@ where
     }
 }
 
+/// The security context of a creating request (FUSE_SECURITY_CTX), from
+/// the last `total_extlen * 8` bytes of the request.
+fn creation_label<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>) -> Option<(std::ffi::CString, Vec<u8>)>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let mut r = Reader::from_descriptor_chain(mem, chain.clone()).ok()?;
+    let h = r.read_obj::<InHeader>().ok()?;
+    // `padding` is `total_extlen` (low half) in FUSE 7.36's header.
+    let ext_len = (h.padding & 0xffff) as usize * 8;
+    if !CREATING.contains(&h.opcode) || ext_len == 0 {
+        return None;
+    }
+    let body_len = (h.len as usize).checked_sub(std::mem::size_of::<InHeader>())?;
+    if ext_len > body_len || body_len > 1 << 20 {
+        return None;
+    }
+    let mut body = vec![0u8; body_len];
+    std::io::Read::read_exact(&mut r, &mut body).ok()?;
+    let (name, value) = crate::secctx::security_context(&body[body_len - ext_len..])?;
+    Some((std::ffi::CString::new(name).ok()?, value))
+}
+
+/// Reads the u32 at `offset` of the chain's writable buffers.
+fn read_word<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>, offset: u64) -> Option<u32>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    use vm_memory::{Bytes, GuestAddress};
+    let mut skip = offset;
+    for desc in chain.clone().writable() {
+        let len = u64::from(desc.len());
+        if skip + 4 <= len {
+            return mem.read_obj::<u32>(GuestAddress(desc.addr().0 + skip)).ok();
+        }
+        if skip < len {
+            return None;
+        }
+        skip -= len;
+    }
+    None
+}
+
+/// The `flags2` a FUSE INIT request offers (0 without FUSE_INIT_EXT).
+fn offered_init_flags2(r: &mut Reader<'_, ()>) -> u32 {
+    let Ok(init) = r.read_obj::<[u32; 4]>() else { return 0 };
+    if init[3] & INIT_EXT == 0 {
+        return 0;
+    }
+    r.read_obj::<u32>().unwrap_or(0)
+}
+
 impl FsDevice {
+    /// Sets the guest's security context on the file a creating request
+    /// made, once its reply (an entry: out header, then the node id) says
+    /// it succeeded. The label follows the creation rather than going with
+    /// it (virtiofsd uses setfscreatecon where SELinux runs on the host);
+    /// a failure is logged and the file stays unlabelled.
+    fn apply_label<M>(&self, mem: &GuestMemoryMmap, chain: &DescriptorChain<M>, name: &std::ffi::CStr, value: &[u8])
+    where
+        M: Deref<Target = GuestMemoryMmap> + Clone,
+    {
+        let error = read_word(mem, chain, 4);
+        let node = read_word(mem, chain, 16).zip(read_word(mem, chain, 20));
+        let (Some(0), Some((lo, hi))) = (error, node) else {
+            return;
+        };
+        let nodeid = u64::from(lo) | (u64::from(hi) << 32);
+        use fuse_backend_rs::api::filesystem::FileSystem;
+        let ctx = fuse_backend_rs::api::filesystem::Context::new();
+        if let Err(e) = self.fs.setxattr(&ctx, nodeid, name, value, 0) {
+            tracing::warn!(label = ?name, error = %e, "--security-label: could not label a new file");
+        }
+    }
+
     /// Serves `root`: the shared directory as this process will see it when
     /// the guest's INIT arrives (after any sandboxing).
     pub fn new(root: &std::path::Path, opts: &FsOptions) -> io::Result<FsDevice> {
@@ -242,6 +350,18 @@ impl FsDevice {
             fs,
             replay: None,
             withheld_init_flags: if opts.readdirplus { 0 } else { READDIRPLUS_FLAGS },
+            granted_init_flags2: if opts.allow_mmap { DIRECT_IO_ALLOW_MMAP2 } else { 0 }
+                | if opts.security_label != Negotiation::Never {
+                    SECURITY_CTX2
+                } else {
+                    0
+                },
+            required_init_flags2: if opts.security_label == Negotiation::Always {
+                SECURITY_CTX2
+            } else {
+                0
+            },
+            security_label: opts.security_label != Negotiation::Never,
             tag: opts.tag.clone(),
         })
     }
@@ -294,17 +414,44 @@ impl FsDevice {
             }
         }
         let reader = Reader::from_descriptor_chain(mem, chain.clone());
-        let init = self.withheld_init_flags != 0 && {
-            let mut r = Reader::from_descriptor_chain(mem, chain.clone());
-            matches!(r.as_mut().map(|r| r.read_obj::<InHeader>()), Ok(Ok(h)) if h.opcode == OP_INIT)
+        // An INIT whose reply this share adjusts: what to grant in flags2.
+        let patch = (self.withheld_init_flags != 0 || self.granted_init_flags2 != 0)
+            .then(|| {
+                let mut r = Reader::from_descriptor_chain(mem, chain.clone()).ok()?;
+                let h = r.read_obj::<InHeader>().ok()?;
+                (h.opcode == OP_INIT).then(|| (chain.clone(), offered_init_flags2(&mut r)))
+            })
+            .flatten();
+        // A creating request's security context, applied once it succeeded.
+        let label = if self.security_label {
+            creation_label(mem, &chain)
+        } else {
+            None
         };
-        let patch = init.then(|| chain.clone());
+        let label = label.map(|l| (chain.clone(), l));
         let writer = VirtioFsWriter::new(mem, chain);
         match (reader, writer) {
             (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
                 Ok(n) => {
-                    if let Some(chain) = patch {
-                        withhold_init_flags(mem, &chain, self.withheld_init_flags);
+                    if let Some((chain, offered2)) = patch {
+                        let missing = self.required_init_flags2 & !offered2;
+                        if missing != 0 {
+                            // As virtiofsd: a guest without what "always" requires
+                            // is refused at INIT (its mount fails).
+                            tracing::error!(flags2 = missing, "the guest does not support a feature required by --security-label=always; refusing INIT");
+                            patch_word(mem, &chain, 4, |_| (-libc::EPROTO) as u32);
+                            patch_word(mem, &chain, 0, |_| 16);
+                            return 16;
+                        }
+                        patch_init_reply(
+                            mem,
+                            &chain,
+                            self.withheld_init_flags,
+                            offered2 & self.granted_init_flags2,
+                        );
+                    }
+                    if let Some((chain, (name, value))) = label {
+                        self.apply_label(mem, &chain, &name, &value);
                     }
                     u32::try_from(n).unwrap_or(0)
                 }

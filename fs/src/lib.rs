@@ -6,6 +6,7 @@
 pub mod idmap;
 pub mod notify;
 pub mod options;
+pub mod secctx;
 pub mod xattrmap;
 
 #[cfg(target_os = "linux")]

@@ -77,6 +77,29 @@ impl FromStr for InodeFileHandles {
     }
 }
 
+/// virtiofsd's negotiation modes (`--security-label[=never|auto|always]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Negotiation {
+    #[default]
+    Never,
+    /// Used if the guest offers it.
+    Auto,
+    /// Required: a guest that does not offer it is refused at INIT.
+    Always,
+}
+
+impl FromStr for Negotiation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(Negotiation::Never),
+            "auto" => Ok(Negotiation::Auto),
+            "always" => Ok(Negotiation::Always),
+            _ => Err(format!("{s:?}: expected never, auto or always")),
+        }
+    }
+}
+
 /// Everything that shapes one served share.
 #[derive(Clone, Debug, Default)]
 pub struct FsOptions {
@@ -101,6 +124,10 @@ pub struct FsOptions {
     /// `--translate-gid`, `--uid-map`, `--gid-map`).
     pub uids: crate::idmap::IdMap,
     pub gids: crate::idmap::IdMap,
+    /// `--security-label`: grant FUSE_SECURITY_CTX and label new files.
+    pub security_label: Negotiation,
+    /// `--allow-mmap`: grant FUSE_DIRECT_IO_ALLOW_MMAP.
+    pub allow_mmap: bool,
     /// `--xattrmap`: guest ↔ host xattr names.
     pub xattrmap: Option<crate::xattrmap::XattrMap>,
 }
@@ -122,6 +149,11 @@ impl FsOptions {
                 "xattr" => self.xattr = true,
                 "no_xattr" => self.xattr = false,
                 // As virtiofsd: a mapping implies xattr support.
+                "security_label" => {
+                    self.security_label = Negotiation::Always;
+                    self.xattr = true;
+                }
+                "no_security_label" => self.security_label = Negotiation::Never,
                 "xattrmap" => {
                     self.xattrmap = Some(crate::xattrmap::XattrMap::parse(need()?)?);
                     self.xattr = true;

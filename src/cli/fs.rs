@@ -163,11 +163,18 @@ pub struct FsArgs {
     /// E.g. `:map::user.virtiofs.:` keeps every guest xattr under user.virtiofs.
     #[arg(long, value_name = "RULES")]
     xattrmap: Option<String>,
-    /// Options ferry does not implement, refused with the reason.
-    #[arg(long, hide = true)]
+    /// Let the guest map files shared even when they are opened for direct
+    /// I/O (--cache never, or O_DIRECT with --allow-direct-io): grants
+    /// FUSE_DIRECT_IO_ALLOW_MMAP to guests that offer it (Linux 6.6+).
+    #[arg(long)]
     allow_mmap: bool,
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "auto")]
-    security_label: Option<String>,
+    /// Options ferry does not implement, refused with the reason.
+    /// Label new files with the security context (SELinux) the guest sends
+    /// (implies --xattr): FUSE_SECURITY_CTX is granted (auto: if the guest
+    /// offers it; always: a guest that does not is refused at INIT) and the
+    /// context is set as its xattr right after CREATE, MKDIR, MKNOD or SYMLINK.
+    #[arg(long = "security-label", require_equals = true, value_name = "never|auto|always", num_args = 0..=1, default_value = "never", default_missing_value = "always")]
+    security_label: String,
     /// Keep the guest's O_NOATIME on opens. ferry always does (virtiofsd
     /// strips it by default); accepted for its command line.
     #[arg(long)]
@@ -256,12 +263,21 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
         readdirplus: !a.no_readdirplus,
         rlimit_nofile: a.rlimit_nofile,
         request_queues: a.queues,
+        allow_mmap: a.allow_mmap,
+        security_label: a
+            .security_label
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--security-label={e}"))?,
         ..FsOptions::default()
     };
     for list in &a.options {
         o.apply_legacy(list).map_err(anyhow::Error::msg)?;
     }
     refuse_unsupported(a)?;
+    if o.security_label != ferry_fs::options::Negotiation::Never {
+        // As virtiofsd: labels are xattrs.
+        o.xattr = true;
+    }
     if let Some(rules) = &a.xattrmap {
         // As virtiofsd: a mapping implies --xattr.
         o.xattrmap = Some(ferry_fs::xattrmap::XattrMap::parse(rules).map_err(anyhow::Error::msg)?);
@@ -275,7 +291,7 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
     );
     anyhow::ensure!(
         !(o.sandbox == SandboxMode::Chroot && (o.xattr || o.posix_acl)),
-        "--xattr/--posix-acl need /proc/self/fd, which a chroot into the share cannot have: use --sandbox namespace (or none)"
+        "--xattr/--posix-acl/--security-label/--xattrmap need /proc/self/fd, which a chroot into the share cannot have: use --sandbox namespace (or none)"
     );
     anyhow::ensure!(
         matches!(a.seccomp.as_str(), "none" | "kill" | "log" | "trap"),
@@ -288,19 +304,14 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
 /// virtiofsd options ferry has no implementation of: each refused by name
 /// with the reason (docs/compat.md lists them).
 fn refuse_unsupported(a: &FsArgs) -> anyhow::Result<()> {
-    let reasons = [
-        (
-            a.allow_mmap,
-            "--allow-mmap",
-            "negotiating FUSE_DIRECT_IO_ALLOW_MMAP is not implemented (with --cache never or metadata a guest cannot map files shared)",
-        ),
-        (a.security_label.is_some(), "--security-label", "SELinux labels on create are not implemented"),
-        (
-            a.migration_mode.is_some() || a.migration_on_error.is_some() || a.migration_verify_handles || a.migration_confirm_paths,
-            "--migration-*",
-            "ferry's vhost-user back end does not support live migration (no device state transfer)",
-        ),
-    ];
+    let reasons = [(
+        a.migration_mode.is_some()
+            || a.migration_on_error.is_some()
+            || a.migration_verify_handles
+            || a.migration_confirm_paths,
+        "--migration-*",
+        "ferry's vhost-user back end does not support live migration (no device state transfer)",
+    )];
     for (given, name, why) in reasons {
         anyhow::ensure!(!given, "{name} is not supported by ferry: {why}");
     }
