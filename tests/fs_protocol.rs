@@ -1363,3 +1363,35 @@ fn security_label_is_stored_on_create() {
     );
     server.assert_alive();
 }
+
+/// O_NOATIME from the guest is dropped by default, as virtiofsd drops it
+/// (reading then updates the host file's access time under relatime), and
+/// kept with `--preserve-noatime` (the access time stays).
+#[test]
+fn noatime_dropped_unless_preserved() {
+    let share = tempdir("noatime");
+    let f = share.join("f");
+    let old_atime = |f: &Path| {
+        std::fs::write(f, b"data").unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800);
+        std::fs::File::options()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_accessed(old))
+            .unwrap();
+        assert_eq!(std::fs::metadata(f).unwrap().atime(), 946_684_800);
+    };
+    for (flags, preserved) in [(&[][..], false), (&["--preserve-noatime"][..], true)] {
+        old_atime(&f);
+        let mut server = Backend::ferry(&share, "none", flags);
+        let mut c = server.connect();
+        let e = c.lookup(ROOT, b"f").unwrap();
+        let open_flags = libc::O_RDONLY | libc::O_NOATIME;
+        let fh = c.open(e.nodeid, open_flags).unwrap();
+        assert_eq!(c.read_flagged(e.nodeid, fh, 0, 4, open_flags).unwrap(), b"data");
+        let atime = std::fs::metadata(&f).unwrap().atime();
+        assert_eq!(atime == 946_684_800, preserved, "{flags:?}: host atime {atime}");
+        server.assert_alive();
+    }
+}

@@ -366,6 +366,19 @@ impl FuseClient {
         self.data_request(Opcode::Read, nodeid, fh, offset, size)
     }
 
+    /// READ carrying the file's open flags, as Linux sends `file->f_flags`.
+    pub fn read_flagged(&mut self, nodeid: u64, fh: u64, offset: u64, size: u32, flags: i32) -> io::Result<Vec<u8>> {
+        let arg = ReadIn {
+            fh,
+            offset,
+            size,
+            flags: flags as u32,
+            ..Default::default()
+        };
+        let cap = (std::mem::size_of::<OutHeader>() as u32).saturating_add(size);
+        self.call_with_reply(Opcode::Read, nodeid, &[arg.as_slice()], cap)
+    }
+
     /// READ and READDIRPLUS: a `ReadIn`, and a reply buffer of header +
     /// `size` bytes.
     fn data_request(&mut self, opcode: Opcode, nodeid: u64, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {

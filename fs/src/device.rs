@@ -346,6 +346,7 @@ impl FsDevice {
                 gids: opts.gids.clone(),
                 announce_submounts: opts.announce_submounts,
                 xattrmap: opts.xattrmap.clone(),
+                preserve_noatime: opts.preserve_noatime,
             }),
             fs,
             replay: None,

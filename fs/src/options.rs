@@ -126,6 +126,8 @@ pub struct FsOptions {
     pub gids: crate::idmap::IdMap,
     /// `--security-label`: grant FUSE_SECURITY_CTX and label new files.
     pub security_label: Negotiation,
+    /// `--preserve-noatime`: pass the guest's O_NOATIME on.
+    pub preserve_noatime: bool,
     /// `--allow-mmap`: grant FUSE_DIRECT_IO_ALLOW_MMAP.
     pub allow_mmap: bool,
     /// `--xattrmap`: guest ↔ host xattr names.

@@ -26,6 +26,10 @@ pub struct Translated<F> {
     pub announce_submounts: bool,
     /// `--xattrmap`: xattr names renamed, passed or hidden.
     pub xattrmap: Option<XattrMap>,
+    /// `--preserve-noatime`: keep the guest's O_NOATIME (virtiofsd drops it
+    /// by default: the host refuses it with EPERM on files the daemon's
+    /// user does not own, e.g. under uid translation or without root).
+    pub preserve_noatime: bool,
 }
 
 /// FUSE_ATTR_SUBMOUNT in `fuse_attr.flags`.
@@ -42,6 +46,14 @@ impl<F> Translated<F> {
         c.uid = self.uids.to_host(ctx.uid).ok_or_else(Self::eperm)?;
         c.gid = self.gids.to_host(ctx.gid).ok_or_else(Self::eperm)?;
         Ok(c)
+    }
+
+    fn open_flags(&self, flags: u32) -> u32 {
+        if self.preserve_noatime {
+            flags
+        } else {
+            flags & !(libc::O_NOATIME as u32)
+        }
     }
 
     fn guest_stat(&self, mut st: stat64) -> stat64 {
@@ -239,7 +251,7 @@ impl<F: FileSystem> FileSystem for Translated<F> {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<Self::Handle>, OpenOptions, Option<u32>)> {
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        self.inner.open(ctx, inode, self.open_flags(flags), fuse_flags)
     }
 
     fn create(
@@ -249,6 +261,10 @@ impl<F: FileSystem> FileSystem for Translated<F> {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
+        let args = CreateIn {
+            flags: self.open_flags(args.flags),
+            ..args
+        };
         self.inner
             .create(&self.host_ctx(ctx)?, parent, name, args)
             .map(|(e, h, o, p)| (self.guest_entry(e), h, o, p))
@@ -265,7 +281,10 @@ impl<F: FileSystem> FileSystem for Translated<F> {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner.read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        // fuse-backend-rs re-applies a request's file flags to the open
+        // descriptor (F_SETFL), which would bring O_NOATIME back.
+        self.inner
+            .read(ctx, inode, handle, w, size, offset, lock_owner, self.open_flags(flags))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -295,7 +314,7 @@ impl<F: FileSystem> FileSystem for Translated<F> {
             offset,
             lock_owner,
             delayed_write,
-            flags,
+            self.open_flags(flags),
             fuse_flags,
         )
     }

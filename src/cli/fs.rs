@@ -175,8 +175,8 @@ pub struct FsArgs {
     /// context is set as its xattr right after CREATE, MKDIR, MKNOD or SYMLINK.
     #[arg(long = "security-label", require_equals = true, value_name = "never|auto|always", num_args = 0..=1, default_value = "never", default_missing_value = "always")]
     security_label: String,
-    /// Keep the guest's O_NOATIME on opens. ferry always does (virtiofsd
-    /// strips it by default); accepted for its command line.
+    /// Keep the guest's O_NOATIME on opens (by default it is dropped, as
+    /// virtiofsd does: the host refuses it on files the daemon does not own).
     #[arg(long)]
     preserve_noatime: bool,
     #[arg(long, hide = true)]
@@ -264,6 +264,7 @@ fn options(a: &FsArgs) -> anyhow::Result<FsOptions> {
         rlimit_nofile: a.rlimit_nofile,
         request_queues: a.queues,
         allow_mmap: a.allow_mmap,
+        preserve_noatime: a.preserve_noatime,
         security_label: a
             .security_label
             .parse()
