@@ -817,9 +817,15 @@ fn config_file_as_gvproxy_reads_it() {
         .unwrap()
         .port();
     let guest_mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let yaml = format!(
         r#"listen:
   - unix://{api}
+  - tcp://127.0.0.1:{api_port}
 log-level: debug
 interfaces:
   qemu: unix://{qemu}
@@ -862,6 +868,18 @@ stack:
     );
     assert_eq!(all[0]["local"], format!("127.0.0.1:{fwd}"));
     assert_eq!(all[0]["remote"], "10.99.0.5:8080");
+    // The same API over TCP (gvproxy's -listen tcp://).
+    let mut t = std::net::TcpStream::connect(("127.0.0.1", api_port)).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    t.write_all(b"GET /services/forwarder/all HTTP/1.1\r\nHost: gvproxy\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    t.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("10.99.0.5:8080"),
+        "{reply}"
+    );
+
     let (_, zones) = api_curl(&api, &["http://gvproxy/services/dns/all"]);
     let zone = zones
         .as_array()

@@ -310,11 +310,14 @@ fn serve(args: GvproxyArgs, plan: Plan) -> anyhow::Result<ExitCode> {
         "no VM front end: give -listen-qemu or -listen-vfkit (or -listen-vpnkit, -listen-bess, -listen-stdio)"
     );
     let mut api = None;
+    let mut api_tcp = Vec::new();
     for l in &args.listen {
-        match l.strip_prefix("unix://") {
-            Some(path) if api.is_none() => api = Some(PathBuf::from(path)),
-            Some(_) => anyhow::bail!("-listen: ferry serves one control endpoint"),
-            None => anyhow::bail!("-listen {l:?}: only unix:// control endpoints are supported"),
+        match api_endpoint("listen", l)? {
+            Endpoint::Unix(path) if api.is_none() => api = Some(path),
+            Endpoint::Unix(_) => {
+                anyhow::bail!("-listen: ferry serves one unix control endpoint (add tcp:// ones as needed)")
+            }
+            Endpoint::Tcp(addr) => api_tcp.push((addr, true)),
         }
     }
     // As Go's net.ParseCIDR: host bits are dropped; room for a gateway, a
@@ -390,8 +393,12 @@ fn serve(args: GvproxyArgs, plan: Plan) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("-{flag} {url:?}: only unix://PATH is supported"))
     };
     if let Some(s) = &args.services {
-        net.api_extra.push(unix("services", s)?);
+        match api_endpoint("services", s)? {
+            Endpoint::Unix(path) => net.api_extra.push(path),
+            Endpoint::Tcp(addr) => api_tcp.push((addr, false)),
+        }
     }
+    net.api_tcp = api_tcp;
     let notification = args
         .notification
         .as_deref()
@@ -466,6 +473,31 @@ fn serve(args: GvproxyArgs, plan: Plan) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_file(path);
     }
     code
+}
+
+enum Endpoint {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+/// An API endpoint as gvproxy takes it: unix://PATH or tcp://IP:PORT.
+/// (vsock:// is for hypervisors whose guests reach the host over vsock
+/// alone, Hyper-V and macOS; on Linux ferry's guests reach the API over the
+/// network or a unix socket, so it is refused with that reason.)
+fn api_endpoint(flag: &str, url: &str) -> anyhow::Result<Endpoint> {
+    if let Some(path) = url.strip_prefix("unix://") {
+        return Ok(Endpoint::Unix(PathBuf::from(path)));
+    }
+    if let Some(addr) = url.strip_prefix("tcp://") {
+        return addr
+            .parse()
+            .map(Endpoint::Tcp)
+            .with_context(|| format!("-{flag} {url:?}: expected tcp://IP:PORT"));
+    }
+    if url.starts_with("vsock://") {
+        anyhow::bail!("-{flag} {url:?}: vsock endpoints are not supported by ferry (its guests reach the API through the network); use unix:// or tcp://");
+    }
+    anyhow::bail!("-{flag} {url:?}: expected unix://PATH or tcp://IP:PORT")
 }
 
 /// The SSH socket forwards, checked as gvproxy checks them: the four flags

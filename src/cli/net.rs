@@ -68,6 +68,10 @@ pub struct NetArgs {
     /// The framing of gvproxy's `/connect` on the --api endpoint (None: not served).
     #[arg(skip)]
     pub api_connect: Option<ferry_net::frontend::stream::Framing>,
+    /// The API on TCP addresses (gvproxy's `-listen tcp://`, `-services
+    /// tcp://`); true where `/connect` is served.
+    #[arg(skip)]
+    pub api_tcp: Vec<(std::net::SocketAddr, bool)>,
     /// User namespace to join first, for an unprivileged ferry (a PID or a path).
     #[arg(long, value_name = "PATH|PID")]
     pub userns: Option<String>,
@@ -491,6 +495,7 @@ impl NetArgs {
             listen_stdio: false,
             vpnkit_macs: Vec::new(),
             api_connect: None,
+            api_tcp: Vec::new(),
             userns: None,
             tap: "tap0".into(),
             configure: false,
@@ -677,6 +682,10 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
     }
     if let Some(path) = &args.slirp_api {
         tokio::task::spawn_local(ferry_net::api::slirp::bind(stack.clone(), path)?);
+    }
+    for (addr, connect) in &args.api_tcp {
+        let connect = if *connect { args.api_connect } else { None };
+        tokio::task::spawn_local(ferry_net::api::bind_tcp(stack.clone(), *addr, connect).await?);
     }
     for path in &args.api_extra {
         tokio::task::spawn_local(ferry_net::api::bind(stack.clone(), path)?);

@@ -56,43 +56,69 @@ pub fn bind_with(
     crate::sys::owner_only(path)?;
     Ok(async move {
         loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let stack = stack.clone();
-            tokio::task::spawn_local(async move {
-                let (mut read, write) = conn.into_split();
-                let request = tokio::time::timeout(REQUEST_TIMEOUT, http::read_request(&mut read)).await;
-                if let Ok(Ok(req)) = &request {
-                    let leaves_http = req.path.starts_with("/tunnel") || req.path == "/connect";
-                    if leaves_http {
-                        let Ok(conn) = read.reunite(write) else { return };
-                        return leave_http(&stack, req, conn, connect).await;
-                    }
-                }
-                let (status, body) = match request {
-                    Ok(Ok(req)) => match handle(&stack, &req) {
-                        Ok((status, value)) => (status, value.to_string()),
-                        Err(e) => (e.status, json!({ "error": e.message }).to_string()),
-                    },
-                    Ok(Err(e)) => (e.status, json!({ "error": e.message }).to_string()),
-                    Err(_) => (408, json!({ "error": "request timed out" }).to_string()),
-                };
-                let _ = http::write_response(write, status, &body).await;
-            });
+            if let Ok((conn, _)) = listener.accept().await {
+                tokio::task::spawn_local(serve_conn(stack.clone(), conn, connect));
+            }
         }
     })
 }
 
+/// The same API on a TCP address (gvproxy's `-listen tcp://IP:PORT`).
+/// Anyone who can reach the address can add forwards: bind it to a
+/// loopback address.
+pub async fn bind_tcp(
+    stack: StackRef,
+    addr: SocketAddr,
+    connect: Option<crate::frontend::stream::Framing>,
+) -> io::Result<impl std::future::Future<Output = ()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("API address {addr}: {e}")))?;
+    Ok(async move {
+        loop {
+            if let Ok((conn, _)) = listener.accept().await {
+                tokio::task::spawn_local(serve_conn(stack.clone(), conn, connect));
+            }
+        }
+    })
+}
+
+/// A connection that can carry the API, or leave HTTP for a guest link.
+pub trait ApiStream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + crate::frontend::stream::StreamIo + 'static
+{
+}
+impl ApiStream for tokio::net::UnixStream {}
+impl ApiStream for tokio::net::TcpStream {}
+
+/// One request on `conn` (the API closes after each answer).
+async fn serve_conn<S: ApiStream>(stack: StackRef, mut conn: S, connect: Option<crate::frontend::stream::Framing>) {
+    let request = tokio::time::timeout(REQUEST_TIMEOUT, http::read_request(&mut conn)).await;
+    if let Ok(Ok(req)) = &request {
+        if req.path.starts_with("/tunnel") || req.path == "/connect" {
+            return leave_http(&stack, req, conn, connect).await;
+        }
+    }
+    let (status, body) = match request {
+        Ok(Ok(req)) => match handle(&stack, &req) {
+            Ok((status, value)) => (status, value.to_string()),
+            Err(e) => (e.status, json!({ "error": e.message }).to_string()),
+        },
+        Ok(Err(e)) => (e.status, json!({ "error": e.message }).to_string()),
+        Err(_) => (408, json!({ "error": "request timed out" }).to_string()),
+    };
+    let _ = http::write_response(conn, status, &body).await;
+}
+
 /// gvproxy's `/tunnel` and `/connect`: the connection stops being HTTP.
-async fn leave_http(
+async fn leave_http<S: ApiStream>(
     stack: &StackRef,
     req: &Request,
-    mut conn: tokio::net::UnixStream,
+    mut conn: S,
     connect: Option<crate::frontend::stream::Framing>,
 ) {
     use tokio::io::AsyncWriteExt;
-    async fn refuse(conn: tokio::net::UnixStream, status: u16, msg: String) {
+    async fn refuse<S: ApiStream>(conn: S, status: u16, msg: String) {
         let _ = http::write_response(conn, status, &json!({ "error": msg }).to_string()).await;
     }
     if req.path == "/connect" {
