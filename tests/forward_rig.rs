@@ -389,3 +389,172 @@ fn publish_auto_follows_the_namespaces_listeners() {
     assert_eq!(told, 1, "{said:?}");
     assert!(ferry.alive(), "ferry died (a call outside its seccomp list?)");
 }
+
+/// A server inside `ns` that tells each TCP client on `tcp` and each UDP
+/// sender on `udp` the address it sees them from.
+fn ns_peer_reporter(ns: &Netns, tcp: u16, udp: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(path).unwrap();
+        // SAFETY: setns(2) on an fd we hold; affects only this thread.
+        unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        let l = TcpListener::bind(("::", tcp)).unwrap();
+        let u = UdpSocket::bind(("::", udp)).unwrap();
+        tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((_, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(canonical(from).to_string().as_bytes(), from);
+            }
+        });
+        for conn in l.incoming().take(16) {
+            let Ok(mut c) = conn else { continue };
+            let peer = canonical(c.peer_addr().unwrap());
+            let _ = c.write_all(peer.to_string().as_bytes());
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+}
+
+/// `::ffff:a.b.c.d` as `a.b.c.d`.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// What the guest reports for a TCP connection to `to` (from `from`).
+fn seen_over_tcp(from: Option<SocketAddr>, to: SocketAddr) -> (SocketAddr, String) {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None).unwrap();
+    if let Some(f) = from {
+        sock.bind(&f.into()).unwrap();
+    }
+    sock.connect_timeout(&to.into(), Duration::from_secs(10)).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut seen = String::new();
+    s.read_to_string(&mut seen).unwrap();
+    (s.local_addr().unwrap(), seen)
+}
+
+/// Forwards show the guest the real client (issue: the real client
+/// address): ferry runs in its own "host" namespace; a client on that
+/// host's loopback is seen as the host alias with its own port; a client
+/// in a third namespace (another machine on a veth) connecting to a
+/// forward bound on the veth address is seen as itself, and the guest's
+/// replies reach it; UDP the same. `--forward-source=gateway` shows the
+/// gateway instead, as slirp4netns does.
+#[test]
+fn forwards_show_the_guest_the_real_client() {
+    let (guest, host, other) = (Netns::new(), Netns::new(), Netns::new());
+    for cmd in [
+        &["ip", "link", "set", "lo", "up"][..],
+        &[
+            "ip",
+            "link",
+            "add",
+            "vh",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vo",
+            "netns",
+            &other.pid().to_string(),
+        ],
+        &["ip", "addr", "add", "10.77.0.1/24", "dev", "vh"],
+        &["ip", "link", "set", "vh", "up"],
+    ] {
+        let out = host.command(cmd, Duration::from_secs(5));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for cmd in [
+        &["ip", "link", "set", "lo", "up"][..],
+        &["ip", "addr", "add", "10.77.0.2/24", "dev", "vo"],
+        &["ip", "link", "set", "vo", "up"],
+    ] {
+        let out = other.command(cmd, Duration::from_secs(5));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--configure",
+            "-p",
+            "127.0.0.1:8000:7000",
+            "-p",
+            "10.77.0.1:8001:7000",
+            "-p",
+            "[::1]:8002:7000",
+            "-p",
+            "127.0.0.1:8003:7001/udp",
+            "-p",
+            "10.77.0.1:8004:7001/udp",
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ];
+        args.extend_from_slice(extra);
+        FerryNet::start_hosted(&guest, &host, &args)
+    };
+    let ferry = run(&[]);
+    ns_peer_reporter(&guest, 7000, 7001);
+    // The IPv6 forward targets the guest's IPv4 address (the first guest):
+    // the families differ, so the gateway speaks for the client.
+    let cases = [
+        (&host, None, "127.0.0.1:8000", "10.0.2.254"),
+        (&other, Some("10.77.0.2:0"), "10.77.0.1:8001", "10.77.0.2"),
+        (&host, None, "[::1]:8002", "10.0.2.1"),
+    ];
+    for (ns, from, to, want) in cases {
+        let (from, to) = (from.map(|f| f.parse().unwrap()), to.parse().unwrap());
+        let (local, seen) = ns.run_in(move || seen_over_tcp(from, to));
+        let seen: SocketAddr = seen.parse().unwrap_or_else(|_| panic!("{to}: the guest said {seen:?}"));
+        assert_eq!(seen.ip().to_string(), want, "TCP client {local} through {to}");
+        if want != "10.0.2.1" {
+            assert_eq!(seen.port(), local.port(), "the client's own port too");
+        }
+    }
+    for (ns, bind, to, want) in [
+        (&host, "127.0.0.1:0", "127.0.0.1:8003", "10.0.2.254"),
+        (&other, "10.77.0.2:0", "10.77.0.1:8004", "10.77.0.2"),
+    ] {
+        let (local, seen) = ns.run_in(move || {
+            let c = UdpSocket::bind(bind).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 256];
+            for _ in 0..5 {
+                c.send_to(b"who", to).unwrap();
+                if let Ok(n) = c.recv(&mut buf) {
+                    return (c.local_addr().unwrap(), String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+            panic!("no UDP reply through {to}");
+        });
+        assert_eq!(
+            seen,
+            format!("{want}:{}", local.port()),
+            "UDP client {local} through {to}"
+        );
+    }
+    drop(ferry);
+
+    let _ferry = run(&["--forward-source=gateway"]);
+    let (_, seen) =
+        other.run_in(|| seen_over_tcp(Some("10.77.0.2:0".parse().unwrap()), "10.77.0.1:8001".parse().unwrap()));
+    assert!(
+        seen.starts_with("10.0.2.1:"),
+        "--forward-source=gateway: the guest saw {seen}"
+    );
+}

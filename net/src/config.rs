@@ -82,6 +82,20 @@ pub struct NetConfig {
     /// (slirp4netns's `--outbound-addr` / `--outbound-addr6`).
     pub outbound4: Option<Ipv4Addr>,
     pub outbound6: Option<Ipv6Addr>,
+    /// Who the guest sees as the source of a forwarded connection.
+    pub forward_source: ForwardSource,
+}
+
+/// The source address a guest sees on a port forward's connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardSource {
+    /// The client itself: a client on the host's loopback as the host
+    /// alias, any other as its own address and port (pasta's behaviour).
+    #[default]
+    Client,
+    /// Always the gateway, from a port of ferry's choosing (slirp4netns's,
+    /// gvproxy's and vpnkit's behaviour; `--forward-source=gateway`).
+    Gateway,
 }
 
 /// IPv6 on the guest link: one /64 announced for SLAAC, the gateway (also
@@ -220,6 +234,7 @@ impl Default for NetConfig {
             unreachable: Vec::new(),
             outbound4: None,
             outbound6: None,
+            forward_source: ForwardSource::Client,
         }
     }
 }
@@ -310,6 +325,37 @@ impl NetConfig {
         }
     }
 
+    /// The address a forwarded connection from host-side `client` shows to
+    /// `guest` as its source, with [`ForwardSource::Client`]: a loopback
+    /// client as the host alias of the guest's family (the address the
+    /// guest reaches the host by), any other client as itself. None (use
+    /// the gateway) when the families differ, when there is no host alias,
+    /// or when the client's address belongs to the guest's own link (the
+    /// guest would answer it directly, not through ferry).
+    pub fn forward_source_for(&self, client: IpAddr, guest: IpAddr) -> Option<IpAddr> {
+        if self.forward_source == ForwardSource::Gateway {
+            return None;
+        }
+        let client = match client {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
+            v4 => v4,
+        };
+        match (client, guest) {
+            (IpAddr::V4(c), IpAddr::V4(_)) if c.is_loopback() => self.host_alias.map(IpAddr::V4),
+            (IpAddr::V6(c), IpAddr::V6(_)) if c.is_loopback() => {
+                self.v6.as_ref().and_then(|p| p.host_alias).map(IpAddr::V6)
+            }
+            (IpAddr::V4(c), IpAddr::V4(_)) => {
+                (!self.contains(c) && !c.is_unspecified() && !c.is_broadcast() && !c.is_multicast()).then_some(client)
+            }
+            (IpAddr::V6(c), IpAddr::V6(_)) => {
+                let on_link = self.v6.as_ref().is_some_and(|p| p.contains(c)) || (c.segments()[0] & 0xffc0) == 0xfe80;
+                (!on_link && !c.is_unspecified() && !c.is_multicast()).then_some(client)
+            }
+            _ => None,
+        }
+    }
+
     /// The gateway address a port forward speaks from to a guest address.
     pub fn gateway_for(&self, guest: IpAddr) -> Option<IpAddr> {
         match guest {
@@ -371,6 +417,45 @@ impl NetConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_sources() {
+        let c = NetConfig::default();
+        let guest4: IpAddr = "10.0.2.15".parse().unwrap();
+        let guest6: IpAddr = "fd66:6572:7279::15".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            c.forward_source_for(ip("127.0.0.1"), guest4),
+            c.host_alias.map(IpAddr::V4)
+        );
+        assert_eq!(
+            c.forward_source_for(ip("::ffff:127.0.0.1"), guest4),
+            c.host_alias.map(IpAddr::V4)
+        );
+        assert_eq!(
+            c.forward_source_for(ip("::1"), guest6),
+            c.v6.as_ref().and_then(|p| p.host_alias).map(IpAddr::V6)
+        );
+        assert_eq!(
+            c.forward_source_for(ip("192.168.1.50"), guest4),
+            Some(ip("192.168.1.50"))
+        );
+        assert_eq!(c.forward_source_for(ip("2001:db8::5"), guest6), Some(ip("2001:db8::5")));
+        // On the guest's own link, or the other family: the gateway.
+        assert_eq!(c.forward_source_for(ip("10.0.2.77"), guest4), None);
+        assert_eq!(c.forward_source_for(ip("fe80::1234"), guest6), None);
+        assert_eq!(c.forward_source_for(ip("192.168.1.50"), guest6), None);
+        let off = NetConfig {
+            forward_source: ForwardSource::Gateway,
+            ..NetConfig::default()
+        };
+        assert_eq!(off.forward_source_for(ip("192.168.1.50"), guest4), None);
+        let no_alias = NetConfig {
+            host_alias: None,
+            ..NetConfig::default()
+        };
+        assert_eq!(no_alias.forward_source_for(ip("127.0.0.1"), guest4), None);
+    }
 
     #[test]
     fn default_plan_is_valid() {

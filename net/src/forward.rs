@@ -187,10 +187,12 @@ struct ActiveForward {
 #[derive(Default)]
 pub struct Forwards {
     active: HashMap<(Proto, SocketAddr), ActiveForward>,
-    /// Gateway port → the host client that owns it (UDP).
-    udp_back: HashMap<u16, UdpBack>,
-    /// (forward, host client) → gateway port (UDP).
-    udp_ports: HashMap<(SocketAddr, SocketAddr), u16>,
+    /// The source a guest sees for a host client → that client (UDP): the
+    /// client's own address or the host alias, or the gateway and a port
+    /// of ours.
+    udp_back: HashMap<SocketAddr, UdpBack>,
+    /// (forward, host client) → the source the guest sees (UDP).
+    udp_ports: HashMap<(SocketAddr, SocketAddr), SocketAddr>,
     next_port: u16,
 }
 
@@ -335,17 +337,26 @@ impl Stack {
                 .checked_add(1)
                 .unwrap_or(FIRST_EPHEMERAL);
             let p = self.fwd.next_port;
-            if !self.fwd.udp_back.contains_key(&p) && !self.tcp_port_in_use(p) {
+            let taken = self
+                .fwd
+                .udp_back
+                .keys()
+                .any(|a| a.port() == p && self.cfg.is_gateway_addr(a.ip()));
+            if !taken && !self.tcp_port_in_use(p) {
                 return p;
             }
         }
         FIRST_EPHEMERAL
     }
 
-    /// A datagram from a guest to a gateway port that belongs to a UDP
-    /// forward: relay it to that host client. False if not ours.
-    pub fn udp_forward_reply(&mut self, dst_port: u16, payload: &[u8]) -> bool {
-        let Some(back) = self.fwd.udp_back.get(&dst_port) else {
+    /// A datagram from a guest to the source of a UDP forward's client (its
+    /// own address, the host alias or a gateway port): relay it to that
+    /// client from the forward's socket. False if not ours.
+    pub fn udp_forward_reply(&mut self, dst: SocketAddr, payload: &[u8]) -> bool {
+        if self.fwd.udp_back.is_empty() {
+            return false;
+        }
+        let Some(back) = self.fwd.udp_back.get(&dst) else {
             return false;
         };
         back.last.set(Instant::now());
@@ -366,40 +377,53 @@ impl Stack {
         let Some(&guest_mac) = self.switch.tx.neighbors.get(&guest_ip) else {
             return;
         };
-        let port = match self.fwd.udp_ports.get(&(spec.host, client)) {
-            Some(p) => *p,
+        let seen = match self.fwd.udp_ports.get(&(spec.host, client)) {
+            Some(s) => *s,
             None => {
                 let now = Instant::now();
                 self.fwd
                     .udp_back
                     .retain(|_, b| now.duration_since(b.last.get()) < UDP_IDLE);
-                let live: std::collections::HashSet<u16> = self.fwd.udp_back.keys().copied().collect();
-                self.fwd.udp_ports.retain(|_, p| live.contains(p));
-                let p = self.ephemeral_port();
+                let live: std::collections::HashSet<SocketAddr> = self.fwd.udp_back.keys().copied().collect();
+                self.fwd.udp_ports.retain(|_, s| live.contains(s));
+                // As the guest should see the client, unless that source is
+                // already another client's (then a gateway port).
+                let own = self
+                    .cfg
+                    .forward_source_for(client.ip(), guest_ip)
+                    .map(|ip| SocketAddr::new(ip, client.port()))
+                    .filter(|s| s.port() != 0 && !self.fwd.udp_back.contains_key(s));
+                let seen = match own {
+                    Some(s) => s,
+                    None => {
+                        let Some(gw) = self.cfg.gateway_for(guest_ip) else {
+                            return;
+                        };
+                        SocketAddr::new(gw, self.ephemeral_port())
+                    }
+                };
                 self.fwd.udp_back.insert(
-                    p,
+                    seen,
                     UdpBack {
                         socket: socket.clone(),
                         client,
                         last: Cell::new(now),
                     },
                 );
-                self.fwd.udp_ports.insert((spec.host, client), p);
-                p
+                self.fwd.udp_ports.insert((spec.host, client), seen);
+                seen
             }
         };
-        if let Some(back) = self.fwd.udp_back.get(&port) {
+        if let Some(back) = self.fwd.udp_back.get(&seen) {
             back.last.set(Instant::now());
         }
-        let Some(src_ip) = self.cfg.gateway_for(guest_ip) else {
-            return;
-        };
         let addrs = Addrs {
             src_mac: self.cfg.gateway_mac,
             dst_mac: guest_mac,
-            src_ip,
+            src_ip: seen.ip(),
             dst_ip: guest_ip,
         };
+        let port = seen.port();
         if let Some(len) = wire::udp_frame(&mut self.scratch, &addrs, port, spec.guest_port, payload) {
             self.send_scratch(len);
         }
@@ -408,16 +432,21 @@ impl Stack {
 
 async fn tcp_accept_loop(stack: Weak<std::cell::RefCell<Stack>>, listener: TcpListener, spec: ForwardSpec) {
     loop {
-        let Ok((conn, _peer)) = listener.accept().await else {
+        let Ok((conn, peer)) = listener.accept().await else {
             continue;
         };
         let _ = conn.set_nodelay(true);
-        tokio::task::spawn_local(tcp_forward_conn(stack.clone(), conn, spec.clone()));
+        tokio::task::spawn_local(tcp_forward_conn(stack.clone(), conn, peer, spec.clone()));
     }
 }
 
-async fn tcp_forward_conn(stack: Weak<std::cell::RefCell<Stack>>, conn: TcpStream, spec: ForwardSpec) {
-    if !connect_and_splice(stack, conn, &spec.guest, spec.guest_port, GUEST_WAIT).await {
+async fn tcp_forward_conn(
+    stack: Weak<std::cell::RefCell<Stack>>,
+    conn: TcpStream,
+    peer: SocketAddr,
+    spec: ForwardSpec,
+) {
+    if !connect_and_splice(stack, conn, Some(peer), &spec.guest, spec.guest_port, GUEST_WAIT).await {
         tracing::warn!(guest = %spec.guest, host = %spec.host, "forwarded connection dropped: the guest did not come up");
     }
 }
@@ -428,6 +457,7 @@ async fn tcp_forward_conn(stack: Weak<std::cell::RefCell<Stack>>, conn: TcpStrea
 async fn connect_and_splice(
     stack: Weak<std::cell::RefCell<Stack>>,
     host: impl crate::tcp::HostStream,
+    client: Option<SocketAddr>,
     guest: &GuestTarget,
     port: u16,
     wait: Duration,
@@ -444,7 +474,7 @@ async fn connect_and_splice(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let Some(stack) = stack.upgrade() else { return true };
-    let Some((key, handle)) = stack.borrow_mut().tcp_connect_to_guest(guest_ip, port) else {
+    let Some((key, handle)) = stack.borrow_mut().tcp_connect_to_guest(guest_ip, port, client) else {
         return true;
     };
     crate::tcp::splice(&stack, handle, host).await;
@@ -467,7 +497,7 @@ pub fn dial_guest(
     let (ours, theirs) = tokio::net::UnixStream::pair()?;
     let stack = Rc::downgrade(stack);
     tokio::task::spawn_local(async move {
-        if !connect_and_splice(stack, theirs, &guest, port, wait).await {
+        if !connect_and_splice(stack, theirs, None, &guest, port, wait).await {
             tracing::debug!(%guest, port, "dial to the guest: the guest did not come up");
         }
     });

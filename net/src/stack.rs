@@ -466,7 +466,7 @@ impl Stack {
                     (IpAddr::V4(_), dhcp::SERVER_PORT) => self.dhcp(src_mac, udp_payload),
                     (IpAddr::V6(from), dhcp6::SERVER_PORT) => self.dhcp6(src_mac, from, udp.src_port(), udp_payload),
                     (_, crate::dns::PORT) if dns => self.dns_udp(src_mac, (src, udp.src_port()), udp_payload),
-                    (_, port) if self.cfg.is_gateway_addr(dst) && self.udp_forward_reply(port, udp_payload) => {
+                    (_, port) if self.udp_forward_reply(std::net::SocketAddr::new(dst, port), udp_payload) => {
                         // A reply through a UDP port forward.
                     }
                     _ => {

@@ -211,10 +211,25 @@ impl Stack {
             .any(|k| self.cfg.is_gateway_addr(k.2) && k.3 == port)
     }
 
-    /// Opens a TCP connection from the gateway to a guest (port forwards).
-    pub fn tcp_connect_to_guest(&mut self, guest: IpAddr, port: u16) -> Option<(FlowKey, SocketHandle)> {
-        let gateway = self.cfg.gateway_for(guest)?;
-        let local_port = self.ephemeral_port_for_tcp();
+    /// Opens a TCP connection to a guest for a port forward: from the
+    /// client's own address and port as the guest should see it
+    /// ([`crate::config::NetConfig::forward_source_for`]), or from the
+    /// gateway and a port of ours (no client, `--forward-source=gateway`,
+    /// or that address and port already in a flow to this guest port).
+    pub fn tcp_connect_to_guest(
+        &mut self,
+        guest: IpAddr,
+        port: u16,
+        client: Option<SocketAddr>,
+    ) -> Option<(FlowKey, SocketHandle)> {
+        let seen = client
+            .and_then(|c| Some((self.cfg.forward_source_for(c.ip(), guest)?, c.port())))
+            .filter(|&(ip, p)| p != 0 && !self.tcp.flows.contains_key(&(guest, port, ip, p)));
+        let (local_ip, local_port) = match seen {
+            Some(s) => s,
+            None => (self.cfg.gateway_for(guest)?, self.ephemeral_port_for_tcp()),
+        };
+        let gateway = local_ip;
         let mut socket = self.new_tcp_socket(self.cfg.tcp_buffer);
         let remote = (smoltcp::wire::IpAddress::from(guest), port);
         let local = (smoltcp::wire::IpAddress::from(gateway), local_port);

@@ -160,6 +160,11 @@ pub struct NetArgs {
     /// [HOST_IP:]HOST_PORT[-END]:GUEST_PORT[-END][/tcp|/udp]; HOST_IP defaults to 127.0.0.1.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<String>,
+    /// Who the guest sees as the source of forwarded connections: client
+    /// (the client itself; a client on the host's loopback as the host
+    /// alias) or gateway (always the gateway, as slirp4netns and gvproxy).
+    #[arg(long = "forward-source", value_name = "client|gateway", default_value = "client", value_parser = parse_forward_source)]
+    pub forward_source: ferry_net::config::ForwardSource,
     /// Guest the -p forwards go to: an IP or a registered name [default: the first guest address].
     #[arg(long = "publish-to", value_name = "GUEST")]
     pub publish_to: Option<String>,
@@ -270,6 +275,14 @@ impl DnsArgs {
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     ferry_net::config::parse_mac(s).ok_or_else(|| format!("{s:?}: expected a MAC address like 5a:94:ef:e4:0c:dd"))
+}
+
+fn parse_forward_source(s: &str) -> Result<ferry_net::config::ForwardSource, String> {
+    match s {
+        "client" => Ok(ferry_net::config::ForwardSource::Client),
+        "gateway" => Ok(ferry_net::config::ForwardSource::Gateway),
+        _ => Err(format!("{s:?}: expected client or gateway")),
+    }
 }
 
 fn parse_unixpacket(s: &str) -> Result<PathBuf, String> {
@@ -477,6 +490,7 @@ impl NetArgs {
         cfg.unreachable = self.unreachable.clone();
         cfg.outbound4 = self.outbound4;
         cfg.outbound6 = self.outbound6;
+        cfg.forward_source = self.forward_source;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -520,6 +534,7 @@ impl NetArgs {
             tap_mac: None,
             guest_ip: None,
             gateway_mac: None,
+            forward_source: ferry_net::config::ForwardSource::Client,
             dhcp_leases: Vec::new(),
             search: Vec::new(),
             dns,

@@ -106,6 +106,11 @@ pub struct RunArgs {
     /// [HOST_IP:]HOST_PORT[-END]:GUEST_PORT[-END][/tcp|/udp].
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<String>,
+    /// Who the guest sees as the source of forwarded connections: client
+    /// (the client itself; one on the host's loopback as the host alias)
+    /// or gateway.
+    #[arg(long = "forward-source", value_name = "client|gateway", default_value = "client")]
+    pub forward_source: String,
     /// Capture the guest's network traffic into FILE (pcap format).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
@@ -395,6 +400,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let sock = run_dir.0.join("net.sock");
         let mut net = super::net::NetArgs::for_vm(sock.clone(), args.dns.clone());
         net.publish = args.publish.clone();
+        net.forward_source = match args.forward_source.as_str() {
+            "gateway" => ferry_net::config::ForwardSource::Gateway,
+            "client" => ferry_net::config::ForwardSource::Client,
+            other => anyhow::bail!("--forward-source {other:?}: expected client or gateway"),
+        };
         net.pcap = args.pcap.clone();
         super::net::spawn_background(net)?;
         line.key("net", "dhcp");

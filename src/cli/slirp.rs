@@ -223,6 +223,9 @@ pub fn run(args: SlirpArgs) -> anyhow::Result<ExitCode> {
     net.guest_ip = Some(at(100));
     net.dns_addr = Some(at(3));
     net.slirp_api = args.api_socket.clone();
+    // slirp4netns's forwards (add_hostfwd) show every client as the host
+    // address 10.0.2.2; keep that for its clients.
+    net.forward_source = ferry_net::config::ForwardSource::Gateway;
     net.tap_mac = mac;
     net.outbound4 = outbound4.and_then(|a| match a {
         IpAddr::V4(a) => Some(a),
