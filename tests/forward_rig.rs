@@ -558,3 +558,89 @@ fn forwards_show_the_guest_the_real_client() {
         "--forward-source=gateway: the guest saw {seen}"
     );
 }
+
+/// `ferry run --publish-auto`: guest-init reports the guest's listeners
+/// over vsock; a web server the workload starts after boot becomes
+/// reachable on the host's 127.0.0.1 with no -p, stops being reachable
+/// when it exits; a port the host already uses is left alone and shown
+/// as taken; `ferry ps` lists the automatic forwards (UDP too).
+#[test]
+fn ferry_run_publish_auto_follows_the_guest() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let (web, udp) = (free_port(), free_port());
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let name = format!("auto{}", std::process::id());
+    let script = format!(
+        "mkdir /www && echo auto > /www/index.html; httpd -f -p {web} -h /www & hp=$!; \
+         httpd -f -p {taken_port} -h /www & nc -u -l -p {udp} >/dev/null & \
+         sleep 1; echo UP; sleep 25; kill $hp; echo DOWN; sleep 60"
+    );
+    let mut running = Ferry::new(["run", "--name", &name, "--publish-auto", "--", "sh", "-c", &script]).spawn();
+    let stdout = running.child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send((line, Instant::now()));
+        }
+    });
+    let wait_line = |want: &str, limit: Duration| loop {
+        match rx.recv_timeout(limit) {
+            Ok((line, at)) if line.trim() == want => return at,
+            Ok(_) => {}
+            Err(_) => panic!("the guest never printed {want}"),
+        }
+    };
+    let up = wait_line("UP", Duration::from_secs(120));
+    let to: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
+    let fetch = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut r = String::new();
+        s.read_to_string(&mut r)?;
+        Ok(r)
+    };
+    let reached = loop {
+        if fetch().is_ok_and(|r| r.contains("auto")) {
+            break up.elapsed();
+        }
+        assert!(
+            up.elapsed() < Duration::from_secs(20),
+            "the guest's web server never appeared on the host"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("publish-auto: reachable {reached:?} after the guest said UP");
+    assert!(reached < Duration::from_secs(10), "took {reached:?}");
+
+    // ferry ps: the automatic forwards, the taken port shown as such.
+    let ps = Ferry::new(["ps"]).output();
+    let line = ps
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_else(|| panic!("{}", ps.stdout))
+        .to_string();
+    assert!(line.contains(&format!("{web}/tcp")), "{line}");
+    assert!(line.contains(&format!("{udp}/udp")), "{line}");
+    assert!(line.contains(&format!("{taken_port}/tcp (host port taken)")), "{line}");
+    // Not stolen: the host's own listener still owns the port.
+    assert_eq!(taken.local_addr().unwrap().port(), taken_port);
+
+    let down = wait_line("DOWN", Duration::from_secs(60));
+    let gone = loop {
+        match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break down.elapsed(),
+            _ => {}
+        }
+        assert!(
+            down.elapsed() < Duration::from_secs(20),
+            "the forward outlived the guest's listener"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("publish-auto: gone {gone:?} after the guest said DOWN");
+    let _ = running.child.kill();
+}

@@ -829,7 +829,7 @@ fn virtiofsd_flags_have_their_effect() {
     );
     drop(client);
     for (flag, value) in [
-        ("--xattrmap", ":map::user.virtiofs.:"),
+        ("--xattrmap", ":nope:all:::"),
         ("--migration-mode", "find-paths"),
         ("--modcaps", "+nosuchcap"),
     ] {

@@ -44,6 +44,8 @@ pub struct Config {
     /// virtio-fs tag of a directory to use as the root file system (read
     /// only, with a writable overlay in guest memory).
     pub rootfs: Option<String>,
+    /// Report listening ports to the host (`ferry run --publish-auto`).
+    pub publish_auto: bool,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             cwd: None,
             modules: Vec::new(),
             rootfs: None,
+            publish_auto: false,
         }
     }
 }
@@ -216,6 +219,7 @@ impl Config {
                     cfg.cwd = Some(dir);
                 }
                 "modules" => cfg.modules.extend(split_list(value)?),
+                "publish_auto" => cfg.publish_auto = value == "1",
                 // Read again at the end by sys::power_off.
                 "halt" if matches!(value, "poweroff" | "reboot") => {}
                 "halt" => return err(format!("ferry.halt={value:?}: expected poweroff or reboot")),

@@ -8,6 +8,7 @@
 
 mod agent;
 mod config;
+mod listeners;
 mod modules;
 mod replay;
 mod setup;
@@ -107,6 +108,9 @@ fn run() -> Outcome {
     }
     let reaper = std::sync::Arc::new(agent::Reaper::default());
     agent::start(reaper.clone(), cfg.env.clone(), root.clone());
+    if cfg.publish_auto {
+        listeners::start();
+    }
     let replayer = replay::Replayer::new(&cfg.mounts);
     replayer.listen();
     run_workload(&cfg, root.as_deref(), &reaper, &replayer)

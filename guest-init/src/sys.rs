@@ -219,6 +219,27 @@ pub fn vsock_listen(port: u32) -> io::Result<std::os::fd::OwnedFd> {
     Ok(owned)
 }
 
+/// A stream connected to the host (CID 2) on vsock `port`.
+pub fn vsock_connect_host(port: u32) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid starting value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_HOST;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes.
+    check(unsafe { libc::connect(fd, std::ptr::addr_of!(addr).cast(), len) })?;
+    Ok(file)
+}
+
 /// Accepts one connection on a listening socket.
 pub fn accept(listener: &std::os::fd::OwnedFd) -> io::Result<File> {
     use std::os::fd::FromRawFd;

@@ -46,6 +46,32 @@ pub fn parse(text: &str, proto: Proto) -> BTreeSet<Listener> {
 
 /// Whether a table's hex address is loopback: 127/8 (stored little-endian,
 /// so its last byte is 7F) or ::1 (and ::ffff:127.x).
+/// A guest's snapshot as guest-init sends it for `ferry run
+/// --publish-auto`: sections that each start with a `#tcp`, `#tcp6`,
+/// `#udp` or `#udp6` line followed by that table's rows (the guest keeps
+/// only listening rows; any row is fine here). Unknown sections are
+/// skipped.
+pub fn parse_snapshot(text: &str) -> BTreeSet<Listener> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('#') {
+        let section = &rest[start..];
+        let end = section[1..].find("\n#").map_or(section.len(), |i| i + 2);
+        let (this, next) = section.split_at(end);
+        let name = this[1..].lines().next().unwrap_or("").trim();
+        let proto = match name {
+            "tcp" | "tcp6" => Some(Proto::Tcp),
+            "udp" | "udp6" => Some(Proto::Udp),
+            _ => None,
+        };
+        if let Some(proto) = proto {
+            out.extend(parse(this, proto));
+        }
+        rest = next;
+    }
+    out
+}
+
 fn is_loopback(hex: &str) -> bool {
     match hex.len() {
         8 => hex.ends_with("7F"),
@@ -60,6 +86,16 @@ fn is_loopback(hex: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_from_the_guest() {
+        let snap = "#tcp\n   0: 00000000:1E61 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n   1: 0100007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2\n#tcp6\n#udp\n   0: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 3\n#udp6\n#junk\nx\n";
+        let got = parse_snapshot(snap);
+        assert_eq!(got, [(Proto::Tcp, 7777), (Proto::Udp, 53)].into_iter().collect());
+        assert!(parse_snapshot("").is_empty());
+        assert!(parse_snapshot("#tcp").is_empty());
+        assert!(parse_snapshot("garbage without sections").is_empty());
+    }
 
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:1E61 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0

@@ -68,6 +68,13 @@ pub struct NetArgs {
     /// The framing of gvproxy's `/connect` on the --api endpoint (None: not served).
     #[arg(skip)]
     pub api_connect: Option<ferry_net::frontend::stream::Framing>,
+    /// `ferry run --publish-auto`: the unix socket guest-init's listener
+    /// snapshots arrive on (through the VM's vsock), and the file the
+    /// automatic forwards are recorded in for `ferry ps`.
+    #[arg(skip)]
+    pub publish_auto_socket: Option<PathBuf>,
+    #[arg(skip)]
+    pub publish_auto_record: Option<PathBuf>,
     /// The API on TCP addresses (gvproxy's `-listen tcp://`, `-services
     /// tcp://`); true where `/connect` is served.
     #[arg(skip)]
@@ -299,7 +306,7 @@ fn parse_unixgram(s: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+pub(super) fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
     let (lo, hi) = s.split_once('-').unwrap_or((s, s));
     match (lo.parse::<u16>(), hi.parse::<u16>()) {
         (Ok(lo), Ok(hi)) if lo >= 1 && lo <= hi => Ok(lo..=hi),
@@ -364,6 +371,7 @@ async fn publish_auto(
     guest: std::net::IpAddr,
     range: std::ops::RangeInclusive<u16>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<std::collections::BTreeSet<ferry_net::listeners::Listener>>,
+    record: Option<PathBuf>,
 ) {
     use ferry_net::forward::{ForwardSpec, GuestTarget};
     use std::collections::BTreeSet;
@@ -415,7 +423,63 @@ async fn publish_auto(
             told.remove(&(proto, port));
         }
         current = seen;
+        drop(st);
+        if let Some(path) = &record {
+            // For `ferry ps`: "7777/tcp, 53/udp, 8080/tcp (host port taken)".
+            let list: Vec<String> = current
+                .iter()
+                .map(|&(proto, port)| {
+                    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+                    if ours.contains(&(proto, v4)) {
+                        format!("{port}/{}", proto.as_str())
+                    } else {
+                        format!("{port}/{} (host port taken)", proto.as_str())
+                    }
+                })
+                .collect();
+            let _ = std::fs::write(path, list.join(", "));
+        }
     }
+}
+
+/// `ferry run --publish-auto`: guest-init's listener snapshots
+/// (NUL-terminated, [`ferry_net::listeners::parse_snapshot`]) arrive on
+/// `path` through the VM's vsock; each becomes the set of forwards.
+fn guest_listener_feed(
+    path: &std::path::Path,
+    tx: tokio::sync::mpsc::UnboundedSender<std::collections::BTreeSet<ferry_net::listeners::Listener>>,
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("--publish-auto: listening on {}", path.display()))?;
+    tokio::task::spawn_local(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::task::spawn_local(async move {
+                let mut r = tokio::io::BufReader::new(conn);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    // One snapshot at most 1 MiB: a guest cannot make us hoard.
+                    let mut limited = (&mut r).take(1 << 20);
+                    match limited.read_until(0, &mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if buf.last() != Some(&0) => return,
+                        Ok(_) => {}
+                    }
+                    let text = String::from_utf8_lossy(&buf[..buf.len() - 1]);
+                    if tx.send(ferry_net::listeners::parse_snapshot(&text)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
 }
 
 fn ns_path(arg: &str, kind: &str) -> PathBuf {
@@ -510,6 +574,8 @@ impl NetArgs {
             vpnkit_macs: Vec::new(),
             api_connect: None,
             api_tcp: Vec::new(),
+            publish_auto_socket: None,
+            publish_auto_record: None,
             userns: None,
             tap: "tap0".into(),
             configure: false,
@@ -737,6 +803,7 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
                 addr.into(),
                 args.publish_auto_range.clone(),
                 rx,
+                None,
             ));
         }
         let guest = if args.configure {
@@ -750,6 +817,17 @@ pub async fn start(args: &NetArgs, cfg: NetConfig, announce: bool) -> anyhow::Re
     // advertisement) before "ready": a container started at once then
     // gets its IPv6 address without waiting for its next solicitation.
     tokio::task::yield_now().await;
+    if let Some(path) = &args.publish_auto_socket {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        guest_listener_feed(path, tx)?;
+        tokio::task::spawn_local(publish_auto(
+            stack.clone(),
+            cfg.first_guest.into(),
+            args.publish_auto_range.clone(),
+            rx,
+            args.publish_auto_record.clone(),
+        ));
+    }
     for addr in &args.listen_qemu {
         let accept = ferry_net::frontend::listen::qemu_stream(stack.clone(), addr.clone()).await?;
         tokio::task::spawn_local(accept);

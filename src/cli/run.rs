@@ -40,6 +40,10 @@ Examples:
 The exit code is the guest command's; 125 means the guest could not start it
 (bad configuration or a failed mount), 127 that the command was not found.";
 
+/// The vsock port guest-init sends listener snapshots to (guest-init's
+/// `listeners::PORT`).
+const PUBLISH_AUTO_PORT: u32 = 1025;
+
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct RunArgs {
@@ -111,6 +115,19 @@ pub struct RunArgs {
     /// or gateway.
     #[arg(long = "forward-source", value_name = "client|gateway", default_value = "client")]
     pub forward_source: String,
+    /// Forward every port the guest listens on (TCP) or binds (UDP), while
+    /// it does, from the host's 127.0.0.1 and ::1 (same port number); a host
+    /// port that is taken is left alone and reported. `ferry ps` lists them.
+    #[arg(long = "publish-auto")]
+    pub publish_auto: bool,
+    /// Only ports in this range for --publish-auto.
+    #[arg(
+        long = "publish-auto-range",
+        value_name = "LO-HI",
+        default_value = "1-65535",
+        requires = "publish_auto"
+    )]
+    pub publish_auto_range: String,
     /// Capture the guest's network traffic into FILE (pcap format).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
@@ -310,6 +327,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         !args.no_net || args.publish.is_empty(),
         "-p needs the guest's network; drop --no-net"
     );
+    anyhow::ensure!(
+        !args.publish_auto || (!args.no_net && args.network.is_none()),
+        "--publish-auto needs this run's own network: drop --no-net / --network"
+    );
     for kv in &args.env {
         anyhow::ensure!(
             kv.split_once('=').is_some_and(|(k, _)| !k.is_empty()),
@@ -406,6 +427,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             other => anyhow::bail!("--forward-source {other:?}: expected client or gateway"),
         };
         net.pcap = args.pcap.clone();
+        if args.publish_auto {
+            // guest-init reports its listeners over vsock: the guest's
+            // connections to host port P arrive on `vsock.sock_P`.
+            net.publish_auto_socket = Some(reg.dir.join(format!("vsock.sock_{PUBLISH_AUTO_PORT}")));
+            net.publish_auto_record = Some(reg.dir.join("auto_ports"));
+            net.publish_auto_range = super::net::parse_port_range(&args.publish_auto_range)
+                .map_err(|e| anyhow::anyhow!("--publish-auto-range {e}"))?;
+            line.key("publish_auto", "1");
+        }
         super::net::spawn_background(net)?;
         line.key("net", "dhcp");
         Some((NetAttach::Stream, sock))

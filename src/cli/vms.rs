@@ -75,6 +75,14 @@ pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
         "NAME", "STATUS", "PID", "UP", "PORTS", "VOLUMES"
     )?;
     for vm in &vms {
+        // Explicit -p forwards, then --publish-auto's (as the network
+        // recorded them while the guest listens).
+        let auto = std::fs::read_to_string(vm.dir.join("auto_ports")).unwrap_or_default();
+        let ports = match (vm.get("ports"), auto.trim()) {
+            (p, "") => p.to_string(),
+            ("", a) => format!("auto: {a}"),
+            (p, a) => format!("{p}, auto: {a}"),
+        };
         writeln!(
             out,
             "{:<16} {:<12} {:>8} {:>6}  {:<20} {:<24} {}",
@@ -82,7 +90,7 @@ pub fn ps(args: PsArgs) -> anyhow::Result<ExitCode> {
             vm.status(),
             vm.get("pid"),
             age(vm.get("started")),
-            vm.get("ports"),
+            ports,
             vm.get("volumes"),
             shorten(vm.get("command"), 48),
         )?;
