@@ -573,8 +573,8 @@ fn ferry_run_publish_auto_follows_the_guest() {
     let name = format!("auto{}", std::process::id());
     let script = format!(
         "mkdir /www && echo auto > /www/index.html; httpd -f -p {web} -h /www & hp=$!; \
-         httpd -f -p {taken_port} -h /www & nc -u -l -p {udp} >/dev/null & \
-         sleep 1; echo UP; sleep 25; kill $hp; echo DOWN; sleep 60"
+         httpd -f -p {taken_port} -h /www & /init tool udp-echo {udp} & \
+         sleep 1; echo UP; sleep 20; kill $hp; echo DOWN; sleep 60"
     );
     let mut running = Ferry::new(["run", "--name", &name, "--publish-auto", "--", "sh", "-c", &script]).spawn();
     let stdout = running.child.stdout.take().unwrap();
@@ -626,6 +626,13 @@ fn ferry_run_publish_auto_follows_the_guest() {
     assert!(line.contains(&format!("{web}/tcp")), "{line}");
     assert!(line.contains(&format!("{udp}/udp")), "{line}");
     assert!(line.contains(&format!("{taken_port}/tcp (host port taken)")), "{line}");
+    // UDP through its automatic forward.
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.send_to(b"over udp", ("127.0.0.1", udp)).unwrap();
+    let mut buf = [0u8; 64];
+    let n = c.recv(&mut buf).expect("UDP echo through the automatic forward");
+    assert_eq!(&buf[..n], b"over udp");
     // Not stolen: the host's own listener still owns the port.
     assert_eq!(taken.local_addr().unwrap().port(), taken_port);
 

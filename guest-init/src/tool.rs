@@ -8,7 +8,7 @@ use std::io;
 use crate::sys;
 
 const USAGE: &str = "usage: /init tool xattr-set PATH NAME VALUE | xattr-get PATH NAME | \
-mmap-write PATH OFFSET TEXT | mmap-read PATH OFFSET LEN | inotify DIR";
+mmap-write PATH OFFSET TEXT | mmap-read PATH OFFSET LEN | inotify DIR | udp-echo PORT";
 
 /// Runs one tool command; returns the process exit code.
 pub fn run(args: &[String]) -> i32 {
@@ -63,6 +63,18 @@ fn dispatch(args: &[String]) -> io::Result<()> {
             Ok(())
         }
         ["inotify", dir] => watch(dir),
+        // A UDP service for checks busybox cannot make (its nc has no -u).
+        ["udp-echo", port] => {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "udp-echo PORT: not a port"))?;
+            let s = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+            let mut buf = [0u8; 2048];
+            loop {
+                let (n, from) = s.recv_from(&mut buf)?;
+                s.send_to(&buf[..n], from)?;
+            }
+        }
         _ => Err(io::Error::new(io::ErrorKind::InvalidInput, USAGE)),
     }
 }
