@@ -46,6 +46,9 @@ pub struct Config {
     pub rootfs: Option<String>,
     /// Report listening ports to the host (`ferry run --publish-auto`).
     pub publish_auto: bool,
+    /// `ferry run --platform` without a root tree: the image's foreign
+    /// busybox provides the workload's tools.
+    pub platform: bool,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             modules: Vec::new(),
             rootfs: None,
             publish_auto: false,
+            platform: false,
         }
     }
 }
@@ -220,6 +224,7 @@ impl Config {
                 }
                 "modules" => cfg.modules.extend(split_list(value)?),
                 "publish_auto" => cfg.publish_auto = value == "1",
+                "platform" => cfg.platform = value == "1",
                 // Read again at the end by sys::power_off.
                 "halt" if matches!(value, "poweroff" | "reboot") => {}
                 "halt" => return err(format!("ferry.halt={value:?}: expected poweroff or reboot")),

@@ -10,6 +10,7 @@ mod agent;
 mod config;
 mod listeners;
 mod modules;
+mod platform;
 mod replay;
 mod setup;
 mod sys;
@@ -70,6 +71,29 @@ fn run() -> Outcome {
     let mut wanted = modules::image_list();
     wanted.extend(cfg.modules.iter().cloned());
     modules::load(&wanted);
+    match platform::register() {
+        Ok(0) => {}
+        Ok(n) => eprintln!("ferry-init: {n} foreign architecture(s) registered with binfmt_misc"),
+        Err(e) => {
+            eprintln!("ferry-init: {e}");
+            return Outcome {
+                code: EXIT_SETUP_FAILED,
+                error: Some("binfmt"),
+            };
+        }
+    }
+    let mut cfg = cfg;
+    if cfg.platform {
+        if let Err(e) = platform::install_busybox() {
+            eprintln!("ferry-init: the platform's busybox: {e}");
+            return Outcome {
+                code: EXIT_SETUP_FAILED,
+                error: Some("platform"),
+            };
+        }
+        cfg.env
+            .push(("PATH".into(), format!("{}:{}", platform::BIN, setup::PATH)));
+    }
 
     if let Err(e) = setup::network(&cfg.net) {
         eprintln!("ferry-init: network setup failed: {e}");
@@ -80,7 +104,6 @@ fn run() -> Outcome {
     }
     // --rootfs: the workload (and every `ferry exec`) runs in an overlay
     // of the shared root; the other shares are mounted inside it.
-    let mut cfg = cfg;
     let root = match &cfg.rootfs {
         None => None,
         Some(tag) => match setup::rootfs(tag) {

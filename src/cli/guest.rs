@@ -29,6 +29,9 @@ pub struct ImageOptions {
     /// virtiofs and vsock set.
     #[arg(long = "module", value_name = "NAME")]
     pub modules: Vec<String>,
+    /// Files `ferry run` adds (foreign-architecture interpreters).
+    #[arg(skip)]
+    pub extra: Vec<(String, Vec<u8>, u32)>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +126,7 @@ pub fn prepare(opts: &ImageOptions) -> anyhow::Result<GuestImage> {
         init: find_init(opts)?,
         busybox: opts.busybox.clone(),
         modules,
+        extra: opts.extra.clone(),
     };
     Ok(spec.build(&image::cache_dir(), &mut |line| eprintln!("ferry: {line}"))?)
 }

@@ -7,6 +7,7 @@ mod guest;
 mod gvproxy;
 mod gvproxy_config;
 pub mod net;
+mod platform;
 mod registry;
 mod run;
 mod share;

@@ -40,6 +40,59 @@ Examples:
 The exit code is the guest command's; 125 means the guest could not start it
 (bad configuration or a failed mount), 127 that the command was not found.";
 
+/// What `--platform` / `--binfmt` add to the image.
+struct PlatformPlan {
+    image: Vec<super::platform::ImageFile>,
+    /// A foreign busybox is in the image for the workload's tools.
+    busybox: bool,
+}
+
+fn add_platform(args: &RunArgs) -> anyhow::Result<PlatformPlan> {
+    let mut archs: Vec<String> = args
+        .binfmt
+        .iter()
+        .filter(|a| !a.is_empty())
+        .map(|a| super::platform::arch_name(a))
+        .collect::<anyhow::Result<_>>()?;
+    let arch = match &args.platform {
+        Some(p) => super::platform::arch_of(p)?,
+        None => None,
+    };
+    if let Some(a) = arch {
+        archs.push(a.to_string());
+    }
+    archs.sort();
+    archs.dedup();
+    archs.retain(|a| a != "x86_64");
+    let mut image = Vec::new();
+    let mut rules = Vec::new();
+    for a in &archs {
+        let (rule, files) = super::platform::binfmt_files(a)?;
+        rules.push((a.clone(), rule));
+        image.extend(files);
+    }
+    let mut busybox = false;
+    if let (Some(a), None) = (arch, &args.rootfs) {
+        let path = args.platform_busybox.as_ref().with_context(|| {
+            format!(
+                "--platform {} without --rootfs needs a static busybox for {a}: --platform-busybox PATH, e.g. from \
+                 `dpkg --add-architecture arm64 && apt-get update && apt-get download busybox-static:arm64 && dpkg-deb -x busybox-static_*_arm64.deb DIR` (DIR/bin/busybox)",
+                args.platform.as_deref().unwrap_or_default()
+            )
+        })?;
+        let data = std::fs::read(path).with_context(|| format!("--platform-busybox {}", path.display()))?;
+        let rule = &rules.iter().find(|(r, _)| r == a).expect("the platform's rule").1;
+        anyhow::ensure!(
+            rule.matches(&data),
+            "--platform-busybox {}: not an {a} executable",
+            path.display()
+        );
+        image.push((super::platform::GUEST_BUSYBOX.to_string(), data, 0o755));
+        busybox = true;
+    }
+    Ok(PlatformPlan { image, busybox })
+}
+
 /// The vsock port guest-init sends listener snapshots to (guest-init's
 /// `listeners::PORT`).
 const PUBLISH_AUTO_PORT: u32 = 1025;
@@ -115,6 +168,22 @@ pub struct RunArgs {
     /// or gateway.
     #[arg(long = "forward-source", value_name = "client|gateway", default_value = "client")]
     pub forward_source: String,
+    /// Run the workload as another architecture's binaries through qemu-user
+    /// (from the host's qemu-user-static): linux/arm64, linux/arm/v7,
+    /// linux/riscv64, linux/ppc64le, linux/s390x, linux/386... With --rootfs
+    /// the tree is that architecture's; without, --platform-busybox gives a
+    /// static busybox of it for the guest's tools.
+    #[arg(long, value_name = "linux/ARCH")]
+    pub platform: Option<String>,
+    /// A static busybox built for --platform (e.g. Debian's busybox-static
+    /// for arm64, unpacked with dpkg-deb -x), for runs without --rootfs.
+    #[arg(long = "platform-busybox", env = "FERRY_PLATFORM_BUSYBOX", value_name = "PATH")]
+    pub platform_busybox: Option<PathBuf>,
+    /// Register binfmt_misc handlers for these architectures (comma
+    /// separated: aarch64,arm,riscv64,... or platform names), so their
+    /// binaries run anywhere in the guest (shares, chroots, containers).
+    #[arg(long, value_name = "ARCH,...", value_delimiter = ',')]
+    pub binfmt: Vec<String>,
     /// Forward every port the guest listens on (TCP) or binds (UDP), while
     /// it does, from the host's 127.0.0.1 and ::1 (same port number); a host
     /// port that is taken is left alone and reported. `ferry ps` lists them.
@@ -363,7 +432,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     reg.set("volumes", &vols.join(","))?;
     let console = std::fs::File::create(reg.console_log())
         .with_context(|| format!("creating {}", reg.console_log().display()))?;
-    let image = guest::prepare(&args.image)?;
+    let platform = add_platform(&args)?;
+    let image = if platform.image.is_empty() {
+        guest::prepare(&args.image)?
+    } else {
+        let mut opts = args.image.clone();
+        opts.extra = platform.image.clone();
+        opts.modules.push("binfmt_misc".into());
+        guest::prepare(&opts)?
+    };
     let builtin = use_builtin(&args, &image)?;
 
     // -i/-t: the guest idles and the command runs through the agent,
@@ -466,6 +543,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.rootfs.is_some() {
         let (tag, _) = share_specs.last().expect("the rootfs share");
         line.key("rootfs", tag);
+    }
+    if platform.busybox {
+        line.key("platform", "1");
     }
     if builtin {
         // No ACPI in the built-in machine: the guest ends by resetting.

@@ -63,6 +63,10 @@ pub struct ImageSpec {
     pub init: PathBuf,
     pub busybox: PathBuf,
     pub modules: Vec<String>,
+    /// More files for the image: (path in the guest, contents, mode) —
+    /// qemu-user interpreters and their binfmt_misc rules for `--platform`.
+    /// Part of the cache key like everything else.
+    pub extra: Vec<(String, Vec<u8>, u32)>,
 }
 
 /// A built image, ready to boot.
@@ -267,6 +271,15 @@ impl ImageSpec {
                 minor: 3,
             },
         );
+        for (path, data, mode) in &self.extra {
+            entries.insert(
+                path.trim_start_matches('/').to_string(),
+                Entry::File {
+                    mode: *mode,
+                    data: data.clone(),
+                },
+            );
+        }
         for dir in [
             "proc", "sys", "run", "tmp", "root", "sbin", "usr/bin", "usr/sbin", "mnt",
         ] {
