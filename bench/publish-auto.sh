@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/publish-auto.sh - `ferry run --publish-auto` latency in a TCG
-# guest (Debian kernel under QEMU): from the guest printing that its server
-# is listening to the host's 127.0.0.1:PORT answering HTTP ("up"), and from
+# guest (Debian kernel under QEMU): from the guest starting its server
+# (the line is printed as httpd is launched, before it listens) to the
+# host's 127.0.0.1:PORT answering HTTP ("up"), and from
 # the guest printing that it stopped the server to the host port refusing
 # connections ("down"). The guest's line reaches the host through its
 # console, which adds its own delay, so these are upper bounds. No peer
@@ -31,7 +32,7 @@ import queue, socket, subprocess, sys, threading, time
 ferry, samples, run = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 base = 21000
 script = ("mkdir /www; echo auto > /www/index.html; i=0; while [ $i -lt %d ]; do "
-          "p=$((%d+i)); httpd -f -p $p -h /www & h=$!; sleep 0.2; echo L $p; sleep 1.5; "
+          "p=$((%d+i)); httpd -f -p $p -h /www & h=$!; echo L $p; sleep 1.5; "
           "kill $h; wait $h 2>/dev/null; echo K $p; sleep 1.2; i=$((i+1)); done" % (samples, base))
 proc = subprocess.Popen([ferry, "run", "--publish-auto", "--", "sh", "-c", script],
                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -93,4 +94,4 @@ PY
 done
 log "raw results in $RAW"
 cat "$RAW"
-python3 bench/report.py publish-auto "$RAW" docs/performance.md ferry
+python3 bench/report.py publish-auto "$RAW" docs/performance.md
