@@ -28,7 +28,7 @@ RAW=$OUT/raw.tsv
 log() { echo "[$(date +%T)] $*" >&2; }
 log "building ferry (release)"
 cargo build --release --quiet -p ferry || exit 1
-ulimit -n 1048576 2>/dev/null || ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
 unshare --net sleep 100000 &
 HOLDER=$!
 trap 'kill $HOLDER $FERRY_PID 2>/dev/null' EXIT
@@ -45,7 +45,8 @@ grep -q "network ready" "$OUT/ferry.log" || { cat "$OUT/ferry.log"; exit 1; }
 timeout $((DURATION + 3600)) python3 - "$FERRY_PID" "$HOLDER" "$DURATION" "$SHORT" "$FLOWS" >"$RAW" <<'PY'
 import asyncio, os, resource, subprocess, sys, time
 pid, holder, duration, short, flows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 TCP, UDP = 17001, 17002
 def log(*a):
     print("[soak]", *a, file=sys.stderr, flush=True)
@@ -73,10 +74,11 @@ class UdpEcho(asyncio.DatagramProtocol):
 
 CLIENT = r'''
 import asyncio, os, resource, sys, time
-resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 mode, n, arg = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-HOST = "10.0.2.254"
 lost = 0
+HOST = "10.0.2.254"
 async def held(i, stop):
     global lost
     try:
@@ -111,6 +113,7 @@ async def short_one(i):
     except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
         lost += 1
 async def main():
+    global lost
     if mode == "held":
         stop = time.monotonic() + arg
         tasks = []
@@ -211,6 +214,7 @@ async def loop_udp():
 asyncio.run(main())
 PY
 rc=$?
+[ "$rc" -eq 0 ] || { log "the load generator failed (rc $rc); no report"; cat "$OUT/ferry.log" | tail -5; exit 1; }
 kill -0 "$FERRY_PID" 2>/dev/null && alive=yes || alive=no
 echo -e "ferry\talive-at-end\t1\t$([ $alive = yes ] && echo 1 || echo 0)\tbool\t" >>"$RAW"
 log "raw results in $RAW (python rc $rc, ferry alive: $alive)"
