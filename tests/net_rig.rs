@@ -704,3 +704,43 @@ fn a_flood_of_invented_macs_and_addresses_is_bounded() {
     assert_still_serves(&ns);
     std::fs::remove_file(&sock).ok();
 }
+
+/// More UDP source ports than the flow table holds (64 here): the least
+/// recently used flows are closed for new ones, so every datagram still
+/// gets its echo, and the daemon's descriptors stay bounded by the table.
+#[test]
+fn udp_flow_table_churn_evicts_the_oldest() {
+    let ns = Netns::new();
+    let mut ferry = FerryNet::start(
+        &ns,
+        &["--configure", "--max-udp-flows", "64", "--dns-upstream", "127.0.0.1:9"],
+    );
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let answered = ns.run_in(move || {
+        let mut ok = 0;
+        for i in 0..400u32 {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let msg = i.to_be_bytes();
+            s.send_to(&msg, alias(port)).unwrap();
+            let mut buf = [0u8; 16];
+            if s.recv(&mut buf).is_ok_and(|n| buf[..n] == msg) {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    assert_eq!(answered, 400, "datagrams lost past the flow table");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", ferry.running.child.id()))
+        .unwrap()
+        .count();
+    assert!(fds < 64 + 40, "{fds} descriptors open with a 64-flow table");
+    assert!(ferry.alive());
+}

@@ -37,6 +37,8 @@ struct UdpFlow {
     socket: Rc<UdpSocket>,
     guest_mac: Cell<Mac>,
     last_active: Cell<Instant>,
+    /// Set when the table evicts the flow: its task closes the socket.
+    evicted: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -95,14 +97,25 @@ impl Stack {
             return;
         };
         if self.udp.flows.len() >= self.cfg.max_udp_flows {
+            // Full: the least recently active flow makes room (UDP has no
+            // connection to keep; a flood of new source ports must not shut
+            // out new flows until the idle timeout).
             NetMetrics::inc(&self.metrics.drop_flow_limit);
             if !std::mem::replace(&mut self.udp.limit_logged, true) {
                 tracing::warn!(
                     limit = self.cfg.max_udp_flows,
-                    "UDP flow table full; dropping new flows (raise --max-udp-flows)"
+                    "UDP flow table full; closing the least recently used flows for new ones (raise --max-udp-flows)"
                 );
             }
-            return;
+            let oldest = self
+                .udp
+                .flows
+                .iter()
+                .min_by_key(|(_, f)| f.last_active.get())
+                .map(|(k, _)| *k);
+            if let Some(flow) = oldest.and_then(|k| self.udp.flows.remove(&k)) {
+                flow.evicted.notify_one();
+            }
         }
         let socket = match open_socket(SocketAddr::new(target, dst.1), self.cfg.outbound_for(target)) {
             Ok(s) => Rc::new(s),
@@ -119,6 +132,7 @@ impl Stack {
             socket,
             guest_mac: Cell::new(guest_mac),
             last_active: Cell::new(Instant::now()),
+            evicted: tokio::sync::Notify::new(),
         });
         self.udp.flows.insert(key, flow.clone());
         NetMetrics::inc(&self.metrics.udp_flows_opened);
@@ -132,7 +146,11 @@ impl Stack {
                 // ERROR too: an ICMP error from the host is a pending socket error,
                 // not readable data, and must still wake us.
                 let interest = tokio::io::Interest::READABLE | tokio::io::Interest::ERROR;
-                let ready = tokio::time::timeout(idle, flow.socket.ready(interest)).await;
+                let ready = tokio::select! {
+                    r = tokio::time::timeout(idle, flow.socket.ready(interest)) => r,
+                    // Evicted: the map no longer holds it; dropping our Rc closes the socket.
+                    _ = flow.evicted.notified() => return,
+                };
                 let Some(stack) = stack.upgrade() else { return };
                 let ready = match ready {
                     Err(_elapsed) if flow.last_active.get().elapsed() >= idle => {
