@@ -72,6 +72,22 @@ fn arm64_binaries_run_in_the_guest() {
     ]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.stdout.trim(), "aarch64", "{}", out.stderr);
+    // The literal command: ferry fetches busybox-static:arm64 itself
+    // (apt has arm64 enabled since arm64_busybox() ran) into its cache.
+    let cache = std::env::temp_dir().join(format!("ferry-platform-cache-{}", std::process::id()));
+    let out = Ferry::new(["run", "--platform", "linux/arm64", "--", "uname", "-m"])
+        .env("FERRY_CACHE_DIR", &cache)
+        .timeout(std::time::Duration::from_secs(300))
+        .output();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "aarch64", "{}", out.stderr);
+    assert!(
+        out.stderr.contains("fetching Debian's busybox-static:arm64"),
+        "{}",
+        out.stderr
+    );
+    assert!(cache.join("platform/aarch64/bin/busybox").is_file());
+    let _ = std::fs::remove_dir_all(&cache);
 
     // From a share, with only the handler registered; the guest's own
     // tools stay native.
@@ -159,7 +175,17 @@ fn platform_errors_say_what_to_do() {
     ]);
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("not an aarch64 executable"), "{}", out.stderr);
-    let out = run(&["run", "--platform", "linux/arm64", "--", "true"]);
+    // No busybox for riscv64 in apt (architecture not enabled): the error
+    // says how to get one.
+    let cache = std::env::temp_dir().join(format!("ferry-platform-nocache-{}", std::process::id()));
+    let out = Ferry::new(["run", "--platform", "linux/riscv64", "--", "true"])
+        .env("FERRY_CACHE_DIR", &cache)
+        .output();
     assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("--platform-busybox"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--platform-busybox") && out.stderr.contains("dpkg --add-architecture"),
+        "{}",
+        out.stderr
+    );
+    let _ = std::fs::remove_dir_all(&cache);
 }

@@ -32,6 +32,60 @@ const PLATFORMS: &[(&str, &str)] = &[
     ("linux/loong64", "loongarch64"),
 ];
 
+/// Debian's name for a qemu architecture (for `apt-get download`).
+fn debian_arch(arch: &str) -> &str {
+    match arch {
+        "aarch64" => "arm64",
+        "arm" => "armhf",
+        "ppc64le" => "ppc64el",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
+/// A static busybox for `arch`: ferry's cached copy, else Debian's
+/// `busybox-static:ARCH` fetched once with `apt-get download` when that
+/// architecture is enabled in apt (ferry does not change the host's apt
+/// configuration itself). None if neither is possible.
+pub fn cached_busybox(arch: &str, cache: &Path, progress: &mut dyn FnMut(&str)) -> Option<PathBuf> {
+    let dir = cache.join("platform").join(arch);
+    let bin = dir.join("bin/busybox");
+    if bin.is_file() {
+        return Some(bin);
+    }
+    let deb = debian_arch(arch);
+    let tmp = dir.with_extension("download");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).ok()?;
+    progress(&format!(
+        "fetching Debian's busybox-static:{deb} for --platform (once; cached in {})",
+        dir.display()
+    ));
+    let fetched = std::process::Command::new("apt-get")
+        .args(["download", &format!("busybox-static:{deb}")])
+        .current_dir(&tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let package = std::fs::read_dir(&tmp)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"));
+    let unpacked = fetched
+        && package.is_some_and(|p| {
+            std::process::Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(p)
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    let _ = std::fs::remove_dir_all(&tmp);
+    (unpacked && bin.is_file()).then_some(bin)
+}
+
 /// Where the guest finds what `--platform` adds.
 pub const GUEST_BUSYBOX: &str = "usr/lib/ferry/platform/busybox";
 

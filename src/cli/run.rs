@@ -73,10 +73,17 @@ fn add_platform(args: &RunArgs) -> anyhow::Result<PlatformPlan> {
     }
     let mut busybox = false;
     if let (Some(a), None) = (arch, &args.rootfs) {
-        let path = args.platform_busybox.as_ref().with_context(|| {
+        let cached = match &args.platform_busybox {
+            Some(p) => Some(p.clone()),
+            None => {
+                super::platform::cached_busybox(a, &ferry_vmm::image::cache_dir(), &mut |l| eprintln!("ferry: {l}"))
+            }
+        };
+        let path = cached.as_ref().with_context(|| {
             format!(
-                "--platform {} without --rootfs needs a static busybox for {a}: --platform-busybox PATH, e.g. from \
-                 `dpkg --add-architecture arm64 && apt-get update && apt-get download busybox-static:arm64 && dpkg-deb -x busybox-static_*_arm64.deb DIR` (DIR/bin/busybox)",
+                "--platform {} without --rootfs needs a static busybox for {a}, and apt could not fetch busybox-static for it: \
+                 enable the architecture (`dpkg --add-architecture arm64 && apt-get update`) and run again, \
+                 or give --platform-busybox PATH (e.g. from `apt-get download busybox-static:arm64 && dpkg-deb -x busybox-static_*_arm64.deb DIR`: DIR/bin/busybox)",
                 args.platform.as_deref().unwrap_or_default()
             )
         })?;
