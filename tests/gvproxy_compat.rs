@@ -137,50 +137,35 @@ fn driven_like_podman_machine() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `ferry gvproxy ARGS` exits 1 with `expect` in its error.
+fn gvproxy_refuses(args: &[&str], expect: &str) {
+    let out = Ferry::new(std::iter::once("gvproxy").chain(args.iter().copied())).output();
+    assert_eq!(out.code, Some(1), "{args:?}");
+    assert!(out.stderr.contains(expect), "{args:?}: {}", out.stderr);
+}
+
 #[test]
 fn unsupported_gvproxy_options_say_so() {
     // gvproxy's own check and message for the four forward flags.
-    let out = Ferry::new([
-        "gvproxy",
+    let forward = [
         "-listen-qemu",
         "unix:///tmp/x.sock",
         "-forward-sock",
         "/a",
         "-forward-dest",
         "/b",
-    ])
-    .output();
-    assert_eq!(out.code, Some(1));
-    assert!(
-        out.stderr
-            .contains("must all be specified together, the same number of times"),
-        "{}",
-        out.stderr
+    ];
+    gvproxy_refuses(&forward, "must all be specified together, the same number of times");
+    let identity = [
+        &forward[..],
+        &["-forward-user", "core", "-forward-identity", "/nonexistent/id_ed25519"],
+    ]
+    .concat();
+    gvproxy_refuses(
+        &identity,
+        "-forward-identity /nonexistent/id_ed25519: cannot load the SSH private key",
     );
-    let out = Ferry::new([
-        "gvproxy",
-        "-listen-qemu",
-        "unix:///tmp/x.sock",
-        "-forward-sock",
-        "/a",
-        "-forward-dest",
-        "/b",
-        "-forward-user",
-        "core",
-        "-forward-identity",
-        "/nonexistent/id_ed25519",
-    ])
-    .output();
-    assert_eq!(out.code, Some(1));
-    assert!(
-        out.stderr
-            .contains("-forward-identity /nonexistent/id_ed25519: cannot load the SSH private key"),
-        "{}",
-        out.stderr
-    );
-    let out = Ferry::new(["gvproxy", "-mtu", "1500"]).output();
-    assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("-listen-qemu or -listen-vfkit"), "{}", out.stderr);
+    gvproxy_refuses(&["-mtu", "1500"], "-listen-qemu or -listen-vfkit");
 }
 
 /// A background command inside `ns`, killed with its process group on drop.
@@ -772,27 +757,17 @@ fn vpnkit_bess_and_stdio_transports() {
     let _ = child.wait();
 
     // gvproxy's rules on combining transports.
-    let out = Ferry::new([
-        "gvproxy".to_string(),
-        "-listen-vpnkit".into(),
+    let (v, q) = (
         format!("unix://{}", vpnkit.display()),
-        "-listen-qemu".into(),
         format!("unix://{}", dir.join("q.sock").display()),
-    ])
-    .output();
-    assert_eq!(out.code, Some(1));
-    assert!(
-        out.stderr
-            .contains("cannot use qemu and vpnkit protocol at the same time"),
-        "{}",
-        out.stderr
     );
-    let out = Ferry::new(["gvproxy", "-listen-bess", "unix:///tmp/x.sock"]).output();
-    assert_eq!(out.code, Some(1));
-    assert!(
-        out.stderr.contains("bess listen address must be unixpacket:// address"),
-        "{}",
-        out.stderr
+    gvproxy_refuses(
+        &["-listen-vpnkit", &v, "-listen-qemu", &q],
+        "cannot use qemu and vpnkit protocol at the same time",
+    );
+    gvproxy_refuses(
+        &["-listen-bess", "unix:///tmp/x.sock"],
+        "bess listen address must be unixpacket:// address",
     );
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -915,9 +890,7 @@ stack:
     // Refusals name what they refuse.
     let refused = |yaml: &str, expect: &str| {
         std::fs::write(&cfg, yaml).unwrap();
-        let out = Ferry::new(["gvproxy".to_string(), "-config".into(), cfg.display().to_string()]).output();
-        assert_eq!(out.code, Some(1), "{yaml}");
-        assert!(out.stderr.contains(expect), "{yaml}: {}", out.stderr);
+        gvproxy_refuses(&["-config", &cfg.display().to_string()], expect);
     };
     let q = format!("interfaces:\n  qemu: unix://{}\n", qemu.display());
     refused(&format!("{q}stack:\n  mtuu: 1500\n"), "unknown field `mtuu`");

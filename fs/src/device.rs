@@ -207,28 +207,37 @@ where
     }
 }
 
+/// Where the u32 at `offset` of the chain's writable buffers (a reply)
+/// sits in guest memory. The word never straddles buffers in practice
+/// (Linux sends one buffer for the whole reply); if it did, None.
+fn reply_word_at<M>(chain: &DescriptorChain<M>, offset: u64) -> Option<vm_memory::GuestAddress>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let mut skip = offset;
+    for desc in chain.clone().writable() {
+        let len = u64::from(desc.len());
+        if skip + 4 <= len {
+            return Some(vm_memory::GuestAddress(desc.addr().0 + skip));
+        }
+        if skip < len {
+            return None;
+        }
+        skip -= len;
+    }
+    None
+}
+
 /// Rewrites the u32 at `offset` of the chain's writable buffers.
 fn patch_word<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>, offset: u64, f: impl Fn(u32) -> u32)
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    use vm_memory::{Bytes, GuestAddress};
-    let mut skip = offset;
-    for desc in chain.clone().writable() {
-        let len = u64::from(desc.len());
-        if skip + 4 <= len {
-            let at = GuestAddress(desc.addr().0 + skip);
-            if let Ok(word) = mem.read_obj::<u32>(at) {
-                let _ = mem.write_obj(f(word), at);
-            }
-            return;
+    use vm_memory::Bytes;
+    if let Some(at) = reply_word_at(chain, offset) {
+        if let Ok(word) = mem.read_obj::<u32>(at) {
+            let _ = mem.write_obj(f(word), at);
         }
-        // The word never straddles buffers in practice (Linux sends one
-        // buffer for the whole reply); if it did, it is left as it is.
-        if skip < len {
-            return;
-        }
-        skip -= len;
     }
 }
 
@@ -260,19 +269,8 @@ fn read_word<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>, offset: u64) 
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    use vm_memory::{Bytes, GuestAddress};
-    let mut skip = offset;
-    for desc in chain.clone().writable() {
-        let len = u64::from(desc.len());
-        if skip + 4 <= len {
-            return mem.read_obj::<u32>(GuestAddress(desc.addr().0 + skip)).ok();
-        }
-        if skip < len {
-            return None;
-        }
-        skip -= len;
-    }
-    None
+    use vm_memory::Bytes;
+    mem.read_obj::<u32>(reply_word_at(chain, offset)?).ok()
 }
 
 /// The `flags2` a FUSE INIT request offers (0 without FUSE_INIT_EXT).
