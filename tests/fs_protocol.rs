@@ -536,6 +536,15 @@ fn malformed_fuse_requests_get_errors_and_the_server_keeps_serving() {
         [header(48, 2, 16, ROOT), 1_000_000_000u64.to_ne_bytes().to_vec()].concat(),
     ));
 
+    // GETXATTR and LISTXATTR asking for 4 GiB: fuse-backend-rs allocated
+    // what the guest asked for (found by the fuse fuzz target).
+    let body = [u32::MAX.to_ne_bytes(), 0u32.to_ne_bytes()].concat();
+    cases.push((
+        "GETXATTR of 4 GiB",
+        [header(40 + 8 + 7, 22, 17, f.nodeid), body.clone(), b"user.x\0".to_vec()].concat(),
+    ));
+    cases.push(("LISTXATTR of 4 GiB", [header(48, 23, 18, f.nodeid), body].concat()));
+
     for (what, req) in &cases {
         let reply = c.raw(req, 2 << 20);
         if let Ok((error, body)) = &reply {
@@ -544,6 +553,13 @@ fn malformed_fuse_requests_get_errors_and_the_server_keeps_serving() {
         }
         assert!(c.getattr(ROOT).is_ok(), "after {what}: the server stopped answering");
     }
+    // No request made the daemon reserve gigabytes.
+    let peak = status_field(server.process.child.id(), "VmPeak:");
+    let peak_kb: u64 = peak.trim_end_matches(" kB").parse().unwrap();
+    assert!(
+        peak_kb < 2 << 20,
+        "VmPeak {peak}: a request made the daemon allocate what the guest asked"
+    );
     // The file is intact: the bad WRITE wrote at most the 10 bytes it had.
     let data = std::fs::read(share.join("f")).unwrap();
     assert_eq!(data.len(), 8192);

@@ -35,6 +35,9 @@ pub struct Translated<F> {
 /// FUSE_ATTR_SUBMOUNT in `fuse_attr.flags`.
 const ATTR_SUBMOUNT: u32 = 1;
 
+/// XATTR_SIZE_MAX and XATTR_LIST_MAX (both 64 KiB on Linux).
+const XATTR_MAX: u32 = 65536;
+
 impl<F> Translated<F> {
     fn eperm() -> io::Error {
         io::Error::from_raw_os_error(libc::EPERM)
@@ -363,10 +366,17 @@ impl<F: FileSystem> FileSystem for Translated<F> {
     }
 
     fn getxattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, &self.host_xattr(name)?, size)
+        // fuse-backend-rs allocates the guest's `size` up front; no value
+        // is longer than XATTR_SIZE_MAX, so asking for more only lets a
+        // guest make the daemon allocate 4 GiB (found by the fuse fuzz
+        // target).
+        self.inner
+            .getxattr(ctx, inode, &self.host_xattr(name)?, size.min(XATTR_MAX))
     }
 
     fn listxattr(&self, ctx: &Context, inode: Self::Inode, size: u32) -> io::Result<ListxattrReply> {
+        // As getxattr: no list is longer than XATTR_LIST_MAX.
+        let size = size.min(XATTR_MAX);
         let Some(map) = &self.xattrmap else {
             return self.inner.listxattr(ctx, inode, size);
         };

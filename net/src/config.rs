@@ -69,6 +69,8 @@ pub struct NetConfig {
     pub search_domains: Vec<String>,
     pub max_tcp_flows: usize,
     pub max_udp_flows: usize,
+    /// Most port forwards at once (`forward::MAX_FORWARDS` by default).
+    pub max_forwards: usize,
     pub udp_idle_timeout: Duration,
     pub tcp_connect_timeout: Duration,
     /// Socket buffer size per TCP flow and direction.
@@ -227,6 +229,7 @@ impl Default for NetConfig {
             search_domains: vec!["test".into()],
             max_tcp_flows: 8192,
             max_udp_flows: 4096,
+            max_forwards: crate::forward::MAX_FORWARDS,
             udp_idle_timeout: Duration::from_secs(60),
             tcp_connect_timeout: Duration::from_secs(10),
             tcp_buffer: 512 * 1024,

@@ -127,6 +127,9 @@ pub enum ForwardError {
     /// The same host port is already forwarded.
     #[error("host port {0}/{1} is already forwarded")]
     Exists(SocketAddr, &'static str),
+    /// The forward table is full.
+    #[error("ferry already holds {0} port forwards, its limit; remove some before adding more")]
+    TooMany(usize),
 }
 
 fn port_range(s: &str) -> Option<(u16, u16)> {
@@ -201,6 +204,10 @@ const GUEST_WAIT: Duration = Duration::from_secs(30);
 const UDP_IDLE: Duration = Duration::from_secs(60);
 const FIRST_EPHEMERAL: u16 = 49152;
 const UDP_RCVBUF: usize = 4 << 20;
+/// By default at most this many forwards (each holds a host socket; see
+/// `NetConfig::max_forwards`), however they are added: command line, control API, gvproxy's or slirp4netns's API. A
+/// client that can reach an API cannot exhaust the daemon's descriptors.
+pub const MAX_FORWARDS: usize = 16384;
 
 impl Stack {
     pub fn list_forwards(&self) -> Vec<ForwardSpec> {
@@ -215,6 +222,16 @@ impl Stack {
         let key = (spec.proto, spec.host);
         if self.fwd.active.contains_key(&key) {
             return Err(ForwardError::Exists(spec.host, spec.proto.as_str()));
+        }
+        let limit = self.cfg.max_forwards;
+        if self.fwd.active.len() >= limit {
+            self.metrics
+                .forwards_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.first_in_a_minute("forwards") {
+                tracing::warn!(limit, "port forward table full; refusing new forwards");
+            }
+            return Err(ForwardError::TooMany(limit));
         }
         let bind_err = |source| ForwardError::Bind {
             addr: spec.host,

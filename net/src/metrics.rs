@@ -48,6 +48,8 @@ metrics! {
     mac_table_evictions,
     /// Neighbour (ARP/NDP) entries evicted because the table was full.
     neighbor_evictions,
+    /// Forwards refused because ferry already held MAX_FORWARDS.
+    forwards_refused,
     /// Frames forwarded from one guest port to another.
     switched_frames,
     /// TCP flows opened to the host.

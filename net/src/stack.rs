@@ -296,17 +296,27 @@ impl Stack {
         self.send_scratch(len);
     }
 
-    /// Remembers which MAC owns a guest address (either family). A guest's
-    /// first address in the IPv6 prefix also becomes the AAAA of its names.
     /// One log line per table per minute while a guest keeps it full.
     fn table_full(&mut self, table: &'static str, cap: usize) {
-        let now = self.now();
-        let last = self.table_warned.entry(table).or_insert(None);
-        if last.is_none_or(|t| now - t >= smoltcp::time::Duration::from_secs(60)) {
-            *last = Some(now);
+        if self.first_in_a_minute(table) {
             tracing::warn!(table, cap, "table full: a guest is sending from more MACs or addresses than ferry keeps; the least recently seen entries make room (see the *_evictions counters)");
         }
     }
+
+    /// Whether a warning about `what` has not been logged in the last
+    /// minute (and it is now).
+    pub(crate) fn first_in_a_minute(&mut self, what: &'static str) -> bool {
+        let now = self.now();
+        let last = self.table_warned.entry(what).or_insert(None);
+        let due = last.is_none_or(|t| now - t >= smoltcp::time::Duration::from_secs(60));
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
+    /// Remembers which MAC owns a guest address (either family). A guest's
+    /// first address in the IPv6 prefix also becomes the AAAA of its names.
 
     pub(crate) fn learn(&mut self, ip: IpAddr, mac: Mac) {
         let guest = match ip {

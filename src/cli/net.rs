@@ -198,9 +198,14 @@ pub struct NetArgs {
     /// Most TCP flows at once; new connections are refused beyond it.
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_tcp_flows: usize,
-    /// Most UDP flows at once; new flows are dropped beyond it.
+    /// Most UDP flows at once; the least recently used flow is closed for
+    /// a new one beyond it.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_udp_flows: usize,
+    /// Most port forwards at once, however added (command line, control
+    /// API, gvproxy's or slirp4netns's API); more are refused with an error.
+    #[arg(long, default_value_t = ferry_net::forward::MAX_FORWARDS, value_name = "N")]
+    pub max_forwards: usize,
 }
 
 /// DNS served on the gateway.
@@ -525,6 +530,7 @@ impl NetArgs {
         }
         cfg.max_tcp_flows = self.max_tcp_flows;
         cfg.max_udp_flows = self.max_udp_flows;
+        cfg.max_forwards = self.max_forwards;
         cfg.v6 = if self.no_ipv6 {
             None
         } else if let Some(plan) = &self.plan6 {
@@ -614,6 +620,7 @@ impl NetArgs {
             dns_addr: None,
             max_tcp_flows: 8192,
             max_udp_flows: 4096,
+            max_forwards: ferry_net::forward::MAX_FORWARDS,
         }
     }
 }

@@ -91,8 +91,9 @@ pub trait ApiStream:
 impl ApiStream for tokio::net::UnixStream {}
 impl ApiStream for tokio::net::TcpStream {}
 
-/// One request on `conn` (the API closes after each answer).
-async fn serve_conn<S: ApiStream>(stack: StackRef, mut conn: S, connect: Option<crate::frontend::stream::Framing>) {
+/// One request on `conn` (the API closes after each answer). Public for
+/// the fuzz target, which feeds it a socket pair.
+pub async fn serve_conn<S: ApiStream>(stack: StackRef, mut conn: S, connect: Option<crate::frontend::stream::Framing>) {
     let request = tokio::time::timeout(REQUEST_TIMEOUT, http::read_request(&mut conn)).await;
     if let Ok(Ok(req)) = &request {
         if req.path.starts_with("/tunnel") || req.path == "/connect" {

@@ -23,7 +23,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Forwards by slirp4netns id.
 #[derive(Default)]
-struct Table {
+pub struct Table {
     next_id: u64,
     entries: BTreeMap<u64, ForwardSpec>,
 }
@@ -52,7 +52,8 @@ pub fn bind(stack: StackRef, path: &Path) -> io::Result<impl std::future::Future
 }
 
 /// Reads until the request parses as JSON or the client closes its side.
-async fn serve(stack: &StackRef, table: &Rc<RefCell<Table>>, mut conn: UnixStream) -> io::Result<()> {
+/// Public for the fuzz target, which feeds it a socket pair.
+pub async fn serve(stack: &StackRef, table: &Rc<RefCell<Table>>, mut conn: UnixStream) -> io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let request = loop {

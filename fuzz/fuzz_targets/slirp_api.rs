@@ -1,0 +1,62 @@
+//! Requests on the slirp4netns drop-in's API socket (`--api-socket`, the
+//! JSON podman and rootlesskit send: add_hostfwd, list_hostfwd,
+//! remove_hostfwd): each input is one connection's bytes.
+#![no_main]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ferry_net::api::slirp::{serve, Table};
+use ferry_net::config::NetConfig;
+use ferry_net::metrics::NetMetrics;
+use ferry_net::stack::{Stack, StackRef};
+use libfuzzer_sys::fuzz_target;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Rig {
+    runtime: tokio::runtime::Runtime,
+    local: tokio::task::LocalSet,
+    stack: StackRef,
+    table: Rc<RefCell<Table>>,
+}
+
+thread_local! {
+    // Leaked: a runtime dropped by a thread-local destructor at exit panics.
+    static RIG: &'static RefCell<Option<Rig>> = Box::leak(Box::default());
+}
+
+fn rig() -> Rig {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let stack = local.block_on(&runtime, async {
+        Stack::new(NetConfig::default(), Arc::new(NetMetrics::default()))
+    });
+    Rig {
+        runtime,
+        local,
+        stack,
+        table: Rc::default(),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    RIG.with(|r| {
+        let mut r = r.borrow_mut();
+        let rig = r.get_or_insert_with(rig);
+        rig.local.block_on(&rig.runtime, async {
+            let (mut client, server) = tokio::net::UnixStream::pair().unwrap();
+            let (stack, table) = (rig.stack.clone(), rig.table.clone());
+            let serve = tokio::task::spawn_local(async move { serve(&stack, &table, server).await });
+            let _ = client.write_all(data).await;
+            let _ = client.shutdown().await;
+            let mut reply = Vec::new();
+            let _ = client.read_to_end(&mut reply).await;
+            let _ = serve.await;
+        });
+    });
+});

@@ -1,0 +1,40 @@
+//! vhost-user control messages from a front end (QEMU, libvirt,
+//! cloud-hypervisor) to ferry's vhost-user-fs back end: each input is the
+//! byte stream of one connection, sent and then half-closed, while
+//! `ferry_fs::vhost_user::serve` handles it exactly as the `ferry fs`
+//! and virtiofsd modes do. No descriptors travel with the bytes, so
+//! messages that need them (memory tables, kick and call eventfds) take
+//! their error paths.
+#![no_main]
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use libfuzzer_sys::fuzz_target;
+use vhost::vhost_user::Listener;
+
+thread_local! {
+    static DIR: PathBuf = common::scratch_dir("vhost-user");
+}
+
+fuzz_target!(|data: &[u8]| {
+    DIR.with(|dir| {
+        let sock = dir.join("fs.sock");
+        let mut listener = Listener::new(&sock, true).unwrap();
+        let input = data.to_vec();
+        let front = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            let _ = s.write_all(&input);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        });
+        let device = ferry_fs::device::FsDevice::new(dir, &ferry_fs::FsOptions::default()).unwrap();
+        let _ = ferry_fs::vhost_user::serve(&mut listener, device, 1, 0);
+        front.join().unwrap();
+    });
+});
