@@ -29,7 +29,7 @@ for t in $TARGETS; do
 	[ -d "fuzz/seeds/$t" ] && seeds="fuzz/seeds/$t"
 	echo "== $t: ${SECS}s"
 	unshare --net --mount sh -c "mount --make-rprivate / && mkdir -p /tmp/ferry-fuzz && mount -t tmpfs -o size=256m ferry-fuzz /tmp/ferry-fuzz && ip link set lo up && exec timeout $((SECS + 600)) cargo +nightly fuzz run --fuzz-dir fuzz $t fuzz/corpus/$t $seeds -- -max_total_time=$SECS -rss_limit_mb=2048 -print_final_stats=1" \
-		2>&1 | grep -E 'stat::|Done|ERROR|SUMMARY|panicked|crash-' || true
+		2>&1 | grep -E 'stat::|Done|DONE|ERROR|SUMMARY|panicked|crash-|oom-|leak-|timeout-' || true
 	[ -z "$(ls -A "fuzz/artifacts/$t" 2>/dev/null)" ] || { echo "$t: crashes in fuzz/artifacts/$t"; status=1; }
 done
 exit $status

@@ -164,3 +164,57 @@ fn bad_requests_get_4xx_and_the_daemon_keeps_serving() {
     assert_eq!(code, 200);
     std::fs::remove_file(&sock).ok();
 }
+
+/// Forwards added through an API are bounded (`--max-forwards`): past the
+/// limit a new one is refused with a message that says so and holds no
+/// socket; removing one makes room again.
+#[test]
+fn forwards_past_the_limit_are_refused() {
+    require_tool("curl", "curl");
+    let sock = api_path("maxfwd");
+    let ns = Netns::new();
+    let ferry = FerryNet::start(
+        &ns,
+        &[
+            "--configure",
+            "--api",
+            sock.to_str().unwrap(),
+            "--max-forwards",
+            "3",
+            "--dns-upstream",
+            "127.0.0.1:9",
+        ],
+    );
+    let ports: Vec<u16> = (0..4)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        })
+        .collect();
+    let add = |port: u16| {
+        let body = format!(r#"{{"publish":"127.0.0.1:{port}:80/tcp","guest":"10.0.2.100"}}"#);
+        curl(&sock, &["-X", "POST", "-d", &body, "http://ferry/forwards"])
+    };
+    for &p in &ports[..3] {
+        let (code, v) = add(p);
+        assert_eq!(code, 201, "{v}");
+    }
+    let (code, v) = add(ports[3]);
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", ports[3])).is_err(),
+        "a refused forward holds its port"
+    );
+    let (_, stats) = curl(&sock, &["http://ferry/stats"]);
+    assert_eq!(stats["forwards_refused"], 1, "{stats}");
+    let (code, _) = curl(
+        &sock,
+        &["-X", "DELETE", &format!("http://ferry/forwards/tcp/127.0.0.1:{}", ports[0])],
+    );
+    assert_eq!(code, 200);
+    let (code, v) = add(ports[3]);
+    assert_eq!(code, 201, "{v}");
+    drop(ferry);
+    std::fs::remove_file(&sock).ok();
+}
