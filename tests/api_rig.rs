@@ -210,7 +210,11 @@ fn forwards_past_the_limit_are_refused() {
     assert_eq!(stats["forwards_refused"], 1, "{stats}");
     let (code, _) = curl(
         &sock,
-        &["-X", "DELETE", &format!("http://ferry/forwards/tcp/127.0.0.1:{}", ports[0])],
+        &[
+            "-X",
+            "DELETE",
+            &format!("http://ferry/forwards/tcp/127.0.0.1:{}", ports[0]),
+        ],
     );
     assert_eq!(code, 200);
     let (code, v) = add(ports[3]);

@@ -129,6 +129,15 @@ pub struct PollFd {
     pub write: bool,
 }
 
+/// Connections at once (each holds a host socket), both directions
+/// together: a guest's REQUEST beyond it is answered with RST, a host
+/// program's connection is told `ERROR` and closed.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Control packets (RST, RESPONSE, credit updates) waiting for a guest that
+/// posts no receive buffers; beyond it new ones are dropped, so a guest that
+/// sends and never reads cannot grow the queue.
+const MAX_QUEUED: usize = 4096;
+
 pub struct VsockDevice {
     guest_cid: u64,
     uds_path: PathBuf,
@@ -139,6 +148,8 @@ pub struct VsockDevice {
     /// Packets for the guest, in order: control packets and data.
     to_guest: VecDeque<(Header, Vec<u8>)>,
     next_host_port: u32,
+    /// Connections refused or packets dropped at the bounds above.
+    refused: u64,
 }
 
 impl VsockDevice {
@@ -157,6 +168,7 @@ impl VsockDevice {
             conns: HashMap::new(),
             to_guest: VecDeque::new(),
             next_host_port: FIRST_HOST_PORT,
+            refused: 0,
         })
     }
 
@@ -188,13 +200,37 @@ impl VsockDevice {
         }
     }
 
+    /// Counts a refusal at a bound; logs the first and then every
+    /// power of two, so a guest that keeps at it cannot flood the log.
+    fn refuse(&mut self, what: &str) {
+        self.refused += 1;
+        if self.refused.is_power_of_two() {
+            tracing::warn!(
+                refused = self.refused,
+                "vsock: {what} (at most {MAX_CONNECTIONS} connections and {MAX_QUEUED} queued control packets)"
+            );
+        }
+    }
+
+    /// Connections refused and packets dropped at the device's bounds.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    fn queue_control(&mut self, h: Header) {
+        if self.to_guest.len() >= MAX_QUEUED {
+            return self.refuse("the guest is not reading; control packet dropped");
+        }
+        self.to_guest.push_back((h, Vec::new()));
+    }
+
     fn send_control(&mut self, op: u16, host_port: u32, guest_port: u32, flags: u32) {
         let mut h = self.header(op, host_port, guest_port);
         h.flags = flags;
         if let Some(c) = self.conns.get_mut(&(host_port, guest_port)) {
             c.fwd_cnt_sent = c.fwd_cnt;
         }
-        self.to_guest.push_back((h, Vec::new()));
+        self.queue_control(h);
     }
 
     fn reset(&mut self, host_port: u32, guest_port: u32) {
@@ -253,7 +289,7 @@ impl VsockDevice {
             if h.op != OP_RST {
                 let mut r = self.header(OP_RST, h.dst_port, h.src_port);
                 r.dst_cid = h.src_cid;
-                self.to_guest.push_back((r, Vec::new()));
+                self.queue_control(r);
             }
             return;
         }
@@ -261,6 +297,11 @@ impl VsockDevice {
             OP_REQUEST => {
                 if self.conns.contains_key(&key) {
                     self.reset(key.0, key.1);
+                    return;
+                }
+                if self.conns.len() + self.dialers.len() >= MAX_CONNECTIONS {
+                    self.refuse("connection table full; a guest connection refused");
+                    self.send_control(OP_RST, key.0, key.1, 0);
                     return;
                 }
                 let path = format!("{}_{}", self.uds_path.display(), h.dst_port);
@@ -381,7 +422,12 @@ impl VsockDevice {
     /// device towards host sockets. Call when any [`poll_fds`](Self::poll_fds)
     /// socket is ready (spurious calls are harmless).
     pub fn poll_host(&mut self) {
-        while let Ok((stream, _)) = self.listener.accept() {
+        while let Ok((mut stream, _)) = self.listener.accept() {
+            if self.conns.len() + self.dialers.len() >= MAX_CONNECTIONS {
+                self.refuse("connection table full; a host connection refused");
+                let _ = stream.write_all(b"ERROR too many vsock connections\n");
+                continue;
+            }
             if stream.set_nonblocking(true).is_ok() {
                 self.dialers.push(HostDialer {
                     stream,

@@ -68,7 +68,12 @@ impl Guest {
             fwd_cnt: 0,
         };
         let at = self.tx_at;
-        self.tx_at += 0x1_0000;
+        // Each packet is consumed before the next is sent: reuse memory.
+        self.tx_at = if self.tx_at + 0x2_0000 > 0x40_0000 {
+            TX_BUF
+        } else {
+            self.tx_at + 0x1_0000
+        };
         self.mem.write_slice(&h.to_bytes(), GuestAddress(at)).unwrap();
         self.mem
             .write_slice(data, GuestAddress(at + HEADER_LEN as u64))
@@ -220,4 +225,51 @@ fn host_data_larger_than_a_receive_buffer_is_split_not_lost() {
         got.extend(payload);
     }
     assert_eq!(got, data);
+}
+
+/// The connection table is bounded: past MAX_CONNECTIONS a guest's REQUEST
+/// is reset and a host program is told ERROR; control packets for a guest
+/// that never reads stop queueing. Each refusal is counted.
+#[test]
+fn connections_and_queued_packets_are_bounded() {
+    use ferry_vsock::device::MAX_CONNECTIONS;
+    let uds = sock_path("bound");
+    let mut dev = VsockDevice::new(GUEST_CID, &uds).unwrap();
+    let host = UnixListener::bind(format!("{}_7000", uds.display())).unwrap();
+    let acceptor = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(host.accept().unwrap().0);
+        }
+        held
+    });
+    let mut g = Guest::new();
+    for port in 0..MAX_CONNECTIONS as u32 {
+        g.send(&mut dev, OP_REQUEST, 10_000 + port, 7000, 0, &[]);
+    }
+    let held = acceptor.join().unwrap();
+    assert_eq!(dev.connections(), MAX_CONNECTIONS);
+    assert_eq!(dev.refused(), 0);
+    g.send(&mut dev, OP_REQUEST, 9_999, 7000, 0, &[]);
+    assert_eq!(dev.connections(), MAX_CONNECTIONS);
+    assert_eq!(dev.refused(), 1);
+    let mut late = UnixStream::connect(&uds).unwrap();
+    dev.poll_host();
+    let mut reply = String::new();
+    late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = late.read_to_string(&mut reply);
+    assert!(reply.starts_with("ERROR too many"), "{reply}");
+    assert_eq!(dev.refused(), 2);
+    drop(held);
+
+    // A guest that sends to nobody and posts no receive buffers: the
+    // resets it is owed stop queueing at the bound.
+    let mut dev = VsockDevice::new(GUEST_CID, &sock_path("queue")).unwrap();
+    for i in 0..5000u32 {
+        g.send(&mut dev, OP_RW, i, 1, 0, &[]);
+    }
+    assert!(dev.refused() >= 5000 - 4096, "{} refused", dev.refused());
+    // Once it reads, what was queued comes out in order.
+    g.offer_rx(8);
+    assert_eq!(g.recv(&mut dev).0.op, OP_RST);
 }
