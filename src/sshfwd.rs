@@ -23,6 +23,12 @@ use ferry_net::forward::GuestTarget;
 use ferry_net::stack::StackRef;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg};
 
+/// System calls the SSH client makes once the network is up, beside ferry
+/// net's (the seccomp allow-list): russh keeps key material in buffers it
+/// locks into memory.
+#[cfg(target_os = "linux")]
+pub const SYSCALLS: &[libc::c_long] = &[libc::SYS_mlock, libc::SYS_munlock];
+
 /// One `-forward-sock/-forward-dest/-forward-user/-forward-identity` set.
 #[derive(Clone, Debug)]
 pub struct SocketForward {

@@ -86,6 +86,11 @@ fn driven_like_podman_machine() {
     assert_eq!(code, 200);
     assert_eq!(all[0]["local"], format!("127.0.0.1:{ssh}"));
     assert_eq!(all[0]["remote"], "192.168.127.2:22");
+    // ferry confines the gvproxy mode as it does `ferry net`: a seccomp
+    // filter (mode 2) once the network is up (gvproxy itself has none; the
+    // ferry flag -seccomp none keeps that).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", running.child.id())).unwrap();
+    assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{status}");
 
     // gvproxy's static lease over the QEMU stream.
     let mut s = UnixStream::connect(&qemu).unwrap();

@@ -98,6 +98,11 @@ pub struct GvproxyArgs {
     /// vpnkit socket for hyperkit (unix://PATH or tcp://IP:PORT)
     #[arg(long = "listen-vpnkit", value_name = "URL")]
     pub listen_vpnkit: Option<ListenAddr>,
+    /// (ferry) what a system call outside ferry's allow-list gets once the
+    /// network is up: kill (the default, as ferry net), trap, log, errno or
+    /// none (gvproxy installs no filter)
+    #[arg(long, value_name = "MODE", default_value = "kill")]
+    pub seccomp: String,
 }
 
 /// Go's flag package takes `-name` as well as `--name`.
@@ -385,8 +390,10 @@ fn serve(args: GvproxyArgs, plan: Plan) -> anyhow::Result<ExitCode> {
     });
     net.search = plan.search.clone();
     net.pcap = args.pcap.clone();
-    // gvproxy installs no seccomp filter; neither does ferry in its place.
-    net.seccomp = "none".into();
+    // gvproxy installs no seccomp filter; ferry confines its data path
+    // (and the SSH forwarder on it) as it does in `ferry net`.
+    net.seccomp = args.seccomp.clone();
+    net.extra_syscalls.push(crate::sshfwd::SYSCALLS);
     let unix = |flag: &str, url: &str| {
         url.strip_prefix("unix://")
             .map(PathBuf::from)

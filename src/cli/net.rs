@@ -132,6 +132,9 @@ pub struct NetArgs {
     /// the kernel's audit), errno (fails with EPERM) or none.
     #[arg(long, value_name = "MODE", default_value = "kill")]
     pub seccomp: String,
+    /// More allow-list entries for code a mode adds (gvproxy's SSH forwarder).
+    #[arg(skip)]
+    pub extra_syscalls: Vec<&'static [libc::c_long]>,
     /// More control API endpoints (gvproxy's `-services`).
     #[arg(skip)]
     pub api_extra: Vec<PathBuf>,
@@ -601,6 +604,7 @@ impl NetArgs {
             api_extra: Vec::new(),
             notification: None,
             seccomp: "kill".into(),
+            extra_syscalls: Vec::new(),
             outbound4: None,
             outbound6: None,
             tap_mac: None,
@@ -704,7 +708,8 @@ pub fn run_until(
         ready(&running)?;
         // Everything is open and bound: from here on only the calls the
         // NAT, DNS and front ends make (lists beside their code).
-        ferry_confine::seccomp::install(seccomp, ferry_net::SYSCALLS).context("--seccomp")?;
+        let lists: Vec<&[libc::c_long]> = ferry_net::SYSCALLS.iter().chain(&args.extra_syscalls).copied().collect();
+        ferry_confine::seccomp::install(seccomp, &lists).context("--seccomp")?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let exit_requested = async {
             match &exit {
