@@ -317,7 +317,6 @@ impl Stack {
 
     /// Remembers which MAC owns a guest address (either family). A guest's
     /// first address in the IPv6 prefix also becomes the AAAA of its names.
-
     pub(crate) fn learn(&mut self, ip: IpAddr, mac: Mac) {
         let guest = match ip {
             IpAddr::V4(ip) => {

@@ -322,7 +322,7 @@ fn refuse_unsupported(a: &FsArgs) -> anyhow::Result<()> {
 /// The capabilities `ferry fs` keeps as root: virtiofsd's default set,
 /// with `--modcaps` changes (`+name`/`-name`, `:`-separated).
 #[cfg(target_os = "linux")]
-fn kept_caps(modcaps: Option<&str>, file_handles: bool) -> anyhow::Result<Vec<ferry_confine::Capability>> {
+pub(crate) fn kept_caps(modcaps: Option<&str>, file_handles: bool) -> anyhow::Result<Vec<ferry_confine::Capability>> {
     use ferry_confine::Capability as C;
     let mut keep = vec![
         C::CAP_CHOWN,

@@ -708,7 +708,11 @@ pub fn run_until(
         ready(&running)?;
         // Everything is open and bound: from here on only the calls the
         // NAT, DNS and front ends make (lists beside their code).
-        let lists: Vec<&[libc::c_long]> = ferry_net::SYSCALLS.iter().chain(&args.extra_syscalls).copied().collect();
+        let lists: Vec<&[libc::c_long]> = ferry_net::SYSCALLS
+            .iter()
+            .chain(&args.extra_syscalls)
+            .copied()
+            .collect();
         ferry_confine::seccomp::install(seccomp, &lists).context("--seccomp")?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let exit_requested = async {

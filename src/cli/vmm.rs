@@ -57,6 +57,12 @@ pub struct VmmArgs {
     /// for :ro), chroot (one share), none.
     #[arg(long, value_name = "MODE", default_value = "namespace")]
     pub sandbox: String,
+    /// What a system call outside the VMM's allow-list gets once the VM is
+    /// set up: kill (the default), trap (reported by name, then the process
+    /// ends), log, errno or none. Capabilities are dropped at the same point
+    /// (all of them; with shares, those virtiofsd keeps).
+    #[arg(long, value_name = "MODE", default_value = "kill")]
+    pub seccomp: String,
     /// Kill the VM after this many seconds (exit code 124).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -103,32 +109,76 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| super::fs::parse_share(s))
         .collect::<anyhow::Result<_>>()?;
-    let mut confine = None;
+    // The kernel and initrd are opened now and read through their
+    // descriptors: preparing the shares' sandbox covers /tmp, where they
+    // often are, in this process's mount namespace.
+    let open = |what: &str, p: &std::path::Path| {
+        std::fs::File::open(p).with_context(|| format!("opening the {what} {}", p.display()))
+    };
+    let kernel_file = open("kernel", &args.kernel)?;
+    let initrd_file = args.initrd.as_deref().map(|p| open("initrd", p)).transpose()?;
+    let by_fd = |f: &std::fs::File| PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(f)));
+    let seccomp = ferry_confine::seccomp::Mode::parse(&args.seccomp)
+        .ok_or_else(|| anyhow::anyhow!("--seccomp {:?}: expected kill, trap, log, errno or none", args.seccomp))?;
+    let mut prepared = None;
     if !shares.is_empty() {
         for (_, dir, _) in &shares {
             anyhow::ensure!(dir.is_dir(), "--share: {} is not a directory", dir.display());
         }
         let list: Vec<(&std::path::Path, bool)> = shares.iter().map(|(_, d, ro)| (d.as_path(), *ro)).collect();
-        let prepared = ferry_fs::sandbox::prepare_shares(sandbox, &list)?;
+        let prepared_shares = ferry_fs::sandbox::prepare_shares(sandbox, &list)?;
         let opts = ferry_fs::options::FsOptions::default();
         for (i, (tag, dir, _)) in shares.iter().enumerate() {
-            let fs = ferry_fs::device::FsDevice::new(&prepared.root(i), &opts)
+            let fs = ferry_fs::device::FsDevice::new(&prepared_shares.root(i), &opts)
                 .with_context(|| format!("opening the shared directory {}", dir.display()))?;
             devices.push(Box::new(ferry_vmm::devices::VirtioFs::new(fs, tag, 1)));
         }
-        confine = Some(Box::new(move || prepared.confine()) as Box<dyn FnOnce() -> std::io::Result<()> + Send>);
+        prepared = Some(prepared_shares);
     }
-    if let Some(secs) = args.timeout {
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_secs(secs));
-            eprintln!("ferry vmm: the guest ran longer than --timeout {secs}s; killed it");
-            std::process::exit(124);
-        });
-    }
+    // Once the VM and its devices are set up (memory mapped, vCPU made,
+    // sockets bound), on the VMM's one thread so every later thread
+    // inherits it: the shares' mount view, capabilities, system calls.
+    let keep_caps = match &prepared {
+        Some(_) => super::fs::kept_caps(None, false)?,
+        None => Vec::new(),
+    };
+    let timeout = args.timeout;
+    // Without shares the VMM needs no path at all, unless the guest dials
+    // host sockets by path through --vsock (UDS_PATH_PORT).
+    let empty_root = prepared.is_none() && args.vsock.is_none();
+    let confine = Box::new(move || -> std::io::Result<()> {
+        if let Some(p) = &prepared {
+            p.confine()?;
+        } else if empty_root {
+            // Best effort: an unprivileged VMM (a user in the kvm group)
+            // cannot make a mount namespace, and keeps the host's view.
+            if let Err(e) = ferry_confine::empty_root(&[]) {
+                tracing::info!("not confined to an empty root: {e}");
+            }
+        }
+        ferry_confine::drop_caps(&keep_caps)?;
+        let lists = [
+            ferry_vmm::SYSCALLS,
+            ferry_vsock::SYSCALLS,
+            ferry_fs::SYSCALLS[0],
+            ferry_fs::SYSCALLS[1],
+            ferry_fs::SYSCALLS[2],
+        ];
+        ferry_confine::seccomp::install(seccomp, &lists)?;
+        if let Some(secs) = timeout {
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(secs));
+                eprintln!("ferry vmm: the guest ran longer than --timeout {secs}s; killed it");
+                std::process::exit(124);
+            });
+        }
+        Ok(())
+    }) as Box<dyn FnOnce() -> std::io::Result<()> + Send>;
+    let confine = Some(confine);
     let console = Box::new(std::io::LineWriter::new(std::io::stdout()));
     let exit = ferry_vmm::linux::boot_linux(ferry_vmm::linux::LinuxVmConfig {
-        kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
+        kernel: by_fd(&kernel_file),
+        initrd: initrd_file.as_ref().map(by_fd),
         cmdline: args.cmdline.clone(),
         memory_mib: args.memory,
         devices,

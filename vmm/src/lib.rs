@@ -4,6 +4,18 @@
 //! the QEMU launcher ([`qemu`]).
 
 pub mod accel;
+
+/// System calls of the running VMM (the seccomp allow-list of `ferry vmm`,
+/// with the devices' lists): KVM_RUN and the other KVM requests are
+/// ioctls, the host-side device loop polls its sockets.
+#[cfg(target_os = "linux")]
+pub const SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_ioctl,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_clock_nanosleep,
+];
+
 #[cfg(target_arch = "x86_64")]
 pub mod boot;
 pub mod cmdline;

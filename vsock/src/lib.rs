@@ -14,6 +14,17 @@
 pub mod device;
 pub mod packet;
 
+/// System calls of the device's host side once a VM runs (the seccomp
+/// allow-list of `ferry vmm`): host programs accepted on the device's
+/// socket, guest connections dialled to `UDS_PATH_P`.
+#[cfg(target_os = "linux")]
+pub const SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_shutdown,
+];
+
 #[cfg(target_os = "linux")]
 pub mod vhost_user;
 
