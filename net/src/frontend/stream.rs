@@ -96,6 +96,9 @@ pub struct StreamPort<S> {
     /// Bytes a short write left behind, flushed by `flush_task`.
     tx: RefCell<Vec<u8>>,
     tx_ready: Notify,
+    /// The peer is gone (EOF or an error on read): `flush_task` ends, and
+    /// with it the last reference to the socket.
+    closed: std::cell::Cell<bool>,
     max_frame: usize,
     framing: Framing,
     name: String,
@@ -110,64 +113,8 @@ fn bad_length(len: usize, max: usize) -> io::Error {
 }
 
 impl<S: StreamIo> StreamPort<S> {
-    pub fn new(io: S, max_frame: usize, name: String) -> Rc<StreamPort<S>> {
-        StreamPort::with_framing(io, Framing::Qemu, max_frame, name)
-    }
-
-    pub fn with_framing(io: S, framing: Framing, max_frame: usize, name: String) -> Rc<StreamPort<S>> {
-        let max_frame = match framing {
-            Framing::Qemu => max_frame,
-            Framing::Hyperkit => max_frame.min(usize::from(u16::MAX)),
-        };
-        Rc::new(StreamPort {
-            io,
-            framing,
-            rx: RefCell::new(RxState {
-                buf: vec![0; 2 * (framing.len() + max_frame)],
-                start: 0,
-                end: 0,
-            }),
-            tx: RefCell::new(Vec::new()),
-            tx_ready: Notify::new(),
-            max_frame,
-            name,
-        })
-    }
-
-    /// Bytes already read from the connection by someone else (an HTTP
-    /// request's reader), to be parsed before anything new. What does not
-    /// fit the receive buffer is dropped.
-    pub fn preload(&self, bytes: &[u8]) {
-        let mut rx = self.rx.borrow_mut();
-        let n = bytes.len().min(rx.buf.len() - rx.end);
-        let end = rx.end;
-        rx.buf[end..end + n].copy_from_slice(&bytes[..n]);
-        rx.end += n;
-    }
-
-    /// Writes out what `send` could not, until the port is dropped.
-    pub async fn flush_task(self: Rc<Self>) {
-        loop {
-            self.tx_ready.notified().await;
-            while !self.tx.borrow().is_empty() {
-                if self.io.writable().await.is_err() {
-                    return;
-                }
-                let mut tx = self.tx.borrow_mut();
-                match self.io.try_write_vectored(&[IoSlice::new(&tx)]) {
-                    Ok(n) => {
-                        tx.drain(..n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
-            }
-        }
-    }
-}
-
-impl<S: StreamIo> Frontend for StreamPort<S> {
-    fn poll_recv(&self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+    /// The next frame from the stream (0: EOF).
+    fn poll_frames(&self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
         let mut rx = self.rx.borrow_mut();
         let header = self.framing.len();
         loop {
@@ -211,6 +158,78 @@ impl<S: StreamIo> Frontend for StreamPort<S> {
         }
     }
 
+    pub fn new(io: S, max_frame: usize, name: String) -> Rc<StreamPort<S>> {
+        StreamPort::with_framing(io, Framing::Qemu, max_frame, name)
+    }
+
+    pub fn with_framing(io: S, framing: Framing, max_frame: usize, name: String) -> Rc<StreamPort<S>> {
+        let max_frame = match framing {
+            Framing::Qemu => max_frame,
+            Framing::Hyperkit => max_frame.min(usize::from(u16::MAX)),
+        };
+        Rc::new(StreamPort {
+            io,
+            framing,
+            rx: RefCell::new(RxState {
+                buf: vec![0; 2 * (framing.len() + max_frame)],
+                start: 0,
+                end: 0,
+            }),
+            tx: RefCell::new(Vec::new()),
+            tx_ready: Notify::new(),
+            closed: std::cell::Cell::new(false),
+            max_frame,
+            name,
+        })
+    }
+
+    /// Bytes already read from the connection by someone else (an HTTP
+    /// request's reader), to be parsed before anything new. What does not
+    /// fit the receive buffer is dropped.
+    pub fn preload(&self, bytes: &[u8]) {
+        let mut rx = self.rx.borrow_mut();
+        let n = bytes.len().min(rx.buf.len() - rx.end);
+        let end = rx.end;
+        rx.buf[end..end + n].copy_from_slice(&bytes[..n]);
+        rx.end += n;
+    }
+
+    /// Writes out what `send` could not, until the port is dropped.
+    pub async fn flush_task(self: Rc<Self>) {
+        loop {
+            self.tx_ready.notified().await;
+            if self.closed.get() {
+                return;
+            }
+            while !self.tx.borrow().is_empty() {
+                if self.io.writable().await.is_err() {
+                    return;
+                }
+                let mut tx = self.tx.borrow_mut();
+                match self.io.try_write_vectored(&[IoSlice::new(&tx)]) {
+                    Ok(n) => {
+                        tx.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+impl<S: StreamIo> Frontend for StreamPort<S> {
+    fn poll_recv(&self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        let r = self.poll_frames(cx, out);
+        if matches!(r, Poll::Ready(Ok(0) | Err(_))) {
+            // Found by the api fuzz target: a /connect (or QEMU stream) peer
+            // that left without ever being sent a frame kept its socket,
+            // held by a flush task waiting for one.
+            self.closed.set(true);
+            self.tx_ready.notify_one();
+        }
+        r
+    }
     fn send(&self, frame: &[u8]) -> io::Result<()> {
         let mut head = [0u8; 4];
         let header = self.framing.encode(frame.len(), &mut head)?;
