@@ -12,26 +12,9 @@ use common::{api_curl, Ferry};
 
 const GVPROXY_MAC: [u8; 6] = [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee];
 
-/// A DHCPDISCOVER from `mac`, as an Ethernet frame (UDP checksum 0 = none).
+/// A DHCPDISCOVER from `mac`, as an Ethernet frame.
 fn dhcp_discover(mac: [u8; 6]) -> Vec<u8> {
-    let mut dhcp = vec![0u8; 240];
-    dhcp[..3].copy_from_slice(&[1, 1, 6]);
-    dhcp[4..8].copy_from_slice(&[9, 9, 9, 9]);
-    dhcp[28..34].copy_from_slice(&mac);
-    dhcp[236..240].copy_from_slice(&[99, 130, 83, 99]);
-    dhcp.extend_from_slice(&[53, 1, 1, 255]);
-    let udp = [
-        &[0u8, 68, 0, 67][..],
-        &((8 + dhcp.len()) as u16).to_be_bytes(),
-        &[0, 0],
-        &dhcp,
-    ]
-    .concat();
-    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255];
-    ip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
-    let sum = common::inet_checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    [&[0xff; 6][..], &mac, &[0x08, 0x00], &ip, &udp].concat()
+    common::dhcp_frame(mac, 1, None)
 }
 
 fn wait_for(path: &std::path::Path) {

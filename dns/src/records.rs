@@ -252,6 +252,38 @@ impl Records {
         Local::NotLocal
     }
 
+    /// Names registered by `owner`-kind Static owners (API, flags), with
+    /// their addresses and owner, for ferry net's state file.
+    pub fn static_entries(&self) -> Vec<(String, NameAddrs, String)> {
+        let mut all: Vec<_> = self
+            .names
+            .iter()
+            .filter_map(|(n, (a, o))| match o {
+                Owner::Static(who) => Some((n.clone(), *a, who.clone())),
+                Owner::Dhcp(_) => None,
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Puts back a name as [`Records::static_entries`] gave it (the state
+    /// file after a restart). A name already there is left alone.
+    pub fn restore(&mut self, name: &str, addrs: NameAddrs, owner: Owner) -> Result<(), String> {
+        let name = normalise(name);
+        if !name.split('.').all(valid_label) {
+            return Err(format!("{name:?} is not a valid DNS name"));
+        }
+        if self.names.contains_key(&name) {
+            return Ok(());
+        }
+        if self.names.len() >= MAX_NAMES {
+            return Err(format!("{MAX_NAMES} names are registered already"));
+        }
+        self.names.insert(name, (addrs, owner));
+        Ok(())
+    }
+
     /// Every registered (name, addresses), sorted, for the control API.
     pub fn list(&self) -> Vec<(String, NameAddrs)> {
         let mut all: Vec<_> = self.names.iter().map(|(n, (a, _))| (n.clone(), *a)).collect();

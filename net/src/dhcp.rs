@@ -146,6 +146,14 @@ impl DhcpServer {
         self.leases.values()
     }
 
+    /// Puts back a lease from ferry net's state file; one for an address
+    /// another MAC holds now is dropped.
+    pub fn restore(&mut self, lease: Lease) {
+        if !self.leases.values().any(|l| l.ip == lease.ip && l.mac != lease.mac) {
+            self.leases.insert(lease.mac, lease);
+        }
+    }
+
     fn taken_by_other(&self, ip: Ipv4Addr, mac: &Mac, now: Instant) -> bool {
         self.leases
             .values()

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod ndp;
 pub mod pcap;
 pub mod stack;
+pub mod state;
 pub mod switch;
 pub mod sys;
 pub mod virtio;
@@ -39,7 +40,13 @@ pub use stack::{Stack, StackRef};
 /// Every system call the NAT makes once running, gathered from the lists
 /// beside the code that makes them (for `ferry-confine`'s seccomp filter).
 #[cfg(target_os = "linux")]
-pub const SYSCALLS: &[&[libc::c_long]] = &[tcp::SYSCALLS, udp::SYSCALLS, forward::SYSCALLS, ferry_dns::SYSCALLS];
+pub const SYSCALLS: &[&[libc::c_long]] = &[
+    tcp::SYSCALLS,
+    udp::SYSCALLS,
+    forward::SYSCALLS,
+    state::SYSCALLS,
+    ferry_dns::SYSCALLS,
+];
 
 /// Frames read per wake-up of a port before smoltcp sends what they caused.
 const RX_BATCH: usize = 64;

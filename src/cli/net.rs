@@ -205,6 +205,12 @@ pub struct NetArgs {
     /// a new one beyond it.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_udp_flows: usize,
+    /// Keep DHCP leases, port forwards and DNS names added through the APIs
+    /// in this file (JSON, rewritten within a second of a change), and
+    /// restore them at start: a restarted daemon gives running guests their
+    /// addresses, forwards and names back.
+    #[arg(long, value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
     /// Most port forwards at once, however added (command line, control
     /// API, gvproxy's or slirp4netns's API); more are refused with an error.
     #[arg(long, default_value_t = ferry_net::forward::MAX_FORWARDS, value_name = "N")]
@@ -625,6 +631,7 @@ impl NetArgs {
             max_tcp_flows: 8192,
             max_udp_flows: 4096,
             max_forwards: ferry_net::forward::MAX_FORWARDS,
+            state_file: None,
         }
     }
 }
@@ -685,6 +692,47 @@ pub fn tune_allocator() {
     }
 }
 
+/// Restores `path` into the stack, then rewrites it whenever what it
+/// keeps changes (checked every second).
+fn keep_state(stack: &ferry_net::stack::StackRef, path: &std::path::Path) -> anyhow::Result<()> {
+    use ferry_net::state;
+    let now = std::time::Instant::now();
+    if let Some(saved) = state::load(path)? {
+        let skipped = state::restore(&mut stack.borrow_mut(), &saved, now);
+        for why in &skipped {
+            tracing::warn!(file = %path.display(), "state not restored: {why}");
+        }
+        tracing::info!(file = %path.display(), "state restored");
+    }
+    let (stack, path) = (stack.clone(), path.to_path_buf());
+    let mut last = state::snapshot(&stack.borrow(), now);
+    state::save(&path, &last).with_context(|| format!("writing the state file {}", path.display()))?;
+    tokio::task::spawn_local(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut failed = false;
+        loop {
+            tick.tick().await;
+            let now = std::time::Instant::now();
+            let mut current = state::snapshot(&stack.borrow(), now);
+            // Lease lifetimes count down every second: write for a change
+            // in what is kept, not for the clock.
+            if state::same_apart_from_time(&current, &last) {
+                continue;
+            }
+            match state::save(&path, &current) {
+                Ok(()) => failed = false,
+                Err(e) if !failed => {
+                    failed = true;
+                    tracing::warn!(file = %path.display(), error = %e, "state file not written");
+                }
+                Err(_) => {}
+            }
+            std::mem::swap(&mut last, &mut current);
+        }
+    });
+    Ok(())
+}
+
 pub fn run_until(
     args: NetArgs,
     ready: impl FnOnce(&Running) -> anyhow::Result<()>,
@@ -705,6 +753,9 @@ pub fn run_until(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
         let mut running = start(&args, cfg, true).await?;
+        if let Some(path) = &args.state_file {
+            keep_state(&running.stack, path)?;
+        }
         ready(&running)?;
         // Everything is open and bound: from here on only the calls the
         // NAT, DNS and front ends make (lists beside their code).

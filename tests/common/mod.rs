@@ -258,3 +258,44 @@ pub fn api_curl(sock: &Path, args: &[&str]) -> (u16, serde_json::Value) {
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// A DHCP message (`kind`: 1 DISCOVER, 3 REQUEST) from `mac`, asking for
+/// `requested` (option 50), as a broadcast Ethernet frame (UDP checksum 0 =
+/// none).
+#[allow(dead_code)]
+pub fn dhcp_frame(mac: [u8; 6], kind: u8, requested: Option<[u8; 4]>) -> Vec<u8> {
+    let mut dhcp = vec![0u8; 240];
+    dhcp[..3].copy_from_slice(&[1, 1, 6]);
+    dhcp[4..8].copy_from_slice(&[9, 9, 9, 9]);
+    dhcp[28..34].copy_from_slice(&mac);
+    dhcp[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    dhcp.extend_from_slice(&[53, 1, kind]);
+    if let Some(ip) = requested {
+        dhcp.extend_from_slice(&[50, 4]);
+        dhcp.extend_from_slice(&ip);
+    }
+    dhcp.push(255);
+    let udp = [
+        &[0u8, 68, 0, 67][..],
+        &((8 + dhcp.len()) as u16).to_be_bytes(),
+        &[0, 0],
+        &dhcp,
+    ]
+    .concat();
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255];
+    ip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+    let sum = inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    [&[0xff; 6][..], &mac, &[0x08, 0x00], &ip, &udp].concat()
+}
+
+/// The DHCP message type and `yiaddr` of a frame from the server, if it is one.
+#[allow(dead_code)]
+pub fn dhcp_reply(f: &[u8]) -> Option<(u8, [u8; 4])> {
+    if f.len() > 42 + 240 && f[12..14] == [8, 0] && f[23] == 17 && f[34..36] == [0, 67] {
+        let opts = &f[42 + 240..];
+        let kind = opts.windows(3).find(|w| w[0] == 53 && w[1] == 1).map(|w| w[2])?;
+        return Some((kind, f[42 + 16..42 + 20].try_into().unwrap()));
+    }
+    None
+}
