@@ -157,13 +157,8 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
             }
         }
         ferry_confine::drop_caps(&keep_caps)?;
-        let lists = [
-            ferry_vmm::SYSCALLS,
-            ferry_vsock::SYSCALLS,
-            ferry_fs::SYSCALLS[0],
-            ferry_fs::SYSCALLS[1],
-            ferry_fs::SYSCALLS[2],
-        ];
+        let mut lists = vec![ferry_vmm::SYSCALLS, ferry_vsock::SYSCALLS];
+        lists.extend(ferry_fs::SYSCALLS.iter().copied());
         ferry_confine::seccomp::install(seccomp, &lists)?;
         if let Some(secs) = timeout {
             std::thread::spawn(move || {
