@@ -28,8 +28,14 @@ for t in $TARGETS; do
 	seeds=""
 	[ -d "fuzz/seeds/$t" ] && seeds="fuzz/seeds/$t"
 	echo "== $t: ${SECS}s"
-	unshare --net --mount sh -c "mount --make-rprivate / && mkdir -p /tmp/ferry-fuzz && mount -t tmpfs -o size=256m ferry-fuzz /tmp/ferry-fuzz && ip link set lo up && exec timeout $((SECS + 600)) cargo +nightly fuzz run --fuzz-dir fuzz $t fuzz/corpus/$t $seeds -- -max_total_time=$SECS -rss_limit_mb=2048 -print_final_stats=1" \
-		2>&1 | grep -E 'stat::|Done|DONE|ERROR|SUMMARY|panicked|crash-|oom-|leak-|timeout-' || true
+	log="${TMPDIR:-/tmp}/ferry-fuzz-$t.log"
+	# A build failure or a crash ends the run with a non-zero status.
+	if ! unshare --net --mount sh -c "mount --make-rprivate / && mkdir -p /tmp/ferry-fuzz && mount -t tmpfs -o size=256m ferry-fuzz /tmp/ferry-fuzz && ip link set lo up && exec timeout $((SECS + 600)) cargo +nightly fuzz run --fuzz-dir fuzz $t fuzz/corpus/$t $seeds -- -max_total_time=$SECS -rss_limit_mb=2048 -print_final_stats=1" >"$log" 2>&1; then
+		status=1
+		echo "$t: FAILED (the whole output: $log)"
+		grep -E '^error|panicked|ERROR' "$log" | head -5 || true
+	fi
+	grep -E 'stat::|Done|DONE|SUMMARY|crash-|oom-|leak-|timeout-' "$log" || true
 	[ -z "$(ls -A "fuzz/artifacts/$t" 2>/dev/null)" ] || { echo "$t: crashes in fuzz/artifacts/$t"; status=1; }
 done
 exit $status

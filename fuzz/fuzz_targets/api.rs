@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
         let framing = (sel & 1 == 1).then_some(ferry_net::frontend::stream::Framing::Qemu);
         rig.local.block_on(&rig.runtime, async {
             let (mut client, server) = tokio::net::UnixStream::pair().unwrap();
-            let serve = tokio::task::spawn_local(ferry_net::api::serve_conn(rig.stack.clone(), server, framing));
+            let mut serve = tokio::task::spawn_local(ferry_net::api::serve_conn(rig.stack.clone(), server, framing));
             let _ = client.write_all(data).await;
             let _ = client.shutdown().await;
             let mut reply = Vec::new();
