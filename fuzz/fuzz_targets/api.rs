@@ -7,43 +7,24 @@
 //! namespace only.
 #![no_main]
 
-use std::cell::RefCell;
-use std::sync::Arc;
+#[path = "common/mod.rs"]
+mod common;
 
-use ferry_net::config::NetConfig;
-use ferry_net::metrics::NetMetrics;
-use ferry_net::stack::{Stack, StackRef};
+use std::cell::RefCell;
+
+use common::NetRig as Rig;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Rig {
-    runtime: tokio::runtime::Runtime,
-    local: tokio::task::LocalSet,
-    stack: StackRef,
-}
 
 thread_local! {
     // Leaked: a runtime dropped by a thread-local destructor at exit panics.
     static RIG: &'static RefCell<Option<Rig>> = Box::leak(Box::default());
 }
 
-fn rig() -> Rig {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    let stack = local.block_on(&runtime, async {
-        Stack::new(NetConfig::default(), Arc::new(NetMetrics::default()))
-    });
-    Rig { runtime, local, stack }
-}
-
 fuzz_target!(|data: &[u8]| {
     RIG.with(|r| {
         let mut r = r.borrow_mut();
-        let rig = r.get_or_insert_with(rig);
+        let rig = r.get_or_insert_with(|| common::net_rig(true));
         // The first byte: whether this endpoint serves /connect.
         let Some((&sel, data)) = data.split_first() else {
             return;

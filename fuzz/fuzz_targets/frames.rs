@@ -6,14 +6,13 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use ferry_net::config::NetConfig;
 use ferry_net::frontend::Frontend;
-use ferry_net::metrics::NetMetrics;
-use ferry_net::stack::{Stack, StackRef};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common/mod.rs"]
+mod common;
 
 /// A front end that drops what the stack sends.
 struct Sink;
@@ -31,9 +30,7 @@ impl Frontend for Sink {
 }
 
 struct Rig {
-    runtime: tokio::runtime::Runtime,
-    local: tokio::task::LocalSet,
-    stack: StackRef,
+    net: common::NetRig,
     port: usize,
 }
 
@@ -43,21 +40,9 @@ thread_local! {
 }
 
 fn rig() -> Rig {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    let stack = local.block_on(&runtime, async {
-        Stack::new(NetConfig::default(), Arc::new(NetMetrics::default()))
-    });
-    let port = stack.borrow_mut().add_port(Rc::new(Sink));
-    Rig {
-        runtime,
-        local,
-        stack,
-        port,
-    }
+    let net = common::net_rig(false);
+    let port = net.stack.borrow_mut().add_port(Rc::new(Sink));
+    Rig { net, port }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -65,9 +50,7 @@ fuzz_target!(|data: &[u8]| {
         let mut r = r.borrow_mut();
         let rig = r.get_or_insert_with(rig);
         let Rig {
-            runtime,
-            local,
-            stack,
+            net: common::NetRig { runtime, local, stack },
             port,
         } = rig;
         local.block_on(runtime, async {

@@ -3,21 +3,18 @@
 //! remove_hostfwd): each input is one connection's bytes.
 #![no_main]
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use ferry_net::api::slirp::{serve, Table};
-use ferry_net::config::NetConfig;
-use ferry_net::metrics::NetMetrics;
-use ferry_net::stack::{Stack, StackRef};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Rig {
-    runtime: tokio::runtime::Runtime,
-    local: tokio::task::LocalSet,
-    stack: StackRef,
+    net: common::NetRig,
     table: Rc<RefCell<Table>>,
 }
 
@@ -27,19 +24,8 @@ thread_local! {
 }
 
 fn rig() -> Rig {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    let stack = local.block_on(&runtime, async {
-        Stack::new(NetConfig::default(), Arc::new(NetMetrics::default()))
-    });
     Rig {
-        runtime,
-        local,
-        stack,
+        net: common::net_rig(true),
         table: Rc::default(),
     }
 }
@@ -48,9 +34,9 @@ fuzz_target!(|data: &[u8]| {
     RIG.with(|r| {
         let mut r = r.borrow_mut();
         let rig = r.get_or_insert_with(rig);
-        rig.local.block_on(&rig.runtime, async {
+        rig.net.local.block_on(&rig.net.runtime, async {
             let (mut client, server) = tokio::net::UnixStream::pair().unwrap();
-            let (stack, table) = (rig.stack.clone(), rig.table.clone());
+            let (stack, table) = (rig.net.stack.clone(), rig.table.clone());
             let serve = tokio::task::spawn_local(async move { serve(&stack, &table, server).await });
             let _ = client.write_all(data).await;
             let _ = client.shutdown().await;

@@ -69,3 +69,27 @@ pub fn scratch_dir(target: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// ferry's network stack on a current-thread runtime (the clock paused when
+/// asked, so what waits ends at once), as the daemon runs it.
+pub struct NetRig {
+    pub runtime: tokio::runtime::Runtime,
+    pub local: tokio::task::LocalSet,
+    pub stack: ferry_net::stack::StackRef,
+}
+
+pub fn net_rig(paused: bool) -> NetRig {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(paused)
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let stack = local.block_on(&runtime, async {
+        ferry_net::stack::Stack::new(
+            ferry_net::config::NetConfig::default(),
+            std::sync::Arc::new(ferry_net::metrics::NetMetrics::default()),
+        )
+    });
+    NetRig { runtime, local, stack }
+}
