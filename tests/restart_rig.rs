@@ -66,6 +66,11 @@ impl Guest {
 }
 
 fn start(sock: &Path, api: &Path, state: &Path) -> common::Running {
+    net(sock, api, state).spawn()
+}
+
+/// `ferry net` with a QEMU stream socket, the control API and a state file.
+fn net(sock: &Path, api: &Path, state: &Path) -> Ferry {
     let listen = format!("unix://{}", sock.display());
     Ferry::new([
         "net",
@@ -78,7 +83,6 @@ fn start(sock: &Path, api: &Path, state: &Path) -> common::Running {
         "--dns-upstream",
         "127.0.0.1:9",
     ])
-    .spawn()
 }
 
 #[test]
@@ -153,17 +157,7 @@ fn a_restarted_daemon_gives_back_leases_forwards_and_names() {
 fn an_unreadable_state_file_is_named() {
     let (sock, api, state) = (tmp("bad-q.sock"), tmp("bad-api.sock"), tmp("bad-state.json"));
     std::fs::write(&state, "{ not json").unwrap();
-    let listen = format!("unix://{}", sock.display());
-    let out = Ferry::new([
-        "net",
-        "--listen-qemu",
-        &listen,
-        "--api",
-        api.to_str().unwrap(),
-        "--state-file",
-        state.to_str().unwrap(),
-    ])
-    .output();
+    let out = net(&sock, &api, &state).output();
     assert_ne!(out.code, Some(0));
     assert!(
         out.stderr.contains("state file") && out.stderr.contains("move it away"),

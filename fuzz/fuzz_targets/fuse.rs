@@ -77,19 +77,10 @@ fuzz_target!(|data: &[u8]| {
     RIG.with(|r| {
         let mut r = r.borrow_mut();
         let rig = r.get_or_insert_with(rig);
-        let mut rest = data;
-        for _ in 0..16 {
-            if rest.is_empty() {
-                break;
-            }
-            let len = match rest.get(..4) {
-                Some(b) => u32::from_le_bytes(b.try_into().unwrap()) as usize,
-                None => rest.len(),
-            };
-            let len = len.clamp(1, rest.len()).min(0x2_0000);
-            let (req, tail) = rest.split_at(len);
+        // Each request as long as its header's `len` (the rest if shorter).
+        let len_of = |m: &[u8]| if m.len() >= 4 { common::le32(m, 0) } else { m.len() };
+        for req in common::messages(data, 16, 0x2_0000, len_of) {
             send(rig, req);
-            rest = tail;
         }
     });
 });

@@ -78,18 +78,9 @@ fuzz_target!(|data: &[u8]| {
     RIG.with(|r| {
         let mut r = r.borrow_mut();
         let rig = r.get_or_insert_with(rig);
-        let mut rest = data;
-        for _ in 0..16 {
-            if rest.is_empty() {
-                break;
-            }
-            let payload = rest
-                .get(24..28)
-                .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
-            let len = (HEADER_LEN + payload).min(rest.len()).min(0x1_0000);
-            let (pkt, tail) = rest.split_at(len);
+        // Each packet its header plus the payload length the header gives.
+        for pkt in common::messages(data, 16, 0x1_0000, |m| HEADER_LEN + common::le32(m, 24)) {
             step(rig, pkt);
-            rest = tail;
         }
     });
 });

@@ -93,3 +93,31 @@ pub fn net_rig(paused: bool) -> NetRig {
     });
     NetRig { runtime, local, stack }
 }
+
+/// Splits fuzz input into at most `count` messages, each as long as
+/// `len_of` reads from its start (at least 1 byte, at most `max` and what
+/// is left), so one input can carry a conversation.
+pub fn messages<'a>(
+    data: &'a [u8],
+    count: usize,
+    max: usize,
+    len_of: impl Fn(&[u8]) -> usize + 'a,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = len_of(rest).clamp(1, rest.len()).min(max);
+        let (msg, tail) = rest.split_at(len);
+        rest = tail;
+        Some(msg)
+    })
+    .take(count)
+}
+
+/// A little-endian u32 at `at` in `b` (0 when `b` is shorter).
+pub fn le32(b: &[u8], at: usize) -> usize {
+    b.get(at..at + 4)
+        .map_or(0, |v| u32::from_le_bytes(v.try_into().unwrap()) as usize)
+}
