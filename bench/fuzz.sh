@@ -22,6 +22,14 @@ SECS=${1:-60}
 TARGETS=${*:-"frames dns dhcp fuse virtio vsock vhost_user api slirp_api"}
 [ "$(id -u)" = 0 ] || { echo "bench/fuzz.sh needs root (a network namespace per run)"; exit 1; }
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+# Dependencies are fetched and every target is built here, with the
+# network: the runs below are in namespaces without one, where cargo could
+# not download a crate a fresh checkout has not seen yet.
+echo "== building the fuzz targets (cargo +nightly fuzz build)"
+cargo +nightly fetch --manifest-path fuzz/Cargo.toml
+for t in $TARGETS; do
+	cargo +nightly fuzz build --fuzz-dir fuzz "$t" || { echo "fuzz target $t does not build (above)"; exit 1; }
+done
 status=0
 for t in $TARGETS; do
 	mkdir -p "fuzz/corpus/$t"
@@ -30,7 +38,7 @@ for t in $TARGETS; do
 	echo "== $t: ${SECS}s"
 	log="${TMPDIR:-/tmp}/ferry-fuzz-$t.log"
 	# A build failure or a crash ends the run with a non-zero status.
-	if ! unshare --net --mount sh -c "mount --make-rprivate / && mkdir -p /tmp/ferry-fuzz && mount -t tmpfs -o size=256m ferry-fuzz /tmp/ferry-fuzz && ip link set lo up && exec timeout $((SECS + 600)) cargo +nightly fuzz run --fuzz-dir fuzz $t fuzz/corpus/$t $seeds -- -max_total_time=$SECS -rss_limit_mb=2048 -print_final_stats=1" >"$log" 2>&1; then
+	if ! unshare --net --mount sh -c "mount --make-rprivate / && mkdir -p /tmp/ferry-fuzz && mount -t tmpfs -o size=256m ferry-fuzz /tmp/ferry-fuzz && ip link set lo up && CARGO_NET_OFFLINE=true exec timeout $((SECS + 600)) cargo +nightly fuzz run --fuzz-dir fuzz $t fuzz/corpus/$t $seeds -- -max_total_time=$SECS -rss_limit_mb=2048 -print_final_stats=1" >"$log" 2>&1; then
 		status=1
 		echo "$t: FAILED (the whole output: $log)"
 		grep -E '^error|panicked|ERROR' "$log" | head -5 || true
