@@ -1,7 +1,7 @@
 //! A response cache keyed by question that honours record TTLs: entries are
 //! served with their TTLs counted down and dropped at expiry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
@@ -18,10 +18,23 @@ struct Entry {
     ttls: Vec<(usize, u32)>,
     stored: Instant,
     ttl: u32,
+    /// Insertion number, to tell this entry's record in `order` from a
+    /// stale one left by an entry it replaced.
+    seq: u64,
 }
 
+/// Eviction is O(1) amortised: a full cache drops the oldest insertion
+/// (from `order`), and expired entries are swept once per `capacity`
+/// inserts. Scanning the whole table on every insert into a full cache
+/// (as this once did) made every uncached lookup cost 10,000 entries.
 pub struct Cache {
     entries: HashMap<Key, Entry>,
+    /// Keys in insertion order with their insertion numbers; may hold
+    /// stale records (key since replaced or removed), skipped when popped
+    /// and compacted when they outnumber the live ones.
+    order: VecDeque<(u64, Key)>,
+    next_seq: u64,
+    inserts_since_sweep: usize,
     capacity: usize,
     max_ttl: u32,
 }
@@ -50,7 +63,10 @@ impl Cache {
     pub fn new(capacity: usize, max_ttl: u32) -> Cache {
         Cache {
             entries: HashMap::new(),
-            capacity,
+            order: VecDeque::new(),
+            next_seq: 0,
+            inserts_since_sweep: 0,
+            capacity: capacity.max(1),
             max_ttl,
         }
     }
@@ -67,20 +83,24 @@ impl Cache {
         let Some(ttl) = cache_ttl(message, self.max_ttl) else {
             return;
         };
-        if self.entries.len() >= self.capacity {
+        self.inserts_since_sweep += 1;
+        if self.inserts_since_sweep >= self.capacity {
+            self.inserts_since_sweep = 0;
             self.entries
                 .retain(|_, e| now.duration_since(e.stored) < Duration::from_secs(e.ttl.into()));
-            if self.entries.len() >= self.capacity {
-                // Still full of live entries: drop the oldest.
-                if let Some(oldest) = self
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.stored)
-                    .map(|(k, _)| k.clone())
-                {
-                    self.entries.remove(&oldest);
-                }
+        }
+        while self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            let Some((seq, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.get(&oldest).is_some_and(|e| e.seq == seq) {
+                self.entries.remove(&oldest);
             }
+        }
+        if self.order.len() >= 2 * self.capacity {
+            let entries = &self.entries;
+            self.order
+                .retain(|(seq, k)| entries.get(k).is_some_and(|e| e.seq == *seq));
         }
         let mut zero_id = message.clone();
         zero_id.set_id(0);
@@ -88,6 +108,9 @@ impl Cache {
         let Some(ttls) = crate::wire::ttl_offsets(&wire) else {
             return;
         };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.push_back((seq, key.clone()));
         self.entries.insert(
             key,
             Entry {
@@ -96,6 +119,7 @@ impl Cache {
                 ttls,
                 stored: now,
                 ttl,
+                seq,
             },
         );
     }
@@ -207,5 +231,29 @@ mod tests {
             );
         }
         assert_eq!(c.len(), 3);
+        // The newest three stay, and a replaced key is not evicted twice.
+        for i in 7..10 {
+            assert!(c
+                .get(&(format!("n{i}"), RecordType::A, DNSClass::IN, false), now)
+                .is_some());
+        }
+        for _ in 0..20 {
+            c.insert(("n9".into(), RecordType::A, DNSClass::IN, false), &answer(100), now);
+        }
+        assert_eq!(c.len(), 3, "re-inserting one key keeps the others");
+        assert!(c.order.len() <= 2 * 3, "stale order records are compacted");
+        // Expired entries are swept, not only the oldest dropped.
+        let later = now + Duration::from_secs(200);
+        for i in 0..3 {
+            c.insert(
+                (format!("m{i}"), RecordType::A, DNSClass::IN, false),
+                &answer(100),
+                later,
+            );
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c
+            .get(&("m0".into(), RecordType::A, DNSClass::IN, false), later)
+            .is_some());
     }
 }
