@@ -109,9 +109,11 @@ fn two_guests_on_one_ferry_reach_each_other() {
 }
 
 /// A guest on `ferry net --listen-vhost-user` (QEMU `-netdev vhost-user`):
-/// ferry works the guest's virtqueues itself. DHCP, DNS, 24 MiB from a host
-/// service by the host alias (checked by sha256), and a host client
-/// reaching the guest's web server through `-p`.
+/// ferry works the guest's virtqueues itself. At MTU 1500 the guest
+/// negotiates segmentation offload both ways (HOST_TSO4, GUEST_TSO4): DHCP,
+/// DNS, 24 MiB from a host service by the host alias and the same 24 MiB
+/// back up (both checked by sha256), and a host client reaching the
+/// guest's web server through `-p`.
 #[test]
 fn vhost_user_guest_gets_a_lease_and_moves_data_both_ways() {
     require_tool("qemu-system-x86_64", "qemu-system-x86");
@@ -128,12 +130,26 @@ fn vhost_user_guest_gets_a_lease_and_moves_data_both_ways() {
         &[
             "--listen-vhost-user",
             sock.to_str().unwrap(),
+            "--mtu",
+            "1500",
             "-p",
             &spec,
             "--dns-upstream",
             "127.0.0.1:9",
         ],
     );
+    // A host sink for the upload: reads the 24 MiB and reports its hash.
+    let sink = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_port = sink.local_addr().unwrap().port();
+    let (uploaded_tx, uploaded) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = sink.accept() {
+            let mut got = vec![0u8; 24 << 20];
+            let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+            let ok = c.read_exact(&mut got).is_ok();
+            let _ = uploaded_tx.send(ok.then(|| format!("{:x}", sha2::Sha256::digest(&got))));
+        }
+    });
     // A host service with 24 MiB of patterned data.
     let mut data = vec![0u8; 24 << 20];
     common::netns::Pattern::new(7).fill(&mut data);
@@ -156,7 +172,10 @@ fn vhost_user_guest_gets_a_lease_and_moves_data_both_ways() {
     let script = format!(
         "ip -4 -o addr show eth0 | awk '{{print \"addr\", $4}}'; \
          nslookup vm.test 2>&1 | grep -A1 'Name:' | tail -1; \
-         wget -q -O - http://host.container.internal:{port}/ | sha256sum | cut -d' ' -f1; \
+         cat /sys/class/net/eth0/mtu; \
+         for d in /sys/bus/virtio/devices/*; do [ \"$(cat $d/device)\" = 0x0001 ] && echo features $(cat $d/features); done; \
+         wget -q -O /tmp/d http://host.container.internal:{port}/; sha256sum /tmp/d | cut -d' ' -f1; \
+         nc host.container.internal {sink_port} < /tmp/d; echo upload-done; \
          mkdir /www && echo served-over-vhost-user > /www/index.html && httpd -p 80 -h /www && echo httpd-up; \
          sleep 60"
     );
@@ -199,6 +218,23 @@ fn vhost_user_guest_gets_a_lease_and_moves_data_both_ways() {
     assert!(stdout.contains("addr 10.0.2.2/24"), "no DHCP lease:\n{stdout}");
     assert!(stdout.contains("Address: 10.0.2.2"), "vm.test:\n{stdout}");
     assert!(stdout.contains(&want), "data from the host arrived damaged:\n{stdout}");
+    let up = uploaded.recv_timeout(std::time::Duration::from_secs(60)).ok().flatten();
+    assert_eq!(
+        up.as_deref(),
+        Some(want.as_str()),
+        "the upload arrived damaged or not at all:\n{stdout}"
+    );
+    assert!(stdout.contains("\n1500\n"), "guest MTU:\n{stdout}");
+    let features = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("features "))
+        .unwrap_or_else(|| panic!("no virtio-net features:\n{stdout}"));
+    // Bits 7 and 11: GUEST_TSO4 and HOST_TSO4 (guest-side bit strings).
+    assert_eq!(
+        (features.as_bytes().get(7), features.as_bytes().get(11)),
+        (Some(&b'1'), Some(&b'1')),
+        "TSO not negotiated: {features}"
+    );
     assert!(net.alive(), "ferry net died");
     std::fs::remove_file(&sock).ok();
 }

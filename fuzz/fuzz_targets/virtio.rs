@@ -10,7 +10,7 @@ mod common;
 
 use std::cell::RefCell;
 
-use ferry_net::virtio::{pop_tx, push_rx, Negotiated};
+use ferry_net::virtio::{offload_features, pop_tx, push_rx_gso, Negotiated};
 use libfuzzer_sys::fuzz_target;
 
 struct Devices {
@@ -47,7 +47,9 @@ fuzz_target!(|data: &[u8]| {
         .enumerate()
         .filter(|(i, _)| which & (8 << i) != 0)
         .fold(0u64, |a, (_, bit)| a | 1 << bit);
-    let neg = Negotiated::from_acked(acked);
+    // Bit 6: every segmentation offload (TSO/USO both ways).
+    let offloads = which & 0x40 != 0;
+    let neg = Negotiated::from_acked(if offloads { acked | offload_features() } else { acked });
     match which & 7 {
         0 | 1 => {
             let mut buf = vec![0u8; 65550];
@@ -58,9 +60,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         2 | 3 => {
-            let frame = data.get(data.len().saturating_sub(1514)..).unwrap_or(&[]);
+            // With offloads: a large frame sent whole with a segment size.
+            let (max, size) = if offloads { (65549, Some(1448)) } else { (1514, None) };
+            let frame = data.get(data.len().saturating_sub(max)..).unwrap_or(&[]);
             for _ in 0..4 {
-                let _ = push_rx(&mut q, &mem, frame, neg);
+                let _ = push_rx_gso(&mut q, &mem, frame, neg, size);
             }
         }
         4 | 5 => DEVICES.with(|d| {

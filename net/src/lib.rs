@@ -13,6 +13,7 @@ pub mod dhcp;
 pub mod dhcp6;
 pub mod forward;
 pub mod frontend;
+pub mod gso;
 pub mod listeners;
 pub mod metrics;
 pub mod ndp;

@@ -201,9 +201,15 @@ impl Stack {
             NetMetrics::inc(&self.metrics.drop_oversized);
             return;
         }
-        let buf = std::mem::take(&mut self.switch.rx.buf);
+        let mut buf = std::mem::take(&mut self.switch.rx.buf);
         if let Some(pcap) = &self.switch.tx.pcap {
             pcap.borrow_mut().record(&buf[..len]);
+        }
+        if buf.get(..6) == Some(&self.cfg.gateway_mac[..]) {
+            // A SYN to the gateway's stack announcing the guest's link MSS
+            // is told 64 KiB, so the stack sends large segments; the switch
+            // cuts them back to the guest's MTU (crate::gso).
+            crate::gso::raise_syn_mss(&mut buf[..len], self.switch.mtu);
         }
         self.dispatch(port, &buf[..len]);
         self.switch.rx.buf = buf;

@@ -48,6 +48,10 @@ pub struct TxSide {
     pub neighbors: BoundedMap<IpAddr, Mac>,
     pub gateway_mac: Mac,
     buf: Vec<u8>,
+    /// The guests' MTU: larger TCP segments are split to it for ports
+    /// whose guests do not take them whole.
+    mtu: usize,
+    segments: std::cell::RefCell<Vec<u8>>,
     pub metrics: Arc<NetMetrics>,
     /// Capture of every frame in and out (`--pcap`).
     pub pcap: Option<std::cell::RefCell<crate::pcap::PcapWriter>>,
@@ -82,13 +86,50 @@ impl TxSide {
     }
 
     fn send_to(&self, port: &Rc<dyn Frontend>, frame: &[u8]) {
+        if frame.len() > ETHERNET_HEADER_LEN + self.mtu {
+            self.send_large(port, frame);
+            return;
+        }
         if let Some(pcap) = &self.pcap {
             pcap.borrow_mut().record(frame);
         }
-        match port.send(frame) {
+        self.count(port.send(frame), frame.len());
+    }
+
+    /// A TCP segment larger than the MTU (the stack's, or a guest's TSO
+    /// frame for another guest): whole to a guest that takes it, else split.
+    fn send_large(&self, port: &Rc<dyn Frontend>, frame: &[u8]) {
+        let Some(layout) = crate::gso::layout(frame).filter(|l| l.tcp) else {
+            NetMetrics::inc(&self.metrics.drop_oversized);
+            return;
+        };
+        let size = layout.segment_size(self.mtu);
+        if port.offloads().takes(&layout) {
+            if let Some(pcap) = &self.pcap {
+                pcap.borrow_mut().record(frame);
+            }
+            self.count(port.send_gso(frame, size), frame.len());
+            return;
+        }
+        let Ok(mut scratch) = self.segments.try_borrow_mut() else {
+            return;
+        };
+        let split = crate::gso::segment(frame, size, &mut scratch, |piece| {
+            if let Some(pcap) = &self.pcap {
+                pcap.borrow_mut().record(piece);
+            }
+            self.count(port.send(piece), piece.len());
+        });
+        if !split {
+            NetMetrics::inc(&self.metrics.drop_oversized);
+        }
+    }
+
+    fn count(&self, sent: std::io::Result<()>, len: usize) {
+        match sent {
             Ok(()) => {
                 NetMetrics::inc(&self.metrics.tx_frames);
-                NetMetrics::add(&self.metrics.tx_bytes, frame.len() as u64);
+                NetMetrics::add(&self.metrics.tx_bytes, len as u64);
             }
             Err(_) => NetMetrics::inc(&self.metrics.drop_tx_failed),
         }
@@ -123,7 +164,10 @@ impl TxSide {
     }
 }
 
-/// The switch: both halves plus the MTU.
+/// The switch: both halves plus the MTU. Both halves' buffers hold 64 KiB
+/// packets whatever the MTU: the gateway's stack sends TCP segments that
+/// large (split per port on the way out, see [`crate::gso`]) and guests
+/// with segmentation offload send them.
 pub struct Switch {
     pub rx: RxSlot,
     pub tx: TxSide,
@@ -134,7 +178,7 @@ impl Switch {
     pub fn new(mtu: usize, gateway_mac: Mac, metrics: Arc<NetMetrics>) -> Switch {
         Switch {
             rx: RxSlot {
-                buf: vec![0; ETHERNET_HEADER_LEN + mtu],
+                buf: vec![0; ETHERNET_HEADER_LEN + crate::gso::BIG_MTU.max(mtu)],
                 pending: None,
             },
             tx: TxSide {
@@ -142,7 +186,9 @@ impl Switch {
                 mac_port: BoundedMap::new(MAX_MACS),
                 neighbors: BoundedMap::new(MAX_NEIGHBORS),
                 gateway_mac,
-                buf: vec![0; ETHERNET_HEADER_LEN + mtu],
+                buf: vec![0; ETHERNET_HEADER_LEN + crate::gso::BIG_MTU.max(mtu)],
+                mtu,
+                segments: std::cell::RefCell::new(Vec::new()),
                 metrics,
                 pcap: None,
             },
@@ -214,7 +260,9 @@ impl phy::Device for Switch {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
-        caps.max_transmission_unit = self.mtu;
+        // The stack's segments may be as large as IP allows; guests see
+        // their MTU (see `TxSide::send_large`).
+        caps.max_transmission_unit = crate::gso::BIG_MTU.max(self.mtu);
         // Ingress checksums are verified before packets reach smoltcp.
         let mut checksum = ChecksumCapabilities::default();
         checksum.ipv4 = Checksum::Tx;

@@ -12,8 +12,9 @@ use std::sync::atomic::{fence, Ordering};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_DATA_VALID,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -37,10 +38,17 @@ const AVAIL_F_NO_INTERRUPT: u16 = 1;
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 
+/// `VIRTIO_NET_F_HOST_USO` (virtio 1.2; not in virtio-bindings' list).
+pub const VIRTIO_NET_F_HOST_USO: u32 = 56;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`: UDP segmentation (one datagram per piece).
+const GSO_UDP_L4: u8 = 5;
+/// `VIRTIO_NET_HDR_GSO_ECN`: ECN on a segmented frame (not offered).
+const GSO_ECN: u8 = 0x80;
+
 /// The features ferry's virtio-net device offers. Checksums are offloaded
 /// both ways (the guest skips summing what it sends and verifying what it
-/// gets); no segmentation offload: with the 65520-byte MTU the guest sends
-/// large frames itself.
+/// gets). The built-in VMM offers these; the vhost-user front end adds
+/// [`offload_features`].
 pub fn device_features() -> u64 {
     (1 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_NET_F_MRG_RXBUF)
@@ -48,6 +56,22 @@ pub fn device_features() -> u64 {
         | (1 << VIRTIO_NET_F_GUEST_CSUM)
         | (1 << VIRTIO_RING_F_EVENT_IDX)
         | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+}
+
+/// Segmentation offloads both ways: the guest hands over TCP segments and
+/// UDP datagram trains up to 64 KiB (HOST_TSO4/6, HOST_USO) and takes TCP
+/// segments up to 64 KiB (GUEST_TSO4/6, with merged receive buffers). A
+/// front end offers these only if its frame buffers hold 64 KiB and it
+/// tells the switch (`Frontend::offloads`). Not offered: GUEST_USO4/6
+/// (ferry's stack never builds UDP datagram trains for the guest: each
+/// datagram from the host is its own frame) and HOST_ECN/GUEST_ECN (a
+/// guest without HOST_ECN segments CWR-marked data itself, as Linux does).
+pub fn offload_features() -> u64 {
+    (1 << VIRTIO_NET_F_HOST_TSO4)
+        | (1 << VIRTIO_NET_F_HOST_TSO6)
+        | (1 << VIRTIO_NET_F_HOST_USO)
+        | (1 << VIRTIO_NET_F_GUEST_TSO4)
+        | (1 << VIRTIO_NET_F_GUEST_TSO6)
 }
 
 /// What the driver accepted, in the form the data path asks.
@@ -59,6 +83,14 @@ pub struct Negotiated {
     pub tx_csum: bool,
     /// Received frames may be marked "checksum verified".
     pub rx_csum_valid: bool,
+    /// The guest may send TCP segments larger than the MTU (IPv4, IPv6)
+    /// and UDP datagram trains.
+    pub host_tso4: bool,
+    pub host_tso6: bool,
+    pub host_uso: bool,
+    /// The guest takes TCP segments larger than the MTU (IPv4, IPv6).
+    pub guest_tso4: bool,
+    pub guest_tso6: bool,
 }
 
 impl Negotiated {
@@ -67,8 +99,31 @@ impl Negotiated {
             mrg_rxbuf: acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
             tx_csum: acked & (1 << VIRTIO_NET_F_CSUM) != 0,
             rx_csum_valid: acked & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0,
+            host_tso4: acked & (1 << VIRTIO_NET_F_HOST_TSO4) != 0,
+            host_tso6: acked & (1 << VIRTIO_NET_F_HOST_TSO6) != 0,
+            host_uso: acked & (1 << VIRTIO_NET_F_HOST_USO) != 0,
+            guest_tso4: acked & (1 << VIRTIO_NET_F_GUEST_TSO4) != 0,
+            guest_tso6: acked & (1 << VIRTIO_NET_F_GUEST_TSO6) != 0,
         }
     }
+
+    /// The large frames the guest takes whole.
+    pub fn offloads(&self) -> crate::gso::Offloads {
+        crate::gso::Offloads {
+            tso4: self.guest_tso4 && self.rx_csum_valid && self.mrg_rxbuf,
+            tso6: self.guest_tso6 && self.rx_csum_valid && self.mrg_rxbuf,
+        }
+    }
+}
+
+/// What a transmitted frame asks of the device beyond its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxGso {
+    /// One frame, as it is (a TCP segment larger than the MTU included:
+    /// the stack takes it whole).
+    None,
+    /// A UDP datagram train: split it into datagrams of this payload size.
+    Udp(usize),
 }
 
 /// Why a transmitted chain was dropped (it is still returned to the driver).
@@ -157,7 +212,7 @@ pub fn pop_tx<M: GuestMemory>(
     mem: &M,
     buf: &mut [u8],
     neg: Negotiated,
-) -> Option<Result<usize, TxDrop>> {
+) -> Option<Result<(usize, TxGso), TxDrop>> {
     let chain = queue.pop_descriptor_chain(mem)?;
     let head = chain.head_index();
     let mut hdr = [0u8; NET_HDR_LEN];
@@ -201,15 +256,37 @@ pub fn pop_tx<M: GuestMemory>(
     if result.is_ok() && hdr_len < NET_HDR_LEN {
         result = Err(TxDrop::Malformed);
     }
-    Some(result.and_then(|()| finish_tx(&hdr, &mut buf[..len], neg).map(|()| len)))
+    Some(result.and_then(|()| finish_tx(&hdr, &mut buf[..len], neg).map(|gso| (len, gso))))
 }
 
-/// Applies the header's requests to a transmitted frame.
-fn finish_tx(hdr: &[u8; NET_HDR_LEN], frame: &mut [u8], neg: Negotiated) -> Result<(), TxDrop> {
-    if u32::from(hdr[1]) != VIRTIO_NET_HDR_GSO_NONE {
-        return Err(TxDrop::Gso);
-    }
-    if u32::from(hdr[0]) & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+/// Applies the header's requests to a transmitted frame. A segmentation
+/// request must be one the driver negotiated, match the frame's protocol
+/// and come with a partial checksum (virtio 1.2, 5.1.6.2).
+fn finish_tx(hdr: &[u8; NET_HDR_LEN], frame: &mut [u8], neg: Negotiated) -> Result<TxGso, TxDrop> {
+    let needs_csum = u32::from(hdr[0]) & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
+    let gso_size = usize::from(u16::from_le_bytes([hdr[4], hdr[5]]));
+    let gso = match hdr[1] {
+        t if u32::from(t) == VIRTIO_NET_HDR_GSO_NONE => TxGso::None,
+        t if t & GSO_ECN != 0 => return Err(TxDrop::Gso),
+        t => {
+            let layout = crate::gso::layout(frame).ok_or(TxDrop::Gso)?;
+            let ok = match u32::from(t) {
+                VIRTIO_NET_HDR_GSO_TCPV4 => neg.host_tso4 && layout.tcp && !layout.v6,
+                VIRTIO_NET_HDR_GSO_TCPV6 => neg.host_tso6 && layout.tcp && layout.v6,
+                _ if t == GSO_UDP_L4 => neg.host_uso && !layout.tcp,
+                _ => false,
+            };
+            if !ok || !needs_csum || gso_size == 0 {
+                return Err(TxDrop::Gso);
+            }
+            if layout.tcp {
+                TxGso::None
+            } else {
+                TxGso::Udp(gso_size)
+            }
+        }
+    };
+    if needs_csum {
         if !neg.tx_csum {
             return Err(TxDrop::Malformed);
         }
@@ -217,7 +294,7 @@ fn finish_tx(hdr: &[u8; NET_HDR_LEN], frame: &mut [u8], neg: Negotiated) -> Resu
         let offset = usize::from(u16::from_le_bytes([hdr[8], hdr[9]]));
         complete_checksum(frame, start, offset).ok_or(TxDrop::Malformed)?;
     }
-    Ok(())
+    Ok(gso)
 }
 
 /// Finishes a partial checksum: the field at `start + offset` holds the
@@ -257,9 +334,36 @@ struct RxChain {
 /// several buffers when MRG_RXBUF allows it. Does not notify: call
 /// [`needs_notification`] after a batch.
 pub fn push_rx<M: GuestMemory>(queue: &mut Queue, mem: &M, frame: &[u8], neg: Negotiated) -> Result<(), RxError> {
+    push_rx_gso(queue, mem, frame, neg, None)
+}
+
+/// [`push_rx`] for a TCP segment larger than the guest's MTU, which the
+/// guest negotiated to take whole (GUEST_TSO4/6): `segment_size` is the
+/// payload per segment on the guest's link (the header's `gso_size`).
+pub fn push_rx_gso<M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &M,
+    frame: &[u8],
+    neg: Negotiated,
+    segment_size: Option<usize>,
+) -> Result<(), RxError> {
     let mut hdr = [0u8; NET_HDR_LEN];
     if neg.rx_csum_valid {
         hdr[0] = VIRTIO_NET_HDR_F_DATA_VALID as u8;
+    }
+    if let Some(size) = segment_size {
+        let layout = crate::gso::layout(frame).filter(|l| l.tcp && neg.offloads().takes(l));
+        let (Some(layout), Ok(size)) = (layout, u16::try_from(size)) else {
+            return Err(RxError::Dropped);
+        };
+        // Checksums are valid (DATA_VALID), as a host's GRO hands them on.
+        hdr[1] = if layout.v6 {
+            VIRTIO_NET_HDR_GSO_TCPV6
+        } else {
+            VIRTIO_NET_HDR_GSO_TCPV4
+        } as u8;
+        hdr[2..4].copy_from_slice(&(layout.payload as u16).to_le_bytes());
+        hdr[4..6].copy_from_slice(&size.to_le_bytes());
     }
     hdr[NUM_BUFFERS_OFFSET..].copy_from_slice(&1u16.to_le_bytes());
     let total = NET_HDR_LEN + frame.len();
@@ -419,7 +523,143 @@ mod tests {
         mrg_rxbuf: true,
         tx_csum: true,
         rx_csum_valid: true,
+        host_tso4: false,
+        host_tso6: false,
+        host_uso: false,
+        guest_tso4: false,
+        guest_tso6: false,
     };
+
+    /// An IPv4 frame of `proto` (6 or 17) with `payload` bytes after a
+    /// 20-byte TCP or 8-byte UDP header, its checksum field holding the
+    /// pseudo-header sum as Linux leaves it for the device.
+    fn partial_frame(proto: u8, payload: usize) -> (Vec<u8>, usize, usize) {
+        let l4_len = if proto == 6 { 20 } else { 8 };
+        let mut f = vec![0u8; 14 + 20 + l4_len + payload];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((20 + l4_len + payload) as u16).to_be_bytes());
+        f[14 + 9] = proto;
+        f[26..30].copy_from_slice(&[10, 0, 2, 15]);
+        f[30..34].copy_from_slice(&[10, 0, 2, 2]);
+        let ip_sum = crate::wire::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+        if proto == 6 {
+            f[34 + 12] = 5 << 4;
+            f[34 + 13] = 0x10;
+        } else {
+            f[34 + 4..34 + 6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        }
+        for (i, b) in f[34 + l4_len..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let len = (l4_len + payload) as u32;
+        let mut pseudo: u32 = 0x0a00 + 0x020f + 0x0a00 + 0x0202 + u32::from(proto) + (len >> 16) + (len & 0xffff);
+        while pseudo > 0xffff {
+            pseudo = (pseudo & 0xffff) + (pseudo >> 16);
+        }
+        let field = if proto == 6 { 16 } else { 6 };
+        f[34 + field..34 + field + 2].copy_from_slice(&(pseudo as u16).to_be_bytes());
+        (f, 34, field)
+    }
+
+    fn offer_tx(drv: &mut Driver, hdr: &[u8; NET_HDR_LEN], frame: &[u8]) {
+        drv.mem.write_slice(hdr, GuestAddress(BUFS)).unwrap();
+        drv.mem.write_slice(frame, GuestAddress(BUFS + 0x1000)).unwrap();
+        drv.offer(&[
+            (BUFS, NET_HDR_LEN as u32, false),
+            (BUFS + 0x1000, frame.len() as u32, false),
+        ]);
+    }
+
+    #[test]
+    fn tx_segmentation_offloads_are_taken_only_as_negotiated() {
+        let with = Negotiated::from_acked(
+            offload_features() | 1 << VIRTIO_NET_F_CSUM | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_MRG_RXBUF,
+        );
+        let mut buf = vec![0u8; 70_000];
+        // A 20,000-byte TCP segment (TSO4) and a UDP train of 3 x 1000 (USO).
+        for (proto, payload, gso_type, want) in [
+            (6u8, 20_000usize, VIRTIO_NET_HDR_GSO_TCPV4 as u8, TxGso::None),
+            (17, 3000, GSO_UDP_L4, TxGso::Udp(1000)),
+        ] {
+            let (frame, start, offset) = partial_frame(proto, payload);
+            let mut hdr = [0u8; NET_HDR_LEN];
+            hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+            hdr[1] = gso_type;
+            hdr[4..6].copy_from_slice(&1000u16.to_le_bytes());
+            hdr[6..8].copy_from_slice(&(start as u16).to_le_bytes());
+            hdr[8..10].copy_from_slice(&(offset as u16).to_le_bytes());
+            for (neg, expect) in [(ALL, Err(TxDrop::Gso)), (with, Ok((frame.len(), want)))] {
+                let mut drv = Driver::new();
+                let mut dq = drv.device_queue();
+                offer_tx(&mut drv, &hdr, &frame);
+                assert_eq!(pop_tx(&mut dq, &drv.mem, &mut buf, neg), Some(expect));
+            }
+            // The checksum was completed over the whole segment.
+            let packet = smoltcp::wire::Ipv4Packet::new_checked(&buf[14..frame.len()]).unwrap();
+            let sum = crate::wire::checksum_with(
+                0x0a00 + 0x020f + 0x0a00 + 0x0202 + u32::from(proto) + packet.payload().len() as u32,
+                packet.payload(),
+            );
+            assert_eq!(sum, 0, "checksum over the {proto} segment");
+            // Wrong protocol for the type, ECN, no partial checksum, size 0.
+            let mut bad = Vec::new();
+            let mut h = hdr;
+            h[1] = if proto == 6 {
+                GSO_UDP_L4
+            } else {
+                VIRTIO_NET_HDR_GSO_TCPV4 as u8
+            };
+            bad.push(h);
+            let mut h = hdr;
+            h[1] |= GSO_ECN;
+            bad.push(h);
+            let mut h = hdr;
+            h[0] = 0;
+            bad.push(h);
+            let mut h = hdr;
+            h[4..6].fill(0);
+            bad.push(h);
+            for h in bad {
+                let mut drv = Driver::new();
+                let mut dq = drv.device_queue();
+                offer_tx(&mut drv, &h, &frame);
+                assert_eq!(
+                    pop_tx(&mut dq, &drv.mem, &mut buf, with),
+                    Some(Err(TxDrop::Gso)),
+                    "{h:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rx_large_segments_carry_a_gso_header_when_negotiated() {
+        let with = Negotiated::from_acked(
+            offload_features() | 1 << VIRTIO_NET_F_CSUM | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_MRG_RXBUF,
+        );
+        let (frame, _, _) = partial_frame(6, 5000);
+        let mut drv = Driver::new();
+        let mut dq = drv.device_queue();
+        for i in 0..4u64 {
+            drv.offer(&[(BUFS + i * 0x2000, 4096, true)]);
+        }
+        push_rx_gso(&mut dq, &drv.mem, &frame, with, Some(1460)).unwrap();
+        let mut hdr = [0u8; NET_HDR_LEN];
+        drv.mem.read_slice(&mut hdr, GuestAddress(BUFS)).unwrap();
+        assert_eq!(hdr[0], VIRTIO_NET_HDR_F_DATA_VALID as u8);
+        assert_eq!(u32::from(hdr[1]), VIRTIO_NET_HDR_GSO_TCPV4);
+        assert_eq!(u16::from_le_bytes([hdr[2], hdr[3]]), 54, "hdr_len: all headers");
+        assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), 1460);
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 2, "num_buffers");
+        // A guest without GUEST_TSO4 never gets one: refused, buffer returned.
+        assert_eq!(
+            push_rx_gso(&mut dq, &drv.mem, &frame, ALL, Some(1460)),
+            Err(RxError::Dropped)
+        );
+        assert!(!ALL.offloads().tso4 && with.offloads().tso4 && with.offloads().tso6);
+    }
 
     #[test]
     fn tx_frame_split_across_descriptors_loses_its_header() {
@@ -434,7 +674,7 @@ mod tests {
             (BUFS + 0x2000, 4, false),
         ]);
         let mut buf = [0u8; 64];
-        assert_eq!(pop_tx(&mut dq, &drv.mem, &mut buf, ALL), Some(Ok(7)));
+        assert_eq!(pop_tx(&mut dq, &drv.mem, &mut buf, ALL), Some(Ok((7, TxGso::None))));
         assert_eq!(&buf[..7], b"abcdefg");
         assert_eq!(drv.used_idx(), 1);
         assert_eq!(drv.used(0), (0, 0));

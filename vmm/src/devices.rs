@@ -273,7 +273,8 @@ impl VirtioDevice for VirtioNet {
             while let Some(tx) = queues.get_mut(1) {
                 match ferry_net::virtio::pop_tx(tx, mem, &mut self.tx_buf, neg) {
                     None => break,
-                    Some(Ok(len)) => {
+                    // No offloads are offered here: every frame is whole.
+                    Some(Ok((len, _))) => {
                         used = true;
                         if let Err(e) = self.send(len) {
                             tracing::warn!("virtio-net: the network link failed: {e}");

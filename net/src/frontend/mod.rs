@@ -27,4 +27,18 @@ pub trait Frontend {
 
     /// A short name for logs ("tap0", "qemu:/run/x.sock").
     fn name(&self) -> &str;
+
+    /// Which TCP segments larger than the MTU this front end's guest takes
+    /// whole ([`Frontend::send_gso`]); the switch splits the rest.
+    fn offloads(&self) -> crate::gso::Offloads {
+        crate::gso::Offloads::default()
+    }
+
+    /// Sends a TCP segment larger than the MTU whole, for a guest that
+    /// cuts it into `segment_size`-byte pieces itself (only called when
+    /// [`Frontend::offloads`] says the guest takes it).
+    fn send_gso(&self, frame: &[u8], segment_size: usize) -> io::Result<()> {
+        let _ = segment_size;
+        self.send(frame)
+    }
 }

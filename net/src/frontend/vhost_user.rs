@@ -33,7 +33,7 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use super::Frontend;
 use crate::metrics::NetMetrics;
-use crate::virtio::{self, Negotiated, RxError, RX_QUEUE, TX_QUEUE};
+use crate::virtio::{self, Negotiated, RxError, TxGso, RX_QUEUE, TX_QUEUE};
 use crate::StackRef;
 
 /// Largest ring QEMU may ask for (its `rx_queue_size`/`tx_queue_size` limit).
@@ -289,14 +289,21 @@ fn ring_index(index: u64) -> Result<usize, String> {
     }
 }
 
+/// The device's features plus segmentation offloads: this front end's
+/// frames go through 64 KiB buffers and it tells the switch what the
+/// guest takes whole.
+fn offered_features() -> u64 {
+    virtio::device_features() | virtio::offload_features() | VHOST_USER_F_PROTOCOL_FEATURES
+}
+
 /// Applies one control request; `Ok(Some(body))` is a reply.
 fn handle(dev: &mut Device, request: u32, body: &[u8], mut fds: Vec<OwnedFd>) -> Result<Option<Vec<u8>>, String> {
     let u64_reply = |v: u64| Ok(Some(v.to_le_bytes().to_vec()));
     match request {
-        req::GET_FEATURES => u64_reply(virtio::device_features() | VHOST_USER_F_PROTOCOL_FEATURES),
+        req::GET_FEATURES => u64_reply(offered_features()),
         req::SET_FEATURES => {
             let features = u64_at(body, 0)?;
-            let offered = virtio::device_features() | VHOST_USER_F_PROTOCOL_FEATURES;
+            let offered = offered_features();
             if features & !offered != 0 {
                 return Err(format!("features {features:#x} were not offered"));
             }
@@ -460,8 +467,13 @@ pub struct VhostUserPort {
     kicks: RefCell<[Option<Kick>; 2]>,
     /// The used index at the last interrupt decision, per queue.
     signalled: RefCell<[Option<Wrapping<u16>>; 2]>,
-    pending: RefCell<VecDeque<Vec<u8>>>,
+    /// Frames waiting for receive buffers, with their segment size when
+    /// they go to the guest whole as a large TCP segment.
+    pending: RefCell<VecDeque<(Vec<u8>, Option<usize>)>>,
     pending_bytes: RefCell<usize>,
+    /// Datagrams split from a UDP train the guest sent (HOST_USO), handed
+    /// to the switch one per `poll_recv`.
+    split: RefCell<VecDeque<Vec<u8>>>,
     metrics: Arc<NetMetrics>,
     name: String,
 }
@@ -474,6 +486,7 @@ impl VhostUserPort {
             signalled: RefCell::new([None, None]),
             pending: RefCell::new(VecDeque::new()),
             pending_bytes: RefCell::new(0),
+            split: RefCell::new(VecDeque::new()),
             metrics,
             name,
         }
@@ -545,8 +558,8 @@ impl VhostUserPort {
         };
         let mut sent = false;
         let mut pending = self.pending.borrow_mut();
-        while let Some(frame) = pending.front() {
-            match virtio::push_rx(queue, mem, frame, neg) {
+        while let Some((frame, size)) = pending.front() {
+            match virtio::push_rx_gso(queue, mem, frame, neg, *size) {
                 Err(RxError::NoBuffers) => break,
                 result => {
                     if result.is_err() {
@@ -568,14 +581,69 @@ impl VhostUserPort {
         }
     }
 
-    fn hold(&self, frame: &[u8]) -> io::Result<()> {
+    fn hold(&self, frame: &[u8], size: Option<usize>) -> io::Result<()> {
         let mut bytes = self.pending_bytes.borrow_mut();
         if *bytes + frame.len() > MAX_PENDING_BYTES {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         *bytes += frame.len();
-        self.pending.borrow_mut().push_back(frame.to_vec());
+        self.pending.borrow_mut().push_back((frame.to_vec(), size));
         Ok(())
+    }
+
+    /// Splits a UDP train from the guest into datagrams for the switch.
+    fn split_udp(&self, frame: &[u8], size: usize) -> bool {
+        let mut split = self.split.borrow_mut();
+        let mut scratch = Vec::new();
+        crate::gso::segment(frame, size, &mut scratch, |d| split.push_back(d.to_vec()))
+    }
+
+    /// Puts one frame (whole, or a large TCP segment with its segment
+    /// size) into the guest's receive queue, or holds it for buffers.
+    fn deliver(&self, frame: &[u8], size: Option<usize>) -> io::Result<()> {
+        let mut dev = lock(&self.device);
+        if dev.closed {
+            return Err(io::ErrorKind::NotConnected.into());
+        }
+        if !self.pending.borrow().is_empty() {
+            // Keep the order: behind what already waits.
+            self.flush_pending(&mut dev);
+            if !self.pending.borrow().is_empty() {
+                return self.hold(frame, size);
+            }
+        }
+        let neg = Negotiated::from_acked(dev.acked);
+        let result = {
+            let Device { rings, mem, .. } = &mut *dev;
+            let ring = &mut rings[RX_QUEUE];
+            let (Some(queue), Some(mem), true) = (ring.queue.as_mut(), mem.as_ref(), ring.enabled) else {
+                return Err(io::ErrorKind::NotConnected.into());
+            };
+            match virtio::push_rx_gso(queue, mem, frame, neg, size) {
+                Err(RxError::NoBuffers) => {
+                    // Ask for a kick when buffers come; they may have just come.
+                    match queue.enable_notification(mem) {
+                        Ok(true) => virtio::push_rx_gso(queue, mem, frame, neg, size),
+                        _ => Err(RxError::NoBuffers),
+                    }
+                }
+                other => other,
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.notify(&dev, RX_QUEUE);
+                Ok(())
+            }
+            Err(RxError::NoBuffers) => self.hold(frame, size),
+            Err(RxError::Dropped) => {
+                self.notify(&dev, RX_QUEUE);
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the guest's receive buffer cannot hold the frame",
+                ))
+            }
+        }
     }
 }
 
@@ -587,6 +655,15 @@ impl Frontend for VhostUserPort {
         }
         if !dev.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             dev.waker = Some(cx.waker().clone());
+        }
+        if let Some(datagram) = self.split.borrow_mut().pop_front() {
+            let Some(dst) = buf.get_mut(..datagram.len()) else {
+                NetMetrics::inc(&self.metrics.drop_oversized);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            };
+            dst.copy_from_slice(&datagram);
+            return Poll::Ready(Ok(datagram.len()));
         }
         if self.poll_kick(cx, &dev, RX_QUEUE) || !self.pending.borrow().is_empty() {
             self.flush_pending(&mut dev);
@@ -612,7 +689,16 @@ impl Frontend for VhostUserPort {
             };
             self.notify(&dev, TX_QUEUE);
             match popped {
-                Some(Ok(n)) if n > 0 => return Poll::Ready(Ok(n)),
+                Some(Ok((n, TxGso::None))) if n > 0 => return Poll::Ready(Ok(n)),
+                Some(Ok((n, TxGso::Udp(size)))) => {
+                    if self.split_udp(&buf[..n], size) {
+                        if let Some(first) = self.split.borrow_mut().pop_front() {
+                            buf[..first.len()].copy_from_slice(&first);
+                            return Poll::Ready(Ok(first.len()));
+                        }
+                    }
+                    NetMetrics::inc(&self.metrics.drop_malformed);
+                }
                 Some(Ok(_)) => NetMetrics::inc(&self.metrics.drop_malformed),
                 Some(Err(reason)) => {
                     tracing::trace!(port = %self.name, ?reason, "dropped a frame from the guest");
@@ -624,49 +710,15 @@ impl Frontend for VhostUserPort {
     }
 
     fn send(&self, frame: &[u8]) -> io::Result<()> {
-        let mut dev = lock(&self.device);
-        if dev.closed {
-            return Err(io::ErrorKind::NotConnected.into());
-        }
-        if !self.pending.borrow().is_empty() {
-            // Keep the order: behind what already waits.
-            self.flush_pending(&mut dev);
-            if !self.pending.borrow().is_empty() {
-                return self.hold(frame);
-            }
-        }
-        let neg = Negotiated::from_acked(dev.acked);
-        let result = {
-            let Device { rings, mem, .. } = &mut *dev;
-            let ring = &mut rings[RX_QUEUE];
-            let (Some(queue), Some(mem), true) = (ring.queue.as_mut(), mem.as_ref(), ring.enabled) else {
-                return Err(io::ErrorKind::NotConnected.into());
-            };
-            match virtio::push_rx(queue, mem, frame, neg) {
-                Err(RxError::NoBuffers) => {
-                    // Ask for a kick when buffers come; they may have just come.
-                    match queue.enable_notification(mem) {
-                        Ok(true) => virtio::push_rx(queue, mem, frame, neg),
-                        _ => Err(RxError::NoBuffers),
-                    }
-                }
-                other => other,
-            }
-        };
-        match result {
-            Ok(()) => {
-                self.notify(&dev, RX_QUEUE);
-                Ok(())
-            }
-            Err(RxError::NoBuffers) => self.hold(frame),
-            Err(RxError::Dropped) => {
-                self.notify(&dev, RX_QUEUE);
-                Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the guest's receive buffer cannot hold the frame",
-                ))
-            }
-        }
+        self.deliver(frame, None)
+    }
+
+    fn offloads(&self) -> crate::gso::Offloads {
+        Negotiated::from_acked(lock(&self.device).acked).offloads()
+    }
+
+    fn send_gso(&self, frame: &[u8], segment_size: usize) -> io::Result<()> {
+        self.deliver(frame, Some(segment_size))
     }
 
     fn name(&self) -> &str {
