@@ -5,14 +5,25 @@
 #
 # Backends (same kernel, initramfs, QEMU and guest command everywhere):
 #   ferry-stream      ferry net --listen-qemu (QEMU -netdev stream)
-#   ferry-vhost-user  ferry net --listen-vhost-user (QEMU -netdev vhost-user)
+#   ferry-vhost-user  ferry net --listen-vhost-user (QEMU -netdev vhost-user;
+#                     segmentation offload both ways)
 #   passt             passt -s (QEMU -netdev stream), host via the gateway
-#   qemu-slirp        QEMU's built-in -netdev user (libslirp)
-# Test: down = MB/s of SIZE_MB fetched with busybox wget, timed inside the
-# guest with /proc/uptime; RUNS fetches per guest boot, median reported.
+#   qemu-slirp        QEMU's built-in -netdev user (libslirp; 1500 only: its
+#                     MTU is fixed)
+# passt's vhost-user mode is not in this machine's passt (Debian bookworm's
+# predates it), so its row is missing; set PASST=/path/to/newer/passt to add
+# passt-vhost-user.
+# Each backend runs at every MTU in MTUS (one guest boot each). Tests:
+#   down-MTU  MB/s of SIZE_MB fetched with busybox wget from the host
+#   up-MTU    MB/s of SIZE_MB sent with busybox nc to a host sink
+#   cpu-MTU   CPU seconds the network daemon burned per GB moved (its
+#             utime+stime over the whole boot; lower is better; QEMU's
+#             libslirp runs inside QEMU and is not separable: "-")
+# timed inside the guest with /proc/uptime; RUNS of each per boot, every
+# run shown in brackets (the first transfer in a fresh guest is slower).
 # Under TCG (no usable KVM here) the guest's CPU is the bottleneck for all
 # of them: compare ratios, and rerun on a KVM host for absolute numbers.
-# Usage: bench/guest.sh [backend ...]    Env: SIZE_MB=128 RUNS=3
+# Usage: bench/guest.sh [backend ...]    Env: SIZE_MB=128 RUNS=3 MTUS="1500 65520"
 # Traffic goes only to 127.0.0.1 and the guests this script boots; every
 # process runs under `timeout`.
 set -u
@@ -21,14 +32,17 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SIZE_MB=${SIZE_MB:-128}
 RUNS=${RUNS:-3}
+MTUS=${MTUS:-"1500 65520"}
+PASST=${PASST:-passt}
 BACKENDS=${*:-"ferry-stream ferry-vhost-user passt qemu-slirp"}
 OUT=${OUT:-$ROOT/target/bench/guest-$(date +%Y%m%d-%H%M%S)}
 PORT=25380
+SINK=25381
 mkdir -p "$OUT"
 RAW=$OUT/raw.tsv
 : >"$RAW"
 log() { echo "[$(date +%T)] $*" >&2; }
-for c in qemu-system-x86_64 passt python3 timeout; do
+for c in qemu-system-x86_64 "$PASST" python3 timeout; do
 	command -v $c >/dev/null || { echo "missing $c: run scripts/install-deps"; exit 1; }
 done
 log "building ferry (release) and the guest image"
@@ -49,15 +63,39 @@ mkdir -p "$OUT/www"
 head -c $((SIZE_MB << 20)) /dev/urandom >"$OUT/www/big.bin"
 timeout 3600 python3 -m http.server $PORT --bind 127.0.0.1 --directory "$OUT/www" >/dev/null 2>&1 &
 PIDS+=($!)
+# The upload sink: reads SIZE_MB per connection, then closes it.
+timeout 3600 python3 -c "
+import socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', $SINK)); s.listen(16)
+def drain(c):
+    left = $SIZE_MB << 20
+    while left > 0:
+        b = c.recv(1 << 20)
+        if not b: break
+        left -= len(b)
+    c.close()
+while True:
+    c, _ = s.accept(); threading.Thread(target=drain, args=(c,), daemon=True).start()
+" >/dev/null 2>&1 &
+PIDS+=($!)
 sleep 1
 
-# The guest's side: RUNS timed downloads, one "RESULT start end" line each.
+# The guest's side: RUNS timed downloads, then RUNS timed uploads of a file
+# made in the guest's memory first; one "RESULT dir start end" line each.
 GUEST='H=${HOST:-$(ip route | awk "/default/{print \$3}")}
 for i in $(seq 1 '$RUNS'); do
   a=$(cut -d" " -f1 /proc/uptime)
   wget -q -O /dev/null http://$H:'$PORT'/big.bin || { echo FAIL; exit 1; }
   b=$(cut -d" " -f1 /proc/uptime)
-  echo RESULT $a $b
+  echo RESULT down $a $b
+done
+wget -q -O /tmp/up http://$H:'$PORT'/big.bin || { echo FAIL; exit 1; }
+for i in $(seq 1 '$RUNS'); do
+  a=$(cut -d" " -f1 /proc/uptime)
+  nc $H '$SINK' </tmp/up || { echo FAIL; exit 1; }
+  b=$(cut -d" " -f1 /proc/uptime)
+  echo RESULT up $a $b
 done'
 
 # A QEMU wrapper for qemu-slirp: swaps ferry run's stream netdev for -netdev user.
@@ -71,47 +109,65 @@ exec qemu-system-x86_64 "$@"
 W
 chmod +x "$OUT/qemu-slirp"
 
-run_guest() { # backend network host [extra ferry run args]
-	local b=$1 net=$2 host=$3
-	shift 3
-	local envs=()
-	[ -n "$host" ] && envs=(-e "HOST=$host")
-	timeout 900 "$FERRY" run --network "$net" "${envs[@]}" "$@" -- sh -c "$GUEST" >"$OUT/$b.out" 2>"$OUT/$b.err"
-	local n=0
-	while read -r _ a c; do
-		n=$((n + 1))
-		python3 -c "import sys; print('%s\tdown\t%d\t%.1f\tMB/s\t' % ('$b', $n, $SIZE_MB * 1.048576 / ($c - $a)))" >>"$RAW"
-	done < <(grep '^RESULT' "$OUT/$b.out")
-	[ "$n" -gt 0 ] || { log "$b: no result; see $OUT/$b.err"; tail -5 "$OUT/$b.err" >&2; }
+cpu_of() { # pid of the `timeout` wrapping a daemon -> the daemon's utime+stime in seconds
+	local child
+	child=$(pgrep -P "$1" | head -1)
+	awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/${child:-$1}/stat" 2>/dev/null || echo 0
 }
 
-for b in $BACKENDS; do
-	log "$b"
-	S=$OUT/$b.sock
-	case $b in
-	ferry-stream)
-		timeout 1200 "$FERRY" net --listen-qemu "unix://$S" --dns-upstream 127.0.0.1:9 2>"$OUT/$b.net.err" &
-		P=$!; sleep 1
-		run_guest "$b" "unix://$S" 10.0.2.254
-		kill $P; wait $P 2>/dev/null ;;
-	ferry-vhost-user)
-		timeout 1200 "$FERRY" net --listen-vhost-user "$S" --dns-upstream 127.0.0.1:9 2>"$OUT/$b.net.err" &
-		P=$!; sleep 1
-		run_guest "$b" "vhost-user://$S" 10.0.2.254
-		kill $P; wait $P 2>/dev/null ;;
-	passt)
-		# passt drops to nobody before binding: its socket needs a world-writable directory.
-		S=$(mktemp -u /tmp/ferry-bench-passt-XXXXXX.sock)
-		timeout 1200 passt -f -q -s "$S" -t none -u none 2>"$OUT/$b.net.err" &
-		P=$!
-		for _ in $(seq 50); do [ -S "$S" ] && break; sleep 0.1; done
-		run_guest "$b" "unix://$S" ""
-		kill $P; wait $P 2>/dev/null; rm -f "$S" ;;
-	qemu-slirp)
-		: >"$S"
-		run_guest "$b" "unix://$S" 10.0.2.2 --qemu "$OUT/qemu-slirp" ;;
-	*) log "unknown backend $b" ;;
-	esac
+run_guest() { # backend mtu network host daemon-pid [extra ferry run args]
+	local b=$1 mtu=$2 net=$3 host=$4 pid=$5
+	shift 5
+	local envs=()
+	[ -n "$host" ] && envs=(-e "HOST=$host")
+	local c0=0
+	[ -n "$pid" ] && c0=$(cpu_of "$pid")
+	timeout 900 "$FERRY" run --memory 1024 --network "$net" "${envs[@]}" "$@" -- sh -c "$GUEST" >"$OUT/$b-$mtu.out" 2>"$OUT/$b-$mtu.err"
+	local n=0
+	while read -r _ dir a c; do
+		n=$((n + 1))
+		python3 -c "print('%s\t%s-%s\t%d\t%.1f\tMB/s\t' % ('$b', '$dir', '$mtu', $n, $SIZE_MB * 1.048576 / ($c - $a)))" >>"$RAW"
+	done < <(grep '^RESULT' "$OUT/$b-$mtu.out")
+	[ "$n" -gt 0 ] || { log "$b at MTU $mtu: no result; see $OUT/$b-$mtu.err"; tail -5 "$OUT/$b-$mtu.err" >&2; }
+	if [ -n "$pid" ] && [ "$n" -gt 0 ]; then
+		local c1
+		c1=$(cpu_of "$pid")
+		python3 -c "print('%s\tcpu-%s\t1\t%.2f\tCPU s/GB\t' % ('$b', '$mtu', ($c1 - $c0) / ($n * $SIZE_MB / 1024.0)))" >>"$RAW"
+	fi
+}
+
+for mtu in $MTUS; do
+	for b in $BACKENDS; do
+		log "$b at MTU $mtu"
+		S=$OUT/$b.sock
+		case $b in
+		ferry-stream)
+			timeout 1200 "$FERRY" net --mtu "$mtu" --listen-qemu "unix://$S" --dns-upstream 127.0.0.1:9 2>"$OUT/$b.net.err" &
+			P=$!; sleep 1
+			run_guest "$b" "$mtu" "unix://$S" 10.0.2.254 "$P"
+			kill $P; wait $P 2>/dev/null ;;
+		ferry-vhost-user)
+			timeout 1200 "$FERRY" net --mtu "$mtu" --listen-vhost-user "$S" --dns-upstream 127.0.0.1:9 2>"$OUT/$b.net.err" &
+			P=$!; sleep 1
+			run_guest "$b" "$mtu" "vhost-user://$S" 10.0.2.254 "$P"
+			kill $P; wait $P 2>/dev/null ;;
+		passt | passt-vhost-user)
+			# passt drops to nobody before binding: its socket needs a world-writable directory.
+			S=$(mktemp -u /tmp/ferry-bench-passt-XXXXXX.sock)
+			mode=(); net="unix://$S"
+			[ $b = passt-vhost-user ] && { mode=(--vhost-user); net="vhost-user://$S"; }
+			timeout 1200 "$PASST" -f -q "${mode[@]}" -m "$mtu" -s "$S" -t none -u none 2>"$OUT/$b.net.err" &
+			P=$!
+			for _ in $(seq 50); do [ -S "$S" ] && break; sleep 0.1; done
+			run_guest "$b" "$mtu" "$net" "" "$P"
+			kill $P; wait $P 2>/dev/null; rm -f "$S" ;;
+		qemu-slirp)
+			[ "$mtu" = 1500 ] || continue
+			: >"$S"
+			run_guest "$b" "$mtu" "unix://$S" 10.0.2.2 "" --qemu "$OUT/qemu-slirp" ;;
+		*) log "unknown backend $b" ;;
+		esac
+	done
 done
 log "raw results in $RAW"
-python3 bench/report.py guest "$RAW" docs/performance.md ferry-stream passt qemu-slirp
+SHOW_RUNS=1 python3 bench/report.py guest "$RAW" docs/performance.md ferry-stream passt qemu-slirp

@@ -63,6 +63,9 @@ for b in backends:
         v = med.get((b, t))
         ex = extra.get((b, t), "")
         cell = "-" if v is None else ("%.2f" % v if v < 100 else "%.0f" % v)
+        if os.environ.get("SHOW_RUNS") == "1" and len(values.get((b, t), [])) > 1:
+            # Every run, in order, after the median (SHOW_RUNS=1).
+            cell += " [%s]" % ", ".join("%.1f" % x for x in values[(b, t)])
         if ex:
             cell += " (%s)" % ex
         cells.append(cell)
