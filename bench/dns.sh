@@ -6,6 +6,8 @@
 # (127.0.0.1:5303, cache 10000) both forward to it. dnsperf measures:
 #   cached    100 names asked over and over (after one warm-up pass)
 #   uncached  every query a new name, so every query goes upstream
+# cached-cpu/uncached-cpu: the server's CPU seconds per 1,000 answered queries
+# (utime+stime from /proc; the upstream's work is not counted for either).
 # ferry runs with --dns-rate-limit 0 here: the per-source limit (default
 # 2000 q/s) exists to stop floods from one guest, and dnsperf is one source.
 # Usage: bench/dns.sh     Env: DUR=10 RUNS=1
@@ -38,6 +40,7 @@ PIDS+=($!)
 timeout "$MAXLIFE" "$FERRY" net --listen-qemu "unix://$OUT/ferry.sock" --dns-listen 127.0.0.1:5302 \
 	--dns-upstream 127.0.0.1:5301 --dns-rate-limit 0 2>"$OUT/ferry.log" &
 PIDS+=($!)
+FERRY_WRAP=$!
 sleep 1
 
 for i in $(seq 1 100); do echo "name$i.upstream.bench A"; done >"$OUT/cached.txt"
@@ -47,14 +50,28 @@ r = random.Random(7)
 for i in range(2000000): print('u%d-%d.upstream.bench A' % (i, r.randrange(1 << 30)))" >"$OUT/uncached.txt"
 
 qps() { sed -n 's/.*Queries per second: *\([0-9.]*\).*/\1/p' | head -1; }
+# The server process behind each backend (under its `timeout`), for CPU.
+server_pid() { # backend
+	case $1 in
+	ferry) pgrep -P "$FERRY_WRAP" | head -1 ;;
+	dnsmasq) cat "$OUT/peer.pid" ;;
+	esac
+}
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 run() { # backend port test file extra...
 	local b=$1 port=$2 t=$3 file=$4
 	shift 4
-	local out
+	local out pid c0 c1
+	pid=$(server_pid "$b")
+	c0=$(cpu_of "$pid")
 	out=$(timeout $((DUR + 30)) dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$DUR" -c 4 -q 200 "$@" 2>&1)
-	local lost
+	c1=$(cpu_of "$pid")
+	local lost q
 	lost=$(echo "$out" | sed -n 's/.*Queries lost: *\([0-9]*\).*/\1/p' | head -1)
+	q=$(echo "$out" | sed -n 's/.*Queries completed: *\([0-9]*\).*/\1/p' | head -1)
 	printf '%s\t%s\t%s\t%s\tq/s\tlost=%s\n' "$b" "$t" "$RUN" "$(echo "$out" | qps)" "${lost:-?}" >>"$RAW"
+	# CPU seconds the server burned per 1,000 answered queries (lower is better).
+	python3 -c "print('%s\t%s-cpu\t%s\t%.4f\tCPU s/1k q\t' % ('$b', '$t', '$RUN', ($c1 - $c0) * 1000.0 / max(1, ${q:-0})))" >>"$RAW"
 }
 for RUN in $(seq 1 "$RUNS"); do
 	for b in ferry dnsmasq; do

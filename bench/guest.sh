@@ -123,10 +123,11 @@ run_guest() { # backend mtu network host daemon-pid [extra ferry run args]
 	local c0=0
 	[ -n "$pid" ] && c0=$(cpu_of "$pid")
 	timeout 900 "$FERRY" run --memory 1024 --network "$net" "${envs[@]}" "$@" -- sh -c "$GUEST" >"$OUT/$b-$mtu.out" 2>"$OUT/$b-$mtu.err"
-	local n=0
+	local n=0 down=0 up=0
 	while read -r _ dir a c; do
 		n=$((n + 1))
-		python3 -c "print('%s\t%s-%s\t%d\t%.1f\tMB/s\t' % ('$b', '$dir', '$mtu', $n, $SIZE_MB * 1.048576 / ($c - $a)))" >>"$RAW"
+		if [ "$dir" = down ]; then down=$((down + 1)) i=$down; else up=$((up + 1)) i=$up; fi
+		python3 -c "print('%s\t%s-%s\t%d\t%.1f\tMB/s\t' % ('$b', '$dir', '$mtu', $i, $SIZE_MB * 1.048576 / ($c - $a)))" >>"$RAW"
 	done < <(grep '^RESULT' "$OUT/$b-$mtu.out")
 	[ "$n" -gt 0 ] || { log "$b at MTU $mtu: no result; see $OUT/$b-$mtu.err"; tail -5 "$OUT/$b-$mtu.err" >&2; }
 	if [ -n "$pid" ] && [ "$n" -gt 0 ]; then

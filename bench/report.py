@@ -40,6 +40,11 @@ runs = max((len(v) for v in values.values()), default=0)
 
 def ratio(b, t, ref):
     r = med.get((ref, t))
+    if os.environ.get("INVERT") == "1":
+        # Times and costs (lower is better): the ratio is the reference's
+        # over the backend's, so higher is still better.
+        v = med.get((b, t))
+        return r / v if r and v else None
     return med.get((b, t), 0) / r if r else None
 
 def fmt(x):
