@@ -114,7 +114,10 @@ for b in $BACKENDS; do
 		timeout 1800 "$VIRTIOFSD" --socket-path="$OUT/virtiofsd.sock" --shared-dir="$SHARE" --cache auto 2>"$OUT/virtiofsd.daemon.err" &
 		PIDS+=($!)
 		for _ in $(seq 50); do [ -S "$OUT/virtiofsd.sock" ] && break; sleep 0.1; done
-		fs_pid=$(pgrep -P "${PIDS[-1]}" | head -1)
+		# virtiofsd forks its worker after setting up the sandbox: the last
+		# process with this socket is the one serving requests.
+		sleep 0.5
+		fs_pid=$(pgrep -f -- "--socket-path=$OUT/virtiofsd.sock" | tail -1)
 		args+=(-v "$SHARE:/work" --qemu "$OUT/qemu-virtiofsd"); D=/work ;;
 	tmpfs) ;;
 	*) log "unknown backend $b"; continue ;;

@@ -40,12 +40,14 @@ runs = max((len(v) for v in values.values()), default=0)
 
 def ratio(b, t, ref):
     r = med.get((ref, t))
-    if os.environ.get("INVERT") == "1":
+    v = med.get((b, t))
+    if r is None or v is None:
+        return None
+    if os.environ.get("INVERT") == "1" or units.get(t, "").startswith("CPU"):
         # Times and costs (lower is better): the ratio is the reference's
         # over the backend's, so higher is still better.
-        v = med.get((b, t))
-        return r / v if r and v else None
-    return med.get((b, t), 0) / r if r else None
+        return r / v if v else None
+    return v / r if r else None
 
 def fmt(x):
     return "-" if x is None else ("%.2f" % x)
