@@ -9,7 +9,8 @@
 # ceiling). Both servers run with their defaults: --sandbox namespace,
 # --cache auto. Tests: stat (GETATTR), open-close, create-unlink,
 # readdir-10k (READDIRPLUS of 10,000 entries), sequential read and write of
-# 64 MiB in 4 KiB and 1 MiB requests.
+# 64 MiB in 4 KiB and 1 MiB requests; cpu = the server's CPU seconds for the
+# whole battery (lower is better; none for native).
 # Usage: bench/fs.sh [backend ...]   Env: RUNS=3
 # Only local files and unix sockets are involved; every process runs under
 # `timeout`.
@@ -39,9 +40,26 @@ serve_and_run() { # backend run command...
 	timeout 600 "$@" 2>>"$OUT/$b.err" &
 	local p=$!
 	for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
+	# The server's CPU over the whole battery: every process serving this
+	# socket (a sandboxed server forks its worker), sampled while it runs
+	# (virtiofsd exits as soon as its client disconnects).
+	(while kill -0 $p 2>/dev/null; do
+		c=0
+		for pid in $(pgrep -f -- "--socket-path $SOCK"); do
+			[ "$pid" = "$p" ] || c=$(awk -v a="$c" -v b="$(cpu_of "$pid")" 'BEGIN{print a + b}')
+		done
+		[ "$c" = 0 ] || echo "$c" >"$OUT/cpu"
+		sleep 0.1
+	done) &
+	local sampler=$!
+	rm -f "$OUT/cpu"
 	timeout 600 "$BENCH" "$b" "$r" "$SHARE" "$SOCK" >>"$RAW" || log "$b run $r failed (see $OUT/$b.err)"
+	sleep 0.3
+	printf '%s\tcpu\t%s\t%s\tCPU s\t\n' "$b" "$r" "$(cat "$OUT/cpu" 2>/dev/null || echo 0)" >>"$RAW"
 	kill $p 2>/dev/null; wait $p 2>/dev/null
+	kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
 }
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 for r in $(seq 1 "$RUNS"); do
 	for b in $BACKENDS; do
