@@ -20,7 +20,7 @@ OUT=${OUT:-$ROOT/target/bench/dns-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 RAW=$OUT/raw.tsv
 : >"$RAW"
-log() { echo "[$(date +%T)] $*" >&2; }
+. "$ROOT/bench/lib.sh"
 for c in dnsperf dnsmasq python3 timeout; do
 	command -v $c >/dev/null || { echo "missing $c: run scripts/install-deps"; exit 1; }
 done
@@ -57,7 +57,6 @@ server_pid() { # backend
 	dnsmasq) cat "$OUT/peer.pid" ;;
 	esac
 }
-cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 run() { # backend port test file extra...
 	local b=$1 port=$2 t=$3 file=$4
 	shift 4

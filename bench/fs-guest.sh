@@ -34,16 +34,12 @@ CACHE=$ROOT/target/bench-cache
 mkdir -p "$OUT" "$CACHE"
 RAW=$OUT/raw.tsv
 : >"$RAW"
-log() { echo "[$(date +%T)] $*" >&2; }
+. "$ROOT/bench/lib.sh"
 VIRTIOFSD=$(command -v virtiofsd || echo "$HOME/.cargo/bin/virtiofsd")
 for c in qemu-system-x86_64 npm python3 timeout "$VIRTIOFSD"; do
 	command -v "$c" >/dev/null || [ -x "$c" ] || { echo "missing $c: run scripts/install-deps (virtiofsd: cargo install virtiofsd)"; exit 1; }
 done
-log "building ferry (release) and the guest image"
-cargo build --release --quiet -p ferry || exit 1
-scripts/build-guest-init >/dev/null || exit 1
-FERRY=$ROOT/target/release/ferry
-export FERRY_GUEST_INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/ferry-guest-init
+build_guest_bench
 
 key=$(echo "$PACKAGES" | sha256sum | cut -c1-12)
 TARBALL=$CACHE/node_modules-$key.tar
@@ -94,10 +90,6 @@ for i in $(seq 1 '$RUNS'); do
   STEP=rm t rm -rf $D/w
 done
 echo DONE'
-
-cpu_of() { # pid -> utime+stime in seconds (0 if gone)
-	awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0
-}
 
 for b in $BACKENDS; do
 	log "$b"

@@ -24,7 +24,7 @@ OUT=${OUT:-$ROOT/target/bench/fs-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/share"
 RAW=$OUT/raw.tsv
 : >"$RAW"
-log() { echo "[$(date +%T)] $*" >&2; }
+. "$ROOT/bench/lib.sh"
 VIRTIOFSD=$(command -v virtiofsd || echo "$HOME/.cargo/bin/virtiofsd")
 [ -x "$VIRTIOFSD" ] || { echo "missing virtiofsd: cargo install virtiofsd (needs libseccomp-dev libcap-ng-dev)"; exit 1; }
 log "building ferry and ferry-fsbench (release)"
@@ -59,7 +59,6 @@ serve_and_run() { # backend run command...
 	kill $p 2>/dev/null; wait $p 2>/dev/null
 	kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
 }
-cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 for r in $(seq 1 "$RUNS"); do
 	for b in $BACKENDS; do

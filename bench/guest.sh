@@ -41,15 +41,11 @@ SINK=25381
 mkdir -p "$OUT"
 RAW=$OUT/raw.tsv
 : >"$RAW"
-log() { echo "[$(date +%T)] $*" >&2; }
+. "$ROOT/bench/lib.sh"
 for c in qemu-system-x86_64 "$PASST" python3 timeout; do
 	command -v $c >/dev/null || { echo "missing $c: run scripts/install-deps"; exit 1; }
 done
-log "building ferry (release) and the guest image"
-cargo build --release --quiet -p ferry || exit 1
-scripts/build-guest-init >/dev/null || exit 1
-FERRY=$ROOT/target/release/ferry
-export FERRY_GUEST_INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/ferry-guest-init
+build_guest_bench
 
 PIDS=()
 cleanup() {
@@ -109,10 +105,10 @@ exec qemu-system-x86_64 "$@"
 W
 chmod +x "$OUT/qemu-slirp"
 
-cpu_of() { # pid of the `timeout` wrapping a daemon -> the daemon's utime+stime in seconds
+daemon_cpu() { # pid of the `timeout` wrapping a daemon -> the daemon's CPU seconds
 	local child
 	child=$(pgrep -P "$1" | head -1)
-	awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/${child:-$1}/stat" 2>/dev/null || echo 0
+	cpu_of "${child:-$1}"
 }
 
 run_guest() { # backend mtu network host daemon-pid [extra ferry run args]
@@ -121,7 +117,7 @@ run_guest() { # backend mtu network host daemon-pid [extra ferry run args]
 	local envs=()
 	[ -n "$host" ] && envs=(-e "HOST=$host")
 	local c0=0
-	[ -n "$pid" ] && c0=$(cpu_of "$pid")
+	[ -n "$pid" ] && c0=$(daemon_cpu "$pid")
 	timeout 900 "$FERRY" run --memory 1024 --network "$net" "${envs[@]}" "$@" -- sh -c "$GUEST" >"$OUT/$b-$mtu.out" 2>"$OUT/$b-$mtu.err"
 	local n=0 down=0 up=0
 	while read -r _ dir a c; do
@@ -132,7 +128,7 @@ run_guest() { # backend mtu network host daemon-pid [extra ferry run args]
 	[ "$n" -gt 0 ] || { log "$b at MTU $mtu: no result; see $OUT/$b-$mtu.err"; tail -5 "$OUT/$b-$mtu.err" >&2; }
 	if [ -n "$pid" ] && [ "$n" -gt 0 ]; then
 		local c1
-		c1=$(cpu_of "$pid")
+		c1=$(daemon_cpu "$pid")
 		python3 -c "print('%s\tcpu-%s\t1\t%.2f\tCPU s/GB\t' % ('$b', '$mtu', ($c1 - $c0) / ($n * $SIZE_MB / 1024.0)))" >>"$RAW"
 	fi
 }

@@ -21,13 +21,9 @@ OUT=${OUT:-$ROOT/target/bench/inotify-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/share"
 RAW=$OUT/raw.tsv
 : >"$RAW"
-log() { echo "[$(date +%T)] $*" >&2; }
-log "building ferry (release) and the guest image"
-cargo build --release --quiet -p ferry || exit 1
-scripts/build-guest-init >/dev/null || exit 1
-export FERRY_GUEST_INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/ferry-guest-init
+. "$ROOT/bench/lib.sh"
+build_guest_bench
 export FERRY_STATE_DIR=$OUT/state
-FERRY=$ROOT/target/release/ferry
 trap '$FERRY stop inobench >/dev/null 2>&1' EXIT
 for r in $(seq 1 "$RUNS"); do
 	rm -rf "$OUT/share"/*

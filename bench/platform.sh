@@ -15,7 +15,7 @@ ITER=${ITER:-200000}
 OUT=${OUT:-$ROOT/target/bench/platform-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 RAW=$OUT/raw.tsv
-log() { echo "[$(date +%T)] $*" >&2; }
+. "$ROOT/bench/lib.sh"
 ARM=$ROOT/target/test-cache/busybox-arm64
 if [ ! -x "$ARM/bin/busybox" ]; then
 	log "fetching Debian's busybox-static for arm64"
@@ -25,10 +25,7 @@ if [ ! -x "$ARM/bin/busybox" ]; then
 	dpkg-deb -x busybox-static_*_arm64.deb "$ARM" || exit 1
 	cd "$ROOT" || exit 1
 fi
-log "building ferry (release) and the guest image"
-cargo build --release --quiet -p ferry || exit 1
-scripts/build-guest-init >/dev/null || exit 1
-export FERRY_GUEST_INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/ferry-guest-init
+build_guest_bench
 export FERRY_STATE_DIR=$OUT/state
 script='dd if=/dev/urandom of=/tmp/d bs=1M count=16 2>/dev/null
 for r in $(seq 1 '"$RUNS"'); do for kind in native arm64; do
