@@ -12,6 +12,7 @@ build_guest_bench() {
 	log "building ferry (release) and the guest image"
 	cargo build --release --quiet -p ferry || exit 1
 	scripts/build-guest-init >/dev/null || exit 1
-	FERRY=$ROOT/target/release/ferry
+	# FERRY_BIN: another build of ferry to run instead (A/B of a change).
+	FERRY=${FERRY_BIN:-$ROOT/target/release/ferry}
 	export FERRY_GUEST_INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/ferry-guest-init
 }

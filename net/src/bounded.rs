@@ -37,6 +37,11 @@ impl<K: Hash + Eq + Clone, V> BoundedMap<K, V> {
         self.map.get(k).map(|(v, _)| v)
     }
 
+    /// The value for `k`, to change in place (does not refresh it).
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        self.map.get_mut(k).map(|(v, _)| v)
+    }
+
     pub fn contains_key(&self, k: &K) -> bool {
         self.map.contains_key(k)
     }

@@ -18,6 +18,7 @@ pub mod listeners;
 pub mod metrics;
 pub mod ndp;
 pub mod pcap;
+pub mod resend;
 pub mod stack;
 pub mod state;
 pub mod switch;

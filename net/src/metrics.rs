@@ -80,6 +80,9 @@ metrics! {
     drop_tx_failed,
     /// Dropped: addressed somewhere the NAT does not go (gateway ports, loopback, in-subnet unknowns).
     drop_no_route,
+    /// TCP resends the gateway's stack built that were held back: the
+    /// guest was still acknowledging and reported no hole (see resend.rs).
+    tcp_resends_held,
     /// Front ends detached because of a protocol error (e.g. a bad stream length prefix).
     port_errors,
 }

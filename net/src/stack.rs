@@ -82,7 +82,7 @@ pub struct Stack {
 impl Stack {
     pub fn new(cfg: NetConfig, metrics: Arc<NetMetrics>) -> StackRef {
         let mtu = usize::try_from(cfg.mtu).unwrap_or(1500);
-        let mut switch = Switch::new(mtu, cfg.gateway_mac, metrics.clone());
+        let mut switch = Switch::new(mtu, cfg.gateway_mac, cfg.max_tcp_flows, metrics.clone());
         let epoch = std::time::Instant::now();
         let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ip);
         iface_cfg.random_seed = u64::from(std::process::id()) ^ epoch.elapsed().as_nanos() as u64;
@@ -508,6 +508,10 @@ impl Stack {
                 if tcp.syn() && !tcp.ack() && !self.tcp_flow_exists(src, tcp.src_port(), dst, tcp.dst_port()) {
                     self.tcp_syn(src_mac, frame, l3);
                     return;
+                }
+                if let Some(((sport, dport), seg)) = crate::resend::Segment::parse(payload) {
+                    let now = self.now();
+                    self.switch.tx.resend.from_guest((src, sport, dst, dport), &seg, now);
                 }
                 let start = ETHERNET_HEADER_LEN;
                 self.switch.rx.pending = Some(start..start + total);

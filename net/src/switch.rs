@@ -10,12 +10,15 @@ use std::sync::Arc;
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Packet, Ipv6Packet, ETHERNET_HEADER_LEN};
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, ETHERNET_HEADER_LEN,
+};
 
 use crate::bounded::BoundedMap;
 use crate::config::Mac;
 use crate::frontend::Frontend;
 use crate::metrics::NetMetrics;
+use crate::resend::{ResendFilter, Segment};
 
 pub type PortId = usize;
 
@@ -55,6 +58,8 @@ pub struct TxSide {
     pub metrics: Arc<NetMetrics>,
     /// Capture of every frame in and out (`--pcap`).
     pub pcap: Option<std::cell::RefCell<crate::pcap::PcapWriter>>,
+    /// Holds back the stack's spurious resends (see [`crate::resend`]).
+    pub resend: ResendFilter,
 }
 
 impl TxSide {
@@ -135,21 +140,37 @@ impl TxSide {
         }
     }
 
-    /// Frames the IP packet smoltcp wrote at `buf[14..14+len]` for the guest
-    /// that owns its destination address.
-    fn send_ip(&mut self, len: usize) {
+    /// Frames the IP packet smoltcp wrote at `buf[14..14+len]` at `now` for
+    /// the guest that owns its destination address.
+    fn send_ip(&mut self, len: usize, now: Instant) {
         let packet = &self.buf[ETHERNET_HEADER_LEN..ETHERNET_HEADER_LEN + len];
-        let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
+        let (src, dst, ethertype, tcp) = match packet.first().map(|b| b >> 4) {
             Some(4) => match Ipv4Packet::new_checked(packet) {
-                Ok(p) => (IpAddr::V4(p.dst_addr()), EthernetProtocol::Ipv4),
+                Ok(p) => (
+                    IpAddr::V4(p.src_addr()),
+                    IpAddr::V4(p.dst_addr()),
+                    EthernetProtocol::Ipv4,
+                    (p.next_header() == IpProtocol::Tcp).then(|| p.payload()),
+                ),
                 Err(_) => return,
             },
             Some(6) => match Ipv6Packet::new_checked(packet) {
-                Ok(p) => (IpAddr::V6(p.dst_addr()), EthernetProtocol::Ipv6),
+                Ok(p) => (
+                    IpAddr::V6(p.src_addr()),
+                    IpAddr::V6(p.dst_addr()),
+                    EthernetProtocol::Ipv6,
+                    (p.next_header() == IpProtocol::Tcp).then(|| p.payload()),
+                ),
                 Err(_) => return,
             },
             _ => return,
         };
+        if let Some(((sport, dport), seg)) = tcp.and_then(Segment::parse) {
+            if !self.resend.to_guest((dst, dport, src, sport), &seg, now) {
+                NetMetrics::inc(&self.metrics.tcp_resends_held);
+                return;
+            }
+        }
         let Some(dst_mac) = self.neighbors.get(&dst).copied() else {
             NetMetrics::inc(&self.metrics.drop_no_neighbor);
             return;
@@ -175,7 +196,7 @@ pub struct Switch {
 }
 
 impl Switch {
-    pub fn new(mtu: usize, gateway_mac: Mac, metrics: Arc<NetMetrics>) -> Switch {
+    pub fn new(mtu: usize, gateway_mac: Mac, max_tcp_flows: usize, metrics: Arc<NetMetrics>) -> Switch {
         Switch {
             rx: RxSlot {
                 buf: vec![0; ETHERNET_HEADER_LEN + crate::gso::BIG_MTU.max(mtu)],
@@ -191,6 +212,7 @@ impl Switch {
                 segments: std::cell::RefCell::new(Vec::new()),
                 metrics,
                 pcap: None,
+                resend: ResendFilter::new(max_tcp_flows),
             },
             mtu,
         }
@@ -226,7 +248,7 @@ impl Switch {
 }
 
 pub struct RxToken<'a>(&'a [u8]);
-pub struct TxToken<'a>(&'a mut TxSide);
+pub struct TxToken<'a>(&'a mut TxSide, Instant);
 
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -238,7 +260,7 @@ impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let len = len.min(self.0.buf.len() - ETHERNET_HEADER_LEN);
         let r = f(&mut self.0.buf[ETHERNET_HEADER_LEN..ETHERNET_HEADER_LEN + len]);
-        self.0.send_ip(len);
+        self.0.send_ip(len, self.1);
         r
     }
 }
@@ -247,14 +269,14 @@ impl phy::Device for Switch {
     type RxToken<'a> = RxToken<'a>;
     type TxToken<'a> = TxToken<'a>;
 
-    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+    fn receive(&mut self, now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let range = self.rx.pending.take()?;
         let packet = self.rx.buf.get(range)?;
-        Some((RxToken(packet), TxToken(&mut self.tx)))
+        Some((RxToken(packet), TxToken(&mut self.tx, now)))
     }
 
-    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
-        Some(TxToken(&mut self.tx))
+    fn transmit(&mut self, now: Instant) -> Option<TxToken<'_>> {
+        Some(TxToken(&mut self.tx, now))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

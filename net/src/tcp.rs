@@ -302,6 +302,7 @@ impl Stack {
     /// Forgets a finished flow and keeps its socket for reuse.
     pub(crate) fn tcp_release(&mut self, key: FlowKey, handle: SocketHandle) {
         self.tcp.flows.remove(&key);
+        self.switch.tx.resend.forget(&key);
         let smoltcp::socket::Socket::Tcp(mut socket) = self.sockets.remove(handle);
         if self.tcp.spare.len() < MAX_SPARE {
             if socket.is_open() {

@@ -1,0 +1,297 @@
+//! Drops the gateway stack's spurious resends toward guests.
+//!
+//! Why this exists: smoltcp 0.12 restarts a connection's retransmission
+//! timer only when an ACK covers everything sent (`ack_all`), not on every
+//! ACK of new data as RFC 6298 (5.3) asks, and when the timer expires it
+//! resends the whole window (go-back-N). Toward a guest that drains slower
+//! than a window's worth per RTO — a TCG guest behind the QEMU stream front
+//! end at MTU 1500 — ACKs keep advancing but never catch up, so the timer
+//! expires every few tens of milliseconds and the guest receives most bytes
+//! twice (ferry's `tx_bytes` was 2.8 × the file, the guest counted
+//! thousands of `TCPDSACKOldSent`). smoltcp has no knob for this and ferry
+//! does not carry a patched copy, so the fix sits at the edge instead.
+//!
+//! The link from the stack to a guest is ferry's own: it loses nothing
+//! except frames it counts as dropped. A resend is therefore only needed if
+//! the guest says something is missing. A segment whose bytes were all
+//! sent before is dropped here while the guest's cumulative ACK advanced
+//! within [`HOLD`] and the guest has not sent duplicate ACKs (its way of
+//! reporting a hole); otherwise it goes out. So a real loss is repaired
+//! after the guest's duplicate ACKs (smoltcp's fast retransmit) or at worst
+//! [`HOLD`] after progress stopped — Linux's own minimum RTO — while a
+//! merely slow guest sees each byte once. SYN, FIN, RST and segments
+//! without payload always pass. A flow the table does not know (new, or
+//! evicted by a flood) is never filtered.
+//!
+//! Pure logic over parsed header fields with time passed in; the switch
+//! calls it with the segments it sends and the stack with the guests'.
+
+use std::net::IpAddr;
+
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::TcpPacket;
+
+use crate::bounded::BoundedMap;
+
+/// How long after the guest's ACK last advanced a resend is still held back.
+pub const HOLD: Duration = Duration::from_millis(200);
+
+/// Duplicate ACKs from the guest after which resends pass at once.
+const DUP_ACKS: u8 = 2;
+
+/// (guest address, guest port, remote address, remote port): the guest's
+/// view, as in the TCP flow table.
+pub type Key = (IpAddr, u16, IpAddr, u16);
+
+/// The fields of a TCP header the filter reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    pub seq: u32,
+    pub ack: Option<u32>,
+    pub window: u16,
+    pub payload_len: usize,
+    /// SYN, FIN or RST set.
+    pub control: bool,
+}
+
+impl Segment {
+    /// A TCP header's fields with its (source, destination) ports; None if
+    /// it is too short.
+    pub fn parse(tcp: &[u8]) -> Option<((u16, u16), Segment)> {
+        let t = TcpPacket::new_checked(tcp).ok()?;
+        let payload_len = tcp.len().checked_sub(usize::from(t.header_len()))?;
+        let seg = Segment {
+            seq: t.seq_number().0 as u32,
+            ack: t.ack().then(|| t.ack_number().0 as u32),
+            window: t.window_len(),
+            payload_len,
+            control: t.syn() || t.fin() || t.rst(),
+        };
+        Some(((t.src_port(), t.dst_port()), seg))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Flow {
+    /// One past the highest sequence number sent to the guest.
+    sent_max: u32,
+    /// The guest's cumulative ACK and advertised window, as last seen.
+    acked: Option<(u32, u16)>,
+    /// When the guest's ACK last advanced (or the flow was first seen).
+    progress_at: Instant,
+    /// Duplicate ACKs since it last advanced.
+    dup_acks: u8,
+}
+
+pub struct ResendFilter {
+    flows: BoundedMap<Key, Flow>,
+    /// Resends dropped, since start.
+    pub suppressed: u64,
+}
+
+/// `a` is before `b` in sequence space.
+fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+impl ResendFilter {
+    pub fn new(max_flows: usize) -> ResendFilter {
+        ResendFilter {
+            flows: BoundedMap::new(max_flows),
+            suppressed: 0,
+        }
+    }
+
+    /// A segment the guest sent on flow `key`.
+    pub fn from_guest(&mut self, key: Key, seg: &Segment, now: Instant) {
+        let (Some(flow), Some(ack)) = (self.flows.get_mut(&key), seg.ack) else {
+            return;
+        };
+        match flow.acked {
+            Some((last, _)) if before(last, ack) => {
+                flow.acked = Some((ack, seg.window));
+                flow.progress_at = now;
+                flow.dup_acks = 0;
+            }
+            // RFC 5681's duplicate ACK: nothing new, same window, data outstanding.
+            Some((last, window))
+                if last == ack
+                    && window == seg.window
+                    && seg.payload_len == 0
+                    && !seg.control
+                    && before(ack, flow.sent_max) =>
+            {
+                flow.dup_acks = flow.dup_acks.saturating_add(1);
+            }
+            Some(_) => {}
+            None => {
+                flow.acked = Some((ack, seg.window));
+                flow.progress_at = now;
+            }
+        }
+    }
+
+    /// Whether a segment the stack built for the guest on flow `key` goes
+    /// out (false: a resend the guest does not need).
+    pub fn to_guest(&mut self, key: Key, seg: &Segment, now: Instant) -> bool {
+        let end = seg.seq.wrapping_add(seg.payload_len as u32);
+        let Some(flow) = self.flows.get_mut(&key) else {
+            if seg.payload_len > 0 {
+                self.flows.insert(
+                    key,
+                    Flow {
+                        sent_max: end,
+                        acked: None,
+                        progress_at: now,
+                        dup_acks: 0,
+                    },
+                );
+            }
+            return true;
+        };
+        if seg.payload_len == 0 || seg.control {
+            return true;
+        }
+        if before(flow.sent_max, end) {
+            flow.sent_max = end;
+            return true;
+        }
+        let healthy = flow.dup_acks < DUP_ACKS && now - flow.progress_at < HOLD;
+        if healthy {
+            self.suppressed += 1;
+        }
+        !healthy
+    }
+
+    /// The flow ended.
+    pub fn forget(&mut self, key: &Key) {
+        self.flows.remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: Key = (
+        IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 2, 15)),
+        40000,
+        IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 2, 2)),
+        80,
+    );
+
+    fn data(seq: u32, len: usize) -> Segment {
+        Segment {
+            seq,
+            ack: Some(1),
+            window: 100,
+            payload_len: len,
+            control: false,
+        }
+    }
+
+    fn ack(n: u32) -> Segment {
+        Segment {
+            seq: 1,
+            ack: Some(n),
+            window: 100,
+            payload_len: 0,
+            control: false,
+        }
+    }
+
+    fn ms(n: i64) -> Instant {
+        Instant::from_millis(n)
+    }
+
+    #[test]
+    fn resends_of_a_guest_that_keeps_acking_are_dropped() {
+        let mut f = ResendFilter::new(16);
+        for i in 0..10 {
+            assert!(f.to_guest(KEY, &data(1000 + i * 100, 100), ms(0)));
+        }
+        f.from_guest(KEY, &ack(1300), ms(5));
+        // The stack's timer fires and it goes back to the last ACK.
+        assert!(!f.to_guest(KEY, &data(1300, 100), ms(20)));
+        assert!(!f.to_guest(KEY, &data(1900, 100), ms(20)));
+        // New data still goes, including a segment that straddles.
+        assert!(f.to_guest(KEY, &data(1950, 100), ms(20)));
+        assert!(f.to_guest(KEY, &data(2050, 100), ms(20)));
+        assert_eq!(f.suppressed, 2);
+    }
+
+    #[test]
+    fn a_hole_the_guest_reports_is_resent_at_once() {
+        let mut f = ResendFilter::new(16);
+        for i in 0..5 {
+            f.to_guest(KEY, &data(1000 + i * 100, 100), ms(0));
+        }
+        f.from_guest(KEY, &ack(1100), ms(1));
+        // 1100 was lost: the guest repeats its ACK for each later segment.
+        f.from_guest(KEY, &ack(1100), ms(2));
+        assert!(
+            !f.to_guest(KEY, &data(1100, 100), ms(2)),
+            "one duplicate is not yet a hole"
+        );
+        f.from_guest(KEY, &ack(1100), ms(3));
+        assert!(f.to_guest(KEY, &data(1100, 100), ms(3)));
+        // Once it advances, the flow is healthy again.
+        f.from_guest(KEY, &ack(1500), ms(4));
+        assert!(!f.to_guest(KEY, &data(1400, 100), ms(5)));
+    }
+
+    #[test]
+    fn without_progress_resends_pass_after_the_hold() {
+        let mut f = ResendFilter::new(16);
+        f.to_guest(KEY, &data(1000, 100), ms(0));
+        f.from_guest(KEY, &ack(1000), ms(1));
+        assert!(!f.to_guest(KEY, &data(1000, 100), ms(150)));
+        assert!(f.to_guest(KEY, &data(1000, 100), ms(1 + 200)));
+        // A window update is not a duplicate ACK; no ACK at all never counts.
+        let mut f = ResendFilter::new(16);
+        f.to_guest(KEY, &data(1000, 100), ms(0));
+        f.from_guest(KEY, &ack(1000), ms(0));
+        for w in 0..4 {
+            f.from_guest(
+                KEY,
+                &Segment {
+                    window: 200 + w,
+                    ..ack(1000)
+                },
+                ms(1),
+            );
+        }
+        f.from_guest(KEY, &Segment { ack: None, ..ack(1000) }, ms(1));
+        assert!(!f.to_guest(KEY, &data(1000, 100), ms(2)));
+    }
+
+    #[test]
+    fn control_segments_unknown_flows_and_wraparound() {
+        let mut f = ResendFilter::new(1);
+        let fin = Segment {
+            control: true,
+            ..data(1000, 100)
+        };
+        assert!(f.to_guest(KEY, &data(u32::MAX - 50, 100), ms(0)));
+        f.from_guest(KEY, &ack(u32::MAX - 50), ms(0));
+        assert!(!f.to_guest(KEY, &data(u32::MAX - 50, 100), ms(1)));
+        assert!(f.to_guest(KEY, &data(49, 100), ms(1)), "new data past the wrap");
+        assert!(f.to_guest(KEY, &fin, ms(1)));
+        assert!(f.to_guest(KEY, &data(49, 0), ms(1)));
+        // A second flow evicts the first (bound 1): it is no longer filtered.
+        let other = (KEY.0, 40001, KEY.2, KEY.3);
+        f.to_guest(other, &data(5, 10), ms(1));
+        assert!(f.to_guest(KEY, &data(u32::MAX - 50, 100), ms(2)));
+        assert_eq!(f.len(), 1);
+        f.forget(&KEY);
+        assert!(f.is_empty());
+    }
+}
