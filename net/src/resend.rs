@@ -36,7 +36,8 @@ use crate::bounded::BoundedMap;
 /// How long after the guest's ACK last advanced a resend is still held back.
 pub const HOLD: Duration = Duration::from_millis(200);
 
-/// Duplicate ACKs from the guest after which resends pass at once.
+/// Duplicate ACKs from the guest after which resends pass at once (one
+/// with a selective ACK past its cumulative ACK counts as all of them).
 const DUP_ACKS: u8 = 2;
 
 /// (guest address, guest port, remote address, remote port): the guest's
@@ -52,6 +53,9 @@ pub struct Segment {
     pub payload_len: usize,
     /// SYN, FIN or RST set.
     pub control: bool,
+    /// A SACK block past the ACK: the sender has later data, so something
+    /// before it is missing.
+    pub hole: bool,
 }
 
 impl Segment {
@@ -60,9 +64,15 @@ impl Segment {
     pub fn parse(tcp: &[u8]) -> Option<((u16, u16), Segment)> {
         let t = TcpPacket::new_checked(tcp).ok()?;
         let payload_len = tcp.len().checked_sub(usize::from(t.header_len()))?;
+        let ack = t.ack().then(|| t.ack_number().0 as u32);
+        let hole = ack.is_some_and(|ack| {
+            let ranges = t.selective_ack_ranges().unwrap_or_default();
+            ranges.iter().flatten().any(|&(left, _)| before(ack, left))
+        });
         let seg = Segment {
             seq: t.seq_number().0 as u32,
-            ack: t.ack().then(|| t.ack_number().0 as u32),
+            ack,
+            hole,
             window: t.window_len(),
             payload_len,
             control: t.syn() || t.fin() || t.rst(),
@@ -108,6 +118,13 @@ impl ResendFilter {
             return;
         };
         match flow.acked {
+            Some((last, _)) if before(last, ack) => {
+                flow.acked = Some((ack, seg.window));
+                flow.progress_at = now;
+                flow.dup_acks = if seg.hole { DUP_ACKS } else { 0 };
+            }
+            // Selective ACKs say exactly that something is missing.
+            Some(_) if seg.hole => flow.dup_acks = DUP_ACKS,
             Some((last, _)) if before(last, ack) => {
                 flow.acked = Some((ack, seg.window));
                 flow.progress_at = now;
@@ -195,6 +212,7 @@ mod tests {
             window: 100,
             payload_len: len,
             control: false,
+            hole: false,
         }
     }
 
@@ -205,6 +223,7 @@ mod tests {
             window: 100,
             payload_len: 0,
             control: false,
+            hole: false,
         }
     }
 
@@ -246,6 +265,40 @@ mod tests {
         // Once it advances, the flow is healthy again.
         f.from_guest(KEY, &ack(1500), ms(4));
         assert!(!f.to_guest(KEY, &data(1400, 100), ms(5)));
+        // One ACK with a selective ACK past it is enough, even as it advances.
+        f.to_guest(KEY, &data(1500, 300), ms(5));
+        f.from_guest(
+            KEY,
+            &Segment {
+                hole: true,
+                ..ack(1600)
+            },
+            ms(6),
+        );
+        assert!(f.to_guest(KEY, &data(1600, 100), ms(6)));
+        f.from_guest(KEY, &ack(1800), ms(7));
+        assert!(!f.to_guest(KEY, &data(1700, 100), ms(7)));
+    }
+
+    #[test]
+    fn selective_acks_are_read_from_the_header() {
+        // A pure ACK of 1000 with one SACK block 2000-3000 (NOP NOP SACK).
+        let mut tcp = vec![0u8; 20];
+        tcp[4..8].copy_from_slice(&5u32.to_be_bytes());
+        tcp[8..12].copy_from_slice(&1000u32.to_be_bytes());
+        tcp[12] = 8 << 4;
+        tcp[13] = 0x10;
+        tcp[14..16].copy_from_slice(&512u16.to_be_bytes());
+        tcp.extend_from_slice(&[1, 1, 5, 10]);
+        tcp.extend_from_slice(&2000u32.to_be_bytes());
+        tcp.extend_from_slice(&3000u32.to_be_bytes());
+        let (_, seg) = Segment::parse(&tcp).unwrap();
+        assert!(seg.hole && seg.ack == Some(1000) && seg.payload_len == 0);
+        // A D-SACK (a block below the ACK) is not a hole.
+        tcp[24..28].copy_from_slice(&500u32.to_be_bytes());
+        tcp[28..32].copy_from_slice(&600u32.to_be_bytes());
+        assert!(!Segment::parse(&tcp).unwrap().1.hole);
+        assert!(Segment::parse(&tcp[..10]).is_none());
     }
 
     #[test]
