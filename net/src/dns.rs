@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::shards::FlowHandle;
 use ferry_dns::{Owner, Step, Transport};
-use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 
 use crate::config::Mac;
@@ -103,7 +103,7 @@ fn eui64_iid(mac: Mac) -> [u8; 8] {
 
 /// Serves one DNS-over-TCP connection on a smoltcp socket: 2-byte length,
 /// message, answer, until the guest closes or idles.
-pub async fn tcp_session(stack: &StackRef, handle: SocketHandle, src: IpAddr) {
+pub async fn tcp_session(stack: &StackRef, handle: FlowHandle, src: IpAddr) {
     let Some(dns) = stack.borrow().dns.clone() else { return };
     let mut msg = Vec::new();
     loop {
@@ -112,7 +112,7 @@ pub async fn tcp_session(stack: &StackRef, handle: SocketHandle, src: IpAddr) {
             TCP_IDLE,
             std::future::poll_fn(|cx| {
                 let mut st = stack.borrow_mut();
-                let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+                let socket = st.shards.socket(handle);
                 while socket.can_recv() {
                     let want = if msg.len() < 2 {
                         2
@@ -157,7 +157,7 @@ pub async fn tcp_session(stack: &StackRef, handle: SocketHandle, src: IpAddr) {
             TCP_IDLE,
             std::future::poll_fn(|cx| {
                 let mut st = stack.borrow_mut();
-                let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+                let socket = st.shards.socket(handle);
                 if !socket.may_send() {
                     return Poll::Ready(false);
                 }
@@ -168,9 +168,7 @@ pub async fn tcp_session(stack: &StackRef, handle: SocketHandle, src: IpAddr) {
                 if sent == out.len() {
                     return Poll::Ready(true);
                 }
-                st.sockets
-                    .get_mut::<tcp::Socket>(handle)
-                    .register_send_waker(cx.waker());
+                st.shards.socket(handle).register_send_waker(cx.waker());
                 Poll::Pending
             }),
         )
@@ -184,7 +182,7 @@ pub async fn tcp_session(stack: &StackRef, handle: SocketHandle, src: IpAddr) {
         Duration::from_secs(5),
         std::future::poll_fn(|cx| {
             let mut st = stack.borrow_mut();
-            let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+            let socket = st.shards.socket(handle);
             socket.close();
             if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
                 return Poll::Ready(());

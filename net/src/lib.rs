@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod ndp;
 pub mod pcap;
 pub mod resend;
+pub mod shards;
 pub mod stack;
 pub mod state;
 pub mod switch;
@@ -124,8 +125,7 @@ pub async fn run_timers(stack: StackRef) {
             let mut st = stack.borrow_mut();
             st.poll();
             let now = st.now();
-            let st = &mut *st;
-            st.iface.poll_delay(now, &st.sockets)
+            st.shards.delay(now)
         };
         match delay {
             Some(d) => {

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
+use smoltcp::iface::{Config as IfaceConfig, Interface};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress,
     IpCidr, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN,
@@ -42,9 +42,6 @@ pub struct L3 {
     pub total: usize,
 }
 
-/// Egress passes per poll: up to this many segments per socket at once.
-const EGRESS_ROUNDS: usize = 64;
-
 /// A front end coming or going (gvproxy's `-notification` reports them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortEvent {
@@ -58,8 +55,10 @@ pub struct Stack {
     pub port_events: Option<Rc<dyn Fn(PortEvent)>>,
     pub cfg: NetConfig,
     pub metrics: Arc<NetMetrics>,
-    pub iface: Interface,
-    pub sockets: SocketSet<'static>,
+    /// The gateway's TCP sockets and the interfaces that drive them.
+    pub shards: crate::shards::Shards,
+    /// The shard that takes the packet the switch holds as pending.
+    pending_shard: usize,
     pub switch: Switch,
     pub dhcp: DhcpServer,
     pub dhcp6: dhcp6::Dhcp6Server,
@@ -84,28 +83,35 @@ impl Stack {
         let mtu = usize::try_from(cfg.mtu).unwrap_or(1500);
         let mut switch = Switch::new(mtu, cfg.gateway_mac, cfg.max_tcp_flows, metrics.clone());
         let epoch = std::time::Instant::now();
-        let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ip);
-        iface_cfg.random_seed = u64::from(std::process::id()) ^ epoch.elapsed().as_nanos() as u64;
-        let mut iface = Interface::new(iface_cfg, &mut switch, smoltcp::time::Instant::ZERO);
-        iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(cfg.gateway), cfg.prefix));
+        let seed = u64::from(std::process::id()) ^ epoch.elapsed().as_nanos() as u64;
+        let mut made = 0u64;
+        let shards = crate::shards::Shards::new(crate::shards::Shards::count_for(cfg.max_tcp_flows), || {
+            let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ip);
+            made += 1;
+            iface_cfg.random_seed = seed.wrapping_add(made.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut iface = Interface::new(iface_cfg, &mut switch, smoltcp::time::Instant::ZERO);
+            iface.update_ip_addrs(|addrs| {
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(cfg.gateway), cfg.prefix));
+                if let Some(v6) = &cfg.v6 {
+                    let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.gateway), 64));
+                }
+            });
+            // AnyIP plus a default route through our own address: smoltcp
+            // accepts TCP for every destination, so a socket can stand in
+            // for any host.
+            iface.set_any_ip(true);
+            let _ = iface.routes_mut().add_default_ipv4_route(cfg.gateway);
             if let Some(v6) = &cfg.v6 {
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.gateway), 64));
+                let _ = iface.routes_mut().add_default_ipv6_route(v6.gateway);
             }
+            iface
         });
-        // AnyIP plus a default route through our own address: smoltcp accepts
-        // TCP for every destination, so a socket can stand in for any host.
-        iface.set_any_ip(true);
-        let _ = iface.routes_mut().add_default_ipv4_route(cfg.gateway);
-        if let Some(v6) = &cfg.v6 {
-            let _ = iface.routes_mut().add_default_ipv6_route(v6.gateway);
-        }
         let icmp = IcmpNat::new();
         Rc::new_cyclic(|me| {
             RefCell::new(Stack {
                 metrics,
-                iface,
-                sockets: SocketSet::new(Vec::new()),
+                shards,
+                pending_shard: 0,
                 switch,
                 dhcp: DhcpServer::new(),
                 dhcp6: dhcp6::Dhcp6Server::new(),
@@ -129,18 +135,11 @@ impl Stack {
         smoltcp::time::Instant::from_micros(i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX))
     }
 
-    /// Lets smoltcp process what is pending and send what it has. One
-    /// egress pass sends at most one segment per socket, so repeat (bounded)
-    /// until the send windows are drained: otherwise host-to-guest transfers
-    /// would be clocked by the guest's ACKs, one segment per ACK.
+    /// Lets smoltcp process what is pending and send what it has, in the
+    /// shards that were touched or whose timers are due.
     pub fn poll(&mut self) {
         let now = self.now();
-        self.iface.poll(now, &mut self.switch, &mut self.sockets);
-        for _ in 0..EGRESS_ROUNDS {
-            if self.iface.poll_egress(now, &mut self.switch, &mut self.sockets) == PollResult::None {
-                break;
-            }
-        }
+        self.shards.poll(now, &mut self.switch);
     }
 
     pub fn add_port(&mut self, port: Rc<dyn Frontend>) -> PortId {
@@ -216,7 +215,7 @@ impl Stack {
         // Hand smoltcp what dispatch queued for it (at most one packet).
         if self.switch.rx.pending.is_some() {
             let now = self.now();
-            self.iface.poll_ingress_single(now, &mut self.switch, &mut self.sockets);
+            self.shards.ingress(self.pending_shard, now, &mut self.switch);
             self.switch.rx.pending = None;
         }
     }
@@ -509,12 +508,14 @@ impl Stack {
                     self.tcp_syn(src_mac, frame, l3);
                     return;
                 }
-                if let Some(((sport, dport), seg)) = crate::resend::Segment::parse(payload) {
+                let key = (src, tcp.src_port(), dst, tcp.dst_port());
+                if let Some((_, seg)) = crate::resend::Segment::parse(payload) {
                     let now = self.now();
-                    self.switch.tx.resend.from_guest((src, sport, dst, dport), &seg, now);
+                    self.switch.tx.resend.from_guest(key, &seg, now);
                 }
                 let start = ETHERNET_HEADER_LEN;
                 self.switch.rx.pending = Some(start..start + total);
+                self.pending_shard = self.shards.shard_of(&key);
             }
             IpProtocol::Icmp | IpProtocol::Icmpv6 => {
                 if self.is_own_echo_target(dst) {
@@ -522,6 +523,7 @@ impl Stack {
                     let start = ETHERNET_HEADER_LEN;
                     if src.is_ipv6() || wire::checksum(payload) == 0 {
                         self.switch.rx.pending = Some(start..start + total);
+                        self.pending_shard = 0;
                     } else {
                         NetMetrics::inc(&self.metrics.drop_bad_checksum);
                     }

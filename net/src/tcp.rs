@@ -14,13 +14,13 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{IpListenEndpoint, TcpPacket, TcpSeqNumber, ETHERNET_HEADER_LEN};
 use tokio::net::TcpStream;
 
 use crate::config::Mac;
 use crate::metrics::NetMetrics;
+use crate::shards::FlowHandle;
 use crate::stack::{Stack, StackRef, L3};
 use crate::wire::{self, Addrs};
 
@@ -52,7 +52,7 @@ struct PendingSyn {
 #[derive(Default)]
 pub struct TcpNat {
     pending: HashMap<FlowKey, PendingSyn>,
-    flows: HashMap<FlowKey, SocketHandle>,
+    flows: HashMap<FlowKey, FlowHandle>,
     /// Closed sockets kept for reuse: a fresh one costs zero-filling both
     /// of its buffers, which dominated short connections.
     spare: Vec<tcp::Socket<'static>>,
@@ -221,7 +221,7 @@ impl Stack {
         guest: IpAddr,
         port: u16,
         client: Option<SocketAddr>,
-    ) -> Option<(FlowKey, SocketHandle)> {
+    ) -> Option<(FlowKey, FlowHandle)> {
         let seen = client
             .and_then(|c| Some((self.cfg.forward_source_for(c.ip(), guest)?, c.port())))
             .filter(|&(ip, p)| p != 0 && !self.tcp.flows.contains_key(&(guest, port, ip, p)));
@@ -233,12 +233,13 @@ impl Stack {
         let mut socket = self.new_tcp_socket(self.cfg.tcp_buffer);
         let remote = (smoltcp::wire::IpAddress::from(guest), port);
         let local = (smoltcp::wire::IpAddress::from(gateway), local_port);
-        if let Err(e) = socket.connect(self.iface.context(), remote, local) {
+        let key = (guest, port, gateway, local_port);
+        let shard = self.shards.shard_of(&key);
+        if let Err(e) = socket.connect(self.shards.context(shard), remote, local) {
             tracing::debug!(error = %e, "connect to guest failed");
             return None;
         }
-        let handle = self.sockets.add(socket);
-        let key = (guest, port, gateway, local_port);
+        let handle = self.shards.add(shard, socket);
         self.tcp.flows.insert(key, handle);
         NetMetrics::inc(&self.metrics.tcp_flows_opened);
         self.poll();
@@ -279,20 +280,21 @@ impl Stack {
     }
 
     /// Creates the smoltcp socket for `key` and replays its SYN into it.
-    fn tcp_accept(&mut self, key: FlowKey, syn_frame: &[u8], buffer: usize) -> Option<SocketHandle> {
+    fn tcp_accept(&mut self, key: FlowKey, syn_frame: &[u8], buffer: usize) -> Option<FlowHandle> {
         let mut socket = self.new_tcp_socket(buffer);
         let endpoint = IpListenEndpoint {
             addr: Some(key.2.into()),
             port: key.3,
         };
         socket.listen(endpoint).ok()?;
-        let handle = self.sockets.add(socket);
+        let shard = self.shards.shard_of(&key);
+        let handle = self.shards.add(shard, socket);
         self.tcp.flows.insert(key, handle);
         let len = syn_frame.len().min(self.switch.rx.buf.len());
         self.switch.rx.buf[..len].copy_from_slice(&syn_frame[..len]);
         self.switch.rx.pending = Some(ETHERNET_HEADER_LEN..len);
         let now = self.now();
-        self.iface.poll_ingress_single(now, &mut self.switch, &mut self.sockets);
+        self.shards.ingress(shard, now, &mut self.switch);
         self.switch.rx.pending = None;
         self.poll();
         self.timer.notify_one();
@@ -300,10 +302,10 @@ impl Stack {
     }
 
     /// Forgets a finished flow and keeps its socket for reuse.
-    pub(crate) fn tcp_release(&mut self, key: FlowKey, handle: SocketHandle) {
+    pub(crate) fn tcp_release(&mut self, key: FlowKey, handle: FlowHandle) {
         self.tcp.flows.remove(&key);
         self.switch.tx.resend.forget(&key);
-        let smoltcp::socket::Socket::Tcp(mut socket) = self.sockets.remove(handle);
+        let mut socket = self.shards.remove(handle);
         if self.tcp.spare.len() < MAX_SPARE {
             if socket.is_open() {
                 // Not in the set any more: nothing is sent.
@@ -437,7 +439,7 @@ host_stream!(tokio::net::UnixStream);
 
 /// Moves bytes both ways until both directions are finished or either side
 /// fails. Returns when the flow can be forgotten.
-pub(crate) async fn splice(stack: &StackRef, handle: SocketHandle, host: impl HostStream) {
+pub(crate) async fn splice(stack: &StackRef, handle: FlowHandle, host: impl HostStream) {
     let host = Rc::new(host);
     let mut to_host = Dir::Open; // guest -> host
     let mut to_guest = Dir::Open; // host -> guest
@@ -447,7 +449,7 @@ pub(crate) async fn splice(stack: &StackRef, handle: SocketHandle, host: impl Ho
         let mut budget = SPLICE_BUDGET;
         loop {
             let mut progressed = false;
-            let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+            let socket = st.shards.socket(handle);
             let state = socket.state();
             if matches!(state, tcp::State::Closed | tcp::State::TimeWait) && !socket.can_recv() {
                 // Reset by the guest, timed out, or closed in both directions.
@@ -486,7 +488,7 @@ pub(crate) async fn splice(stack: &StackRef, handle: SocketHandle, host: impl Ho
                     socket.register_recv_waker(cx.waker());
                 }
             }
-            let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+            let socket = st.shards.socket(handle);
             if to_guest == Dir::Open {
                 if socket.can_send() {
                     match host.poll_read_ready(cx) {
@@ -525,7 +527,7 @@ pub(crate) async fn splice(stack: &StackRef, handle: SocketHandle, host: impl Ho
                 st.timer.notify_one();
             }
             if to_host == Dir::Done && to_guest == Dir::Done {
-                let socket = st.sockets.get_mut::<tcp::Socket>(handle);
+                let socket = st.shards.socket(handle);
                 if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
                     return Poll::Ready(());
                 }
