@@ -117,14 +117,20 @@ pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
     }
 }
 
-/// Drives smoltcp's timers (retransmissions, delayed FINs, timeouts).
+/// Drives smoltcp's timers (retransmissions, delayed FINs, timeouts), and
+/// once a second lets quiet flows give their buffer pages back.
 pub async fn run_timers(stack: StackRef) {
     let notify = stack.borrow().timer.clone();
+    let mut trimmed_at = stack.borrow().now();
     loop {
         let delay = {
             let mut st = stack.borrow_mut();
             st.poll();
             let now = st.now();
+            if now - trimmed_at >= resend::QUIET {
+                trimmed_at = now;
+                st.tcp_trim_quiet();
+            }
             st.shards.delay(now)
         };
         match delay {

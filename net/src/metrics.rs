@@ -83,6 +83,8 @@ metrics! {
     /// TCP resends the gateway's stack built that were held back: the
     /// guest was still acknowledging and reported no hole (see resend.rs).
     tcp_resends_held,
+    /// Times a quiet flow gave its socket buffers' pages back (see tcp.rs).
+    tcp_buffers_trimmed,
     /// Front ends detached because of a protocol error (e.g. a bad stream length prefix).
     port_errors,
 }

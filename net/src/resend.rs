@@ -53,6 +53,8 @@ pub struct Segment {
     pub payload_len: usize,
     /// SYN, FIN or RST set.
     pub control: bool,
+    pub syn: bool,
+    pub fin: bool,
     /// A SACK block past the ACK: the sender has later data, so something
     /// before it is missing.
     pub hole: bool,
@@ -76,21 +78,54 @@ impl Segment {
             window: t.window_len(),
             payload_len,
             control: t.syn() || t.fin() || t.rst(),
+            syn: t.syn(),
+            fin: t.fin(),
         };
         Some(((t.src_port(), t.dst_port()), seg))
+    }
+
+    /// Sequence space the segment takes: its payload, plus one each for
+    /// SYN and FIN.
+    fn seq_len(&self) -> u32 {
+        self.payload_len as u32 + u32::from(self.syn) + u32::from(self.fin)
     }
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Flow {
-    /// One past the highest sequence number sent to the guest.
-    sent_max: u32,
+    /// One past the highest sequence number sent to the guest (None: no
+    /// data sent yet).
+    sent_max: Option<u32>,
     /// The guest's cumulative ACK and advertised window, as last seen.
     acked: Option<(u32, u16)>,
     /// When the guest's ACK last advanced (or the flow was first seen).
     progress_at: Instant,
     /// Duplicate ACKs since it last advanced.
     dup_acks: u8,
+    /// One past the highest sequence number the guest sent (SYN and FIN
+    /// count), and the stack's latest ACK to it: equal means the stack
+    /// holds none of the guest's data out of order.
+    guest_end: Option<u32>,
+    stack_ack: Option<u32>,
+    /// When data last moved either way, and whether the flow's buffers
+    /// were given back since (see [`ResendFilter::quiet`]).
+    active_at: Instant,
+    trimmed: bool,
+}
+
+impl Flow {
+    fn new(now: Instant) -> Flow {
+        Flow {
+            sent_max: None,
+            acked: None,
+            progress_at: now,
+            dup_acks: 0,
+            guest_end: None,
+            stack_ack: None,
+            active_at: now,
+            trimmed: false,
+        }
+    }
 }
 
 pub struct ResendFilter {
@@ -104,6 +139,14 @@ fn before(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
+/// The later of two sequence numbers.
+fn later(a: Option<u32>, b: u32) -> u32 {
+    a.filter(|&a| !before(a, b)).unwrap_or(b)
+}
+
+/// How long a flow moves no data before [`ResendFilter::quiet`] offers it.
+pub const QUIET: Duration = Duration::from_secs(1);
+
 impl ResendFilter {
     pub fn new(max_flows: usize) -> ResendFilter {
         ResendFilter {
@@ -112,31 +155,38 @@ impl ResendFilter {
         }
     }
 
+    fn flow(&mut self, key: Key, now: Instant) -> &mut Flow {
+        if !self.flows.contains_key(&key) {
+            self.flows.insert(key, Flow::new(now));
+        }
+        self.flows.get_mut(&key).expect("just inserted")
+    }
+
     /// A segment the guest sent on flow `key`.
     pub fn from_guest(&mut self, key: Key, seg: &Segment, now: Instant) {
-        let (Some(flow), Some(ack)) = (self.flows.get_mut(&key), seg.ack) else {
-            return;
-        };
+        let flow = self.flow(key, now);
+        let end = seg.seq.wrapping_add(seg.seq_len());
+        flow.guest_end = Some(later(flow.guest_end, end));
+        if seg.payload_len > 0 {
+            flow.active_at = now;
+            flow.trimmed = false;
+        }
+        let Some(ack) = seg.ack else { return };
         match flow.acked {
             Some((last, _)) if before(last, ack) => {
                 flow.acked = Some((ack, seg.window));
                 flow.progress_at = now;
+                // Selective ACKs say exactly that something is missing.
                 flow.dup_acks = if seg.hole { DUP_ACKS } else { 0 };
             }
-            // Selective ACKs say exactly that something is missing.
             Some(_) if seg.hole => flow.dup_acks = DUP_ACKS,
-            Some((last, _)) if before(last, ack) => {
-                flow.acked = Some((ack, seg.window));
-                flow.progress_at = now;
-                flow.dup_acks = 0;
-            }
             // RFC 5681's duplicate ACK: nothing new, same window, data outstanding.
             Some((last, window))
                 if last == ack
                     && window == seg.window
                     && seg.payload_len == 0
                     && !seg.control
-                    && before(ack, flow.sent_max) =>
+                    && flow.sent_max.is_some_and(|m| before(ack, m)) =>
             {
                 flow.dup_acks = flow.dup_acks.saturating_add(1);
             }
@@ -151,26 +201,19 @@ impl ResendFilter {
     /// Whether a segment the stack built for the guest on flow `key` goes
     /// out (false: a resend the guest does not need).
     pub fn to_guest(&mut self, key: Key, seg: &Segment, now: Instant) -> bool {
-        let end = seg.seq.wrapping_add(seg.payload_len as u32);
-        let Some(flow) = self.flows.get_mut(&key) else {
-            if seg.payload_len > 0 {
-                self.flows.insert(
-                    key,
-                    Flow {
-                        sent_max: end,
-                        acked: None,
-                        progress_at: now,
-                        dup_acks: 0,
-                    },
-                );
-            }
-            return true;
-        };
-        if seg.payload_len == 0 || seg.control {
+        let flow = self.flow(key, now);
+        if let Some(ack) = seg.ack {
+            flow.stack_ack = Some(ack);
+        }
+        if seg.payload_len == 0 {
             return true;
         }
-        if before(flow.sent_max, end) {
-            flow.sent_max = end;
+        flow.active_at = now;
+        flow.trimmed = false;
+        let end = seg.seq.wrapping_add(seg.payload_len as u32);
+        let resend = flow.sent_max.is_some_and(|m| !before(m, end));
+        flow.sent_max = Some(later(flow.sent_max, end));
+        if !resend || seg.control {
             return true;
         }
         let healthy = flow.dup_acks < DUP_ACKS && now - flow.progress_at < HOLD;
@@ -178,6 +221,19 @@ impl ResendFilter {
             self.suppressed += 1;
         }
         !healthy
+    }
+
+    /// A flow that has moved no data for [`QUIET`] and was not offered
+    /// since: returns whether the stack holds none of the guest's data out
+    /// of order (so an empty receive buffer holds nothing at all), and
+    /// marks it offered until data moves again. None otherwise.
+    pub fn quiet(&mut self, key: &Key, now: Instant) -> Option<bool> {
+        let flow = self.flows.get_mut(key)?;
+        if flow.trimmed || now - flow.active_at < QUIET {
+            return None;
+        }
+        flow.trimmed = true;
+        Some(flow.guest_end.is_some() && flow.guest_end == flow.stack_ack)
     }
 
     /// The flow ended.
@@ -212,6 +268,8 @@ mod tests {
             window: 100,
             payload_len: len,
             control: false,
+            syn: false,
+            fin: false,
             hole: false,
         }
     }
@@ -223,6 +281,8 @@ mod tests {
             window: 100,
             payload_len: 0,
             control: false,
+            syn: false,
+            fin: false,
             hole: false,
         }
     }
@@ -346,5 +406,89 @@ mod tests {
         assert_eq!(f.len(), 1);
         f.forget(&KEY);
         assert!(f.is_empty());
+    }
+    #[test]
+    fn quiet_flows_are_offered_once_and_say_whether_the_guests_data_is_all_in() {
+        let mut f = ResendFilter::new(16);
+        let syn = Segment {
+            seq: 99,
+            ack: None,
+            syn: true,
+            control: true,
+            ..ack(0)
+        };
+        f.from_guest(KEY, &syn, ms(0));
+        // The stack's SYN-ACK acknowledges the SYN; nothing else moved.
+        f.to_guest(
+            KEY,
+            &Segment {
+                syn: true,
+                control: true,
+                ack: Some(100),
+                ..data(5000, 0)
+            },
+            ms(0),
+        );
+        assert_eq!(f.quiet(&KEY, ms(500)), None, "not quiet for long enough");
+        assert_eq!(f.quiet(&KEY, ms(1000)), Some(true));
+        assert_eq!(f.quiet(&KEY, ms(3000)), None, "offered once until data moves");
+        // Guest data the stack has not acknowledged (held out of order, or
+        // its ACK still delayed): the receive side must be kept.
+        f.from_guest(
+            KEY,
+            &Segment {
+                seq: 200,
+                ..data(0, 50)
+            },
+            ms(3000),
+        );
+        assert_eq!(f.quiet(&KEY, ms(3500)), None, "data just moved");
+        assert_eq!(f.quiet(&KEY, ms(4000)), Some(false));
+        f.from_guest(
+            KEY,
+            &Segment {
+                seq: 100,
+                ..data(0, 100)
+            },
+            ms(4000),
+        );
+        f.to_guest(
+            KEY,
+            &Segment {
+                ack: Some(250),
+                ..data(5001, 10)
+            },
+            ms(4000),
+        );
+        assert_eq!(f.quiet(&KEY, ms(5000)), Some(true));
+        // A FIN counts as one more.
+        f.from_guest(
+            KEY,
+            &Segment {
+                seq: 250,
+                fin: true,
+                control: true,
+                ..data(0, 0)
+            },
+            ms(5000),
+        );
+        f.to_guest(
+            KEY,
+            &Segment {
+                ack: Some(250),
+                ..data(5011, 0)
+            },
+            ms(5000),
+        );
+        f.to_guest(
+            KEY,
+            &Segment {
+                ack: Some(250),
+                ..data(5011, 1)
+            },
+            ms(5000),
+        );
+        assert_eq!(f.quiet(&KEY, ms(6000)), Some(false));
+        assert_eq!(f.quiet(&(KEY.0, 1, KEY.2, KEY.3), ms(6000)), None, "unknown flow");
     }
 }

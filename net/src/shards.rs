@@ -15,6 +15,7 @@
 //! Everything that is not TCP (ICMP echo to the gateway's own addresses)
 //! goes through shard 0.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 
 use smoltcp::iface::{Context, Interface, PollResult, SocketHandle, SocketSet};
@@ -41,9 +42,28 @@ pub struct FlowHandle {
     handle: SocketHandle,
 }
 
+/// Where a socket's two ring buffers live: smoltcp owns them as `Vec`s
+/// whose heap storage never moves, so an idle socket's pages can be given
+/// back (see [`Shards::trim`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Buffers {
+    rx: (usize, usize),
+    tx: (usize, usize),
+}
+
+impl Buffers {
+    pub fn new(rx: &[u8], tx: &[u8]) -> Buffers {
+        Buffers {
+            rx: (rx.as_ptr() as usize, rx.len()),
+            tx: (tx.as_ptr() as usize, tx.len()),
+        }
+    }
+}
+
 struct Shard {
     iface: Interface,
     sockets: SocketSet<'static>,
+    buffers: HashMap<SocketHandle, Buffers>,
     /// When the shard next needs a poll (None: only on input), as of its
     /// last poll.
     next_at: Option<Instant>,
@@ -70,6 +90,7 @@ impl Shards {
                 .map(|_| Shard {
                     iface: make(),
                     sockets: SocketSet::new(Vec::new()),
+                    buffers: HashMap::new(),
                     next_at: None,
                     dirty: false,
                 })
@@ -114,17 +135,51 @@ impl Shards {
         self.shards[shard].iface.context()
     }
 
-    pub fn add(&mut self, shard: usize, socket: tcp::Socket<'static>) -> FlowHandle {
+    /// Adds a socket whose ring buffers are at `buffers`.
+    pub fn add(&mut self, shard: usize, socket: tcp::Socket<'static>, buffers: Buffers) -> FlowHandle {
         self.mark(shard);
+        let s = &mut self.shards[shard];
+        let handle = s.sockets.add(socket);
+        s.buffers.insert(handle, buffers);
         FlowHandle {
             shard: shard as u16,
-            handle: self.shards[shard].sockets.add(socket),
+            handle,
         }
     }
 
-    pub fn remove(&mut self, h: FlowHandle) -> tcp::Socket<'static> {
-        let smoltcp::socket::Socket::Tcp(socket) = self.shards[usize::from(h.shard)].sockets.remove(h.handle);
-        socket
+    pub fn remove(&mut self, h: FlowHandle) -> (tcp::Socket<'static>, Buffers) {
+        let s = &mut self.shards[usize::from(h.shard)];
+        let smoltcp::socket::Socket::Tcp(socket) = s.sockets.remove(h.handle);
+        (socket, s.buffers.remove(&h.handle).unwrap_or_default())
+    }
+
+    /// Gives back the pages of an idle socket's ring buffers that hold
+    /// nothing: the send buffer when all it sent was acknowledged, the
+    /// receive buffer when it is empty and `no_held_input` (the caller
+    /// knows the stack holds none of the peer's data out of order, which
+    /// lives in the buffer's free space). Returns whether any was.
+    #[allow(unsafe_code)]
+    pub fn trim(&mut self, h: FlowHandle, no_held_input: bool) -> bool {
+        let s = &mut self.shards[usize::from(h.shard)];
+        let Some(b) = s.buffers.get(&h.handle) else {
+            return false;
+        };
+        let socket = s.sockets.get::<tcp::Socket>(h.handle);
+        let tx = socket.send_queue() == 0;
+        let rx = no_held_input && socket.recv_queue() == 0;
+        if tx {
+            // SAFETY: the send ring is the socket's own Vec (its storage
+            // never moves), every byte in it was acknowledged so none is
+            // live, and no reference into it exists while the stack is
+            // borrowed here.
+            unsafe { crate::sys::release_pages(b.tx.0, b.tx.1) };
+        }
+        if rx {
+            // SAFETY: as above for the receive ring: empty, and with no
+            // out-of-order input held in its free space.
+            unsafe { crate::sys::release_pages(b.rx.0, b.rx.1) };
+        }
+        tx || rx
     }
 
     /// Hands `shard` the packet the switch holds as pending.
@@ -223,7 +278,7 @@ mod tests {
             let shard = s.shard_of(&key(port));
             assert_eq!(shard, s.shard_of(&key(port)), "stable");
             used[shard] += 1;
-            handles.push((port, s.add(shard, socket())));
+            handles.push((port, s.add(shard, socket(), Buffers::default())));
         }
         assert!(used.iter().all(|&n| n > 50), "uneven: {used:?}");
         assert_eq!(s.sockets(), 800);
@@ -256,7 +311,7 @@ mod tests {
             (IpAddress::v4(10, 0, 2, 1), 50000),
         )
         .unwrap();
-        s.add(shard, sock);
+        s.add(shard, sock, Buffers::default());
         s.poll(Instant::from_millis(10), &mut switch);
         let d = s.delay(Instant::from_millis(10)).expect("a retransmission deadline");
         assert!(d > Duration::ZERO && d <= Duration::from_secs(10), "{d}");

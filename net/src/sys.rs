@@ -165,3 +165,26 @@ pub fn bind_unix(path: &std::path::Path) -> std::io::Result<std::os::unix::net::
         .join(name);
     std::os::unix::net::UnixListener::bind(short)
 }
+
+/// Gives the whole pages of `len` bytes at `addr` back to the kernel
+/// (madvise(MADV_DONTNEED)); their contents become zeros on Linux and
+/// undefined elsewhere. Partial pages at either end are kept.
+///
+/// # Safety
+/// The range must belong to an allocation the caller owns whose contents
+/// it no longer needs, and no reference into it may be live.
+pub unsafe fn release_pages(addr: usize, len: usize) {
+    let page = page_size();
+    let start = addr.div_ceil(page) * page;
+    let end = (addr + len) / page * page;
+    if end > start {
+        // SAFETY: [start, end) lies inside the caller's allocation (rounded
+        // inward), which the caller guarantees is dead and unreferenced.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf(3) has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::config::Mac;
 use crate::metrics::NetMetrics;
-use crate::shards::FlowHandle;
+use crate::shards::{Buffers, FlowHandle};
 use crate::stack::{Stack, StackRef, L3};
 use crate::wire::{self, Addrs};
 
@@ -55,7 +55,7 @@ pub struct TcpNat {
     flows: HashMap<FlowKey, FlowHandle>,
     /// Closed sockets kept for reuse: a fresh one costs zero-filling both
     /// of its buffers, which dominated short connections.
-    spare: Vec<tcp::Socket<'static>>,
+    spare: Vec<(tcp::Socket<'static>, Buffers)>,
     next_port: u16,
     limit_logged: bool,
 }
@@ -230,7 +230,7 @@ impl Stack {
             None => (self.cfg.gateway_for(guest)?, self.ephemeral_port_for_tcp()),
         };
         let gateway = local_ip;
-        let mut socket = self.new_tcp_socket(self.cfg.tcp_buffer);
+        let (mut socket, buffers) = self.new_tcp_socket(self.cfg.tcp_buffer);
         let remote = (smoltcp::wire::IpAddress::from(guest), port);
         let local = (smoltcp::wire::IpAddress::from(gateway), local_port);
         let key = (guest, port, gateway, local_port);
@@ -239,7 +239,7 @@ impl Stack {
             tracing::debug!(error = %e, "connect to guest failed");
             return None;
         }
-        let handle = self.shards.add(shard, socket);
+        let handle = self.shards.add(shard, socket, buffers);
         self.tcp.flows.insert(key, handle);
         NetMetrics::inc(&self.metrics.tcp_flows_opened);
         self.poll();
@@ -259,36 +259,35 @@ impl Stack {
         self.tcp.next_port
     }
 
-    /// A socket from the spare pool, or a new one.
-    fn new_tcp_socket(&mut self, buffer: usize) -> tcp::Socket<'static> {
-        match self.tcp.spare.iter().position(|s| s.recv_capacity() == buffer) {
+    /// A socket from the spare pool, or a new one; with where its buffers are.
+    fn new_tcp_socket(&mut self, buffer: usize) -> (tcp::Socket<'static>, Buffers) {
+        match self.tcp.spare.iter().position(|(s, _)| s.recv_capacity() == buffer) {
             Some(i) => self.tcp.spare.swap_remove(i),
             None => {
-                let mut socket = tcp::Socket::new(
-                    tcp::SocketBuffer::new(vec![0; buffer]),
-                    tcp::SocketBuffer::new(vec![0; buffer]),
-                );
+                let (rx, tx) = (vec![0; buffer], vec![0; buffer]);
+                let buffers = Buffers::new(&rx, &tx);
+                let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
                 // A short delayed ACK lets the ACK ride on the reply in
                 // request/response traffic; bulk transfers still ACK every
                 // second segment at once.
                 socket.set_ack_delay(Some(smoltcp::time::Duration::from_millis(1)));
                 socket.set_nagle_enabled(false);
                 socket.set_timeout(Some(smoltcp::time::Duration::from_secs(STALL_TIMEOUT.as_secs())));
-                socket
+                (socket, buffers)
             }
         }
     }
 
     /// Creates the smoltcp socket for `key` and replays its SYN into it.
     fn tcp_accept(&mut self, key: FlowKey, syn_frame: &[u8], buffer: usize) -> Option<FlowHandle> {
-        let mut socket = self.new_tcp_socket(buffer);
+        let (mut socket, buffers) = self.new_tcp_socket(buffer);
         let endpoint = IpListenEndpoint {
             addr: Some(key.2.into()),
             port: key.3,
         };
         socket.listen(endpoint).ok()?;
         let shard = self.shards.shard_of(&key);
-        let handle = self.shards.add(shard, socket);
+        let handle = self.shards.add(shard, socket, buffers);
         self.tcp.flows.insert(key, handle);
         let len = syn_frame.len().min(self.switch.rx.buf.len());
         self.switch.rx.buf[..len].copy_from_slice(&syn_frame[..len]);
@@ -301,17 +300,34 @@ impl Stack {
         Some(handle)
     }
 
+    /// Gives back the buffer pages of flows that moved no data for
+    /// [`crate::resend::QUIET`] (once per quiet spell). A flow's rings are
+    /// 2 x `tcp_buffer` of address space but only the pages its data
+    /// touched are resident; smoltcp's receive ring never rewinds, so a
+    /// long-lived flow trickling small messages would otherwise end up with
+    /// its whole ring resident.
+    pub fn tcp_trim_quiet(&mut self) {
+        let now = self.now();
+        for (key, &handle) in &self.tcp.flows {
+            if let Some(no_held_input) = self.switch.tx.resend.quiet(key, now) {
+                if self.shards.trim(handle, no_held_input) {
+                    NetMetrics::inc(&self.metrics.tcp_buffers_trimmed);
+                }
+            }
+        }
+    }
+
     /// Forgets a finished flow and keeps its socket for reuse.
     pub(crate) fn tcp_release(&mut self, key: FlowKey, handle: FlowHandle) {
         self.tcp.flows.remove(&key);
         self.switch.tx.resend.forget(&key);
-        let mut socket = self.shards.remove(handle);
+        let (mut socket, buffers) = self.shards.remove(handle);
         if self.tcp.spare.len() < MAX_SPARE {
             if socket.is_open() {
                 // Not in the set any more: nothing is sent.
                 socket.abort();
             }
-            self.tcp.spare.push(socket);
+            self.tcp.spare.push((socket, buffers));
         }
     }
 
