@@ -23,6 +23,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 
 use crate::switch::Switch;
+use crate::sys::PageRing;
 use crate::tcp::FlowKey;
 
 /// Egress passes per poll of one shard: one pass sends at most one segment
@@ -42,21 +43,31 @@ pub struct FlowHandle {
     handle: SocketHandle,
 }
 
-/// Where a socket's two ring buffers live: smoltcp owns them as `Vec`s
-/// whose heap storage never moves, so an idle socket's pages can be given
-/// back (see [`Shards::trim`]).
-#[derive(Clone, Copy, Debug, Default)]
+/// A socket's two ring buffers, page-aligned mappings whose pages an idle
+/// socket gives back (see [`Shards::trim`]). Kept beside the socket and
+/// dropped after it: the socket borrows them.
 pub struct Buffers {
-    rx: (usize, usize),
-    tx: (usize, usize),
+    rx: PageRing,
+    tx: PageRing,
 }
 
 impl Buffers {
-    pub fn new(rx: &[u8], tx: &[u8]) -> Buffers {
-        Buffers {
-            rx: (rx.as_ptr() as usize, rx.len()),
-            tx: (tx.as_ptr() as usize, tx.len()),
-        }
+    /// A socket with `size`-byte rings, and the rings.
+    #[allow(unsafe_code)]
+    pub fn socket(size: usize) -> std::io::Result<(tcp::Socket<'static>, Buffers)> {
+        let mut b = Buffers {
+            rx: PageRing::new(size)?,
+            tx: PageRing::new(size)?,
+        };
+        // SAFETY: the socket is only used while its `Buffers` live beside
+        // it: in a shard's set with the `Buffers` in the shard's map
+        // (declared after the set, so dropped after it) or in the spare
+        // pool as a `(socket, Buffers)` pair. Dropping a `tcp::Socket` does
+        // not touch its storage, so where the two are dropped together the
+        // order does not matter.
+        let (rx, tx) = unsafe { (b.rx.storage(), b.tx.storage()) };
+        let socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
+        Ok((socket, b))
     }
 }
 
@@ -150,7 +161,11 @@ impl Shards {
     pub fn remove(&mut self, h: FlowHandle) -> (tcp::Socket<'static>, Buffers) {
         let s = &mut self.shards[usize::from(h.shard)];
         let smoltcp::socket::Socket::Tcp(socket) = s.sockets.remove(h.handle);
-        (socket, s.buffers.remove(&h.handle).unwrap_or_default())
+        let buffers = s
+            .buffers
+            .remove(&h.handle)
+            .expect("every socket is added with its buffers");
+        (socket, buffers)
     }
 
     /// Gives back the pages of an idle socket's ring buffers that hold
@@ -168,16 +183,15 @@ impl Shards {
         let tx = socket.send_queue() == 0;
         let rx = no_held_input && socket.recv_queue() == 0;
         if tx {
-            // SAFETY: the send ring is the socket's own Vec (its storage
-            // never moves), every byte in it was acknowledged so none is
-            // live, and no reference into it exists while the stack is
+            // SAFETY: every byte of the send ring was acknowledged, so none
+            // is live, and the socket is not in use while the stack is
             // borrowed here.
-            unsafe { crate::sys::release_pages(b.tx.0, b.tx.1) };
+            unsafe { b.tx.release() };
         }
         if rx {
             // SAFETY: as above for the receive ring: empty, and with no
             // out-of-order input held in its free space.
-            unsafe { crate::sys::release_pages(b.rx.0, b.rx.1) };
+            unsafe { b.rx.release() };
         }
         tx || rx
     }
@@ -253,11 +267,8 @@ mod tests {
         (guest, port, IpAddr::V4(Ipv4Addr::new(10, 0, 2, 254)), 80)
     }
 
-    fn socket() -> tcp::Socket<'static> {
-        tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; 1024]),
-            tcp::SocketBuffer::new(vec![0; 1024]),
-        )
+    fn socket() -> (tcp::Socket<'static>, Buffers) {
+        Buffers::socket(8192).unwrap()
     }
 
     #[test]
@@ -278,7 +289,8 @@ mod tests {
             let shard = s.shard_of(&key(port));
             assert_eq!(shard, s.shard_of(&key(port)), "stable");
             used[shard] += 1;
-            handles.push((port, s.add(shard, socket(), Buffers::default())));
+            let (sock, bufs) = socket();
+            handles.push((port, s.add(shard, sock, bufs)));
         }
         assert!(used.iter().all(|&n| n > 50), "uneven: {used:?}");
         assert_eq!(s.sockets(), 800);
@@ -303,7 +315,7 @@ mod tests {
         // A socket connecting to a guest has a SYN retransmission deadline.
         let k = key(4000);
         let shard = s.shard_of(&k);
-        let mut sock = socket();
+        let (mut sock, bufs) = socket();
         let cx = s.context(shard);
         sock.connect(
             cx,
@@ -311,7 +323,7 @@ mod tests {
             (IpAddress::v4(10, 0, 2, 1), 50000),
         )
         .unwrap();
-        s.add(shard, sock, Buffers::default());
+        s.add(shard, sock, bufs);
         s.poll(Instant::from_millis(10), &mut switch);
         let d = s.delay(Instant::from_millis(10)).expect("a retransmission deadline");
         assert!(d > Duration::ZERO && d <= Duration::from_secs(10), "{d}");

@@ -166,25 +166,96 @@ pub fn bind_unix(path: &std::path::Path) -> std::io::Result<std::os::unix::net::
     std::os::unix::net::UnixListener::bind(short)
 }
 
-/// Gives the whole pages of `len` bytes at `addr` back to the kernel
-/// (madvise(MADV_DONTNEED)); their contents become zeros on Linux and
-/// undefined elsewhere. Partial pages at either end are kept.
-///
-/// # Safety
-/// The range must belong to an allocation the caller owns whose contents
-/// it no longer needs, and no reference into it may be live.
-pub unsafe fn release_pages(addr: usize, len: usize) {
-    let page = page_size();
-    let start = addr.div_ceil(page) * page;
-    let end = (addr + len) / page * page;
-    if end > start {
-        // SAFETY: [start, end) lies inside the caller's allocation (rounded
-        // inward), which the caller guarantees is dead and unreferenced.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+/// A page-aligned anonymous mapping that holds one of a TCP socket's ring
+/// buffers. A `Vec` from the allocator starts 16 bytes into a page, so the
+/// page where a ring's small messages live could never be given back;
+/// this one starts on a page and is given back whole ([`PageRing::release`]).
+/// Its pages are zero until first touched, like `vec![0; n]`'s.
+pub struct PageRing {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+#[cfg(target_os = "linux")]
+const MAP_ANON: libc::c_int = libc::MAP_ANONYMOUS;
+#[cfg(not(target_os = "linux"))]
+const MAP_ANON: libc::c_int = libc::MAP_ANON;
+
+impl PageRing {
+    pub fn new(len: usize) -> std::io::Result<PageRing> {
+        let len = len.max(1);
+        // SAFETY: a fresh private anonymous mapping with no address hint;
+        // the result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | MAP_ANON,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)?;
+        Ok(PageRing { ptr, len })
+    }
+
+    /// The mapping as a socket buffer's storage.
+    ///
+    /// # Safety
+    /// Whatever holds the slice must be dropped before this `PageRing`.
+    pub unsafe fn storage(&mut self) -> &'static mut [u8] {
+        // SAFETY: `len` bytes mapped read-write at `ptr`, alive until drop
+        // (the caller keeps every user of the slice shorter-lived).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Gives every page back to the kernel; the contents become zeros on
+    /// Linux and undefined elsewhere.
+    ///
+    /// # Safety
+    /// No byte of the ring may be live, and no reference into it in use.
+    pub unsafe fn release(&self) {
+        // SAFETY: the whole mapping is ours; the caller guarantees its
+        // contents are dead.
+        unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTNEED) };
     }
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf(3) has no preconditions.
-    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+impl Drop for PageRing {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; users of `storage` are gone.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_size() -> usize {
+        // SAFETY: sysconf(3) has no preconditions.
+        usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap()
+    }
+
+    #[test]
+    fn a_page_ring_starts_on_a_page_and_gives_every_page_back() {
+        let mut ring = PageRing::new(3 * page_size()).unwrap();
+        // SAFETY: the slice is dropped before `ring`.
+        let bytes = unsafe { ring.storage() };
+        assert_eq!(bytes.as_ptr() as usize % page_size(), 0);
+        assert!(bytes.iter().all(|&b| b == 0), "zero-filled");
+        bytes[0] = 7;
+        bytes[3 * page_size() - 1] = 9;
+        // SAFETY: nothing in it is needed any more.
+        unsafe { ring.release() };
+        #[cfg(target_os = "linux")]
+        assert!(
+            bytes[0] == 0 && bytes[3 * page_size() - 1] == 0,
+            "the first and last pages went back too"
+        );
+    }
 }

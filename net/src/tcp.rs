@@ -230,7 +230,7 @@ impl Stack {
             None => (self.cfg.gateway_for(guest)?, self.ephemeral_port_for_tcp()),
         };
         let gateway = local_ip;
-        let (mut socket, buffers) = self.new_tcp_socket(self.cfg.tcp_buffer);
+        let (mut socket, buffers) = self.new_tcp_socket(self.cfg.tcp_buffer)?;
         let remote = (smoltcp::wire::IpAddress::from(guest), port);
         let local = (smoltcp::wire::IpAddress::from(gateway), local_port);
         let key = (guest, port, gateway, local_port);
@@ -260,27 +260,31 @@ impl Stack {
     }
 
     /// A socket from the spare pool, or a new one; with where its buffers are.
-    fn new_tcp_socket(&mut self, buffer: usize) -> (tcp::Socket<'static>, Buffers) {
+    fn new_tcp_socket(&mut self, buffer: usize) -> Option<(tcp::Socket<'static>, Buffers)> {
         match self.tcp.spare.iter().position(|(s, _)| s.recv_capacity() == buffer) {
-            Some(i) => self.tcp.spare.swap_remove(i),
+            Some(i) => Some(self.tcp.spare.swap_remove(i)),
             None => {
-                let (rx, tx) = (vec![0; buffer], vec![0; buffer]);
-                let buffers = Buffers::new(&rx, &tx);
-                let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
+                let (mut socket, buffers) = match Buffers::socket(buffer) {
+                    Ok(made) => made,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no memory for a TCP flow's buffers; the flow is refused");
+                        return None;
+                    }
+                };
                 // A short delayed ACK lets the ACK ride on the reply in
                 // request/response traffic; bulk transfers still ACK every
                 // second segment at once.
                 socket.set_ack_delay(Some(smoltcp::time::Duration::from_millis(1)));
                 socket.set_nagle_enabled(false);
                 socket.set_timeout(Some(smoltcp::time::Duration::from_secs(STALL_TIMEOUT.as_secs())));
-                (socket, buffers)
+                Some((socket, buffers))
             }
         }
     }
 
     /// Creates the smoltcp socket for `key` and replays its SYN into it.
     fn tcp_accept(&mut self, key: FlowKey, syn_frame: &[u8], buffer: usize) -> Option<FlowHandle> {
-        let (mut socket, buffers) = self.new_tcp_socket(buffer);
+        let (mut socket, buffers) = self.new_tcp_socket(buffer)?;
         let endpoint = IpListenEndpoint {
             addr: Some(key.2.into()),
             port: key.3,
