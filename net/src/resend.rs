@@ -23,6 +23,11 @@
 //! without payload always pass. A flow the table does not know (new, or
 //! evicted by a flood) is never filtered.
 //!
+//! The same per-flow view of sequence numbers also tells when a flow has
+//! gone quiet with nothing of the guest's held out of order, so its socket
+//! buffers' pages can be given back ([`ResendFilter::quiet`], used by
+//! `Stack::tcp_trim_quiet`).
+//!
 //! Pure logic over parsed header fields with time passed in; the switch
 //! calls it with the segments it sends and the stack with the guests'.
 
