@@ -24,17 +24,7 @@ fn ns_echo_server(ns: &Netns, port: u16, conns: usize) {
         unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
         let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
         tx.send(()).unwrap();
-        for conn in l.incoming().take(conns) {
-            let Ok(mut c) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 1 << 16];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        common::netns::echo_each(l, conns);
     });
     rx.recv_timeout(Duration::from_secs(10)).unwrap();
 }

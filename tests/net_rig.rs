@@ -168,19 +168,7 @@ fn a_thousand_concurrent_connections() {
     let _ferry = FerryNet::start(&ns, &["--configure"]);
     let (l, port) = listener();
     // Echo server: a thread per connection, bounded by the client's count.
-    std::thread::spawn(move || {
-        for conn in l.incoming().take(1000) {
-            let Ok(mut c) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    std::thread::spawn(move || common::netns::echo_each(l, 1000));
     ns.run_in(move || {
         let mut conns: Vec<TcpStream> = (0..1000u32)
             .map(|i| {
@@ -891,19 +879,7 @@ fn quiet_flows_give_their_buffer_pages_back() {
     let ferry = FerryNet::start(&ns, &["--configure", "--api", api.to_str().unwrap()]);
     let pid = ferry.running.child.id();
     let (l, port) = listener();
-    std::thread::spawn(move || {
-        for conn in l.incoming().take(FLOWS) {
-            let Ok(mut c) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 1 << 16];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    std::thread::spawn(move || common::netns::echo_each(l, FLOWS));
     let echo_all = |conns: &mut Vec<TcpStream>, seed: u64| {
         for (i, s) in conns.iter_mut().enumerate() {
             let mut data = vec![0u8; CHUNK];

@@ -69,8 +69,12 @@ impl Segment {
     /// A TCP header's fields with its (source, destination) ports; None if
     /// it is too short.
     pub fn parse(tcp: &[u8]) -> Option<((u16, u16), Segment)> {
-        let t = TcpPacket::new_checked(tcp).ok()?;
-        let payload_len = tcp.len().checked_sub(usize::from(t.header_len()))?;
+        Segment::of(&TcpPacket::new_checked(tcp).ok()?)
+    }
+
+    /// The same from a header already checked (`TcpPacket::new_checked`).
+    pub fn of(t: &TcpPacket<&[u8]>) -> Option<((u16, u16), Segment)> {
+        let payload_len = t.payload().len();
         let ack = t.ack().then(|| t.ack_number().0 as u32);
         let hole = ack.is_some_and(|ack| {
             let ranges = t.selective_ack_ranges().unwrap_or_default();

@@ -509,7 +509,7 @@ impl Stack {
                     return;
                 }
                 let key = (src, tcp.src_port(), dst, tcp.dst_port());
-                if let Some((_, seg)) = crate::resend::Segment::parse(payload) {
+                if let Some((_, seg)) = crate::resend::Segment::of(&tcp) {
                     let now = self.now();
                     self.switch.tx.resend.from_guest(key, &seg, now);
                 }

@@ -246,3 +246,21 @@ pub fn raise_nofile() {
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
 }
+
+/// Echoes every byte back on each of the first `conns` connections `l`
+/// accepts, a thread per connection; returns when it has accepted them.
+#[allow(dead_code)]
+pub fn echo_each(l: std::net::TcpListener, conns: usize) {
+    use std::io::{Read, Write};
+    for conn in l.incoming().take(conns) {
+        let Ok(mut c) = conn else { continue };
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = c.read(&mut buf) {
+                if n == 0 || c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
