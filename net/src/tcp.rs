@@ -446,7 +446,26 @@ macro_rules! host_stream {
                 <$t>::poll_write_ready(self, cx)
             }
             fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-                <$t>::try_read(self, buf)
+                // A short read drained the socket: drop the readiness now
+                // instead of learning it from one more recv failing with
+                // EAGAIN (one system call per reply in request/response
+                // traffic). tokio clears only if no event came since the
+                // readiness was seen, and keeps end-of-stream, so nothing
+                // that arrives later is missed.
+                let mut short = None;
+                let r = <$t>::try_io(self, tokio::io::Interest::READABLE, || {
+                    match <$t>::try_read(self, buf) {
+                        Ok(n) if n > 0 && n < buf.len() => {
+                            short = Some(n);
+                            Err(io::ErrorKind::WouldBlock.into())
+                        }
+                        other => other,
+                    }
+                });
+                match short {
+                    Some(n) => Ok(n),
+                    None => r,
+                }
             }
             fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
                 <$t>::try_write(self, buf)
@@ -468,7 +487,10 @@ pub(crate) async fn splice(stack: &StackRef, handle: FlowHandle, host: impl Host
         let st = &mut *st;
         let mut budget = SPLICE_BUDGET;
         loop {
+            // `progressed`: look again; `moved`: bytes or state changed, so
+            // the stack has something to send.
             let mut progressed = false;
+            let mut moved = false;
             let socket = st.shards.socket(handle);
             let state = socket.state();
             if matches!(state, tcp::State::Closed | tcp::State::TimeWait) && !socket.can_recv() {
@@ -488,15 +510,23 @@ pub(crate) async fn splice(stack: &StackRef, handle: FlowHandle, host: impl Host
                                 Err(e) => (0, Err(e)),
                             });
                             match r {
-                                Ok(Ok(n)) if n > 0 => progressed = true,
+                                Ok(Ok(n)) if n > 0 => {
+                                    progressed = true;
+                                    moved = true;
+                                }
+                                // Readiness cleared: look again, to wait for it.
                                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => progressed = true,
                                 Ok(Err(_)) | Ok(Ok(_)) | Err(_) => {
                                     abort_both(socket, &mut to_host, &mut to_guest);
                                     progressed = true;
+                                    moved = true;
                                 }
                             }
                         }
-                        Poll::Ready(Err(_)) => abort_both(socket, &mut to_host, &mut to_guest),
+                        Poll::Ready(Err(_)) => {
+                            abort_both(socket, &mut to_host, &mut to_guest);
+                            moved = true;
+                        }
                         Poll::Pending => {}
                     }
                 } else if !socket.may_recv() && !handshaking(state) {
@@ -504,6 +534,7 @@ pub(crate) async fn splice(stack: &StackRef, handle: FlowHandle, host: impl Host
                     let _ = socket2::SockRef::from(&host.as_fd()).shutdown(std::net::Shutdown::Write);
                     to_host = Dir::Done;
                     progressed = true;
+                    moved = true;
                 } else {
                     socket.register_recv_waker(cx.waker());
                 }
@@ -523,26 +554,36 @@ pub(crate) async fn splice(stack: &StackRef, handle: FlowHandle, host: impl Host
                                     socket.close();
                                     to_guest = Dir::Done;
                                     progressed = true;
+                                    moved = true;
                                 }
-                                Ok(Ok(_)) => progressed = true,
+                                Ok(Ok(_)) => {
+                                    progressed = true;
+                                    moved = true;
+                                }
+                                // Readiness cleared: look again, to wait for it.
                                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => progressed = true,
                                 Ok(Err(_)) | Err(_) => {
                                     abort_both(socket, &mut to_host, &mut to_guest);
                                     progressed = true;
+                                    moved = true;
                                 }
                             }
                         }
-                        Poll::Ready(Err(_)) => abort_both(socket, &mut to_host, &mut to_guest),
+                        Poll::Ready(Err(_)) => {
+                            abort_both(socket, &mut to_host, &mut to_guest);
+                            moved = true;
+                        }
                         Poll::Pending => {}
                     }
                 } else if !socket.may_send() && !handshaking(socket.state()) {
                     to_guest = Dir::Done;
                     progressed = true;
+                    moved = true;
                 } else {
                     socket.register_send_waker(cx.waker());
                 }
             }
-            if progressed {
+            if moved {
                 st.poll();
                 st.timer.notify_one();
             }

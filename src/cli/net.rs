@@ -766,18 +766,25 @@ pub fn run_until(
             .collect();
         ferry_confine::seccomp::install(seccomp, &lists).context("--seccomp")?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let exit_requested = async {
-            match &exit {
-                Some(n) => n.notified().await,
-                None => std::future::pending().await,
+        // The wait for an exit runs as a task of its own: the future given
+        // to `block_on` is polled again at every wake-up of any task (each
+        // packet), and polling these four there cost every packet.
+        let waiting = tokio::task::spawn_local(async move {
+            let exit_requested = async {
+                match &exit {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                _ = exit_requested => {}
+                _ = running.all_namespaces_gone() => eprintln!("ferry: every namespace went away; exiting"),
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            _ = exit_requested => {}
-            _ = running.all_namespaces_gone() => eprintln!("ferry: every namespace went away; exiting"),
-        }
+            running
+        });
+        let running = waiting.await.context("waiting for the signal to exit")?;
         running.log_counters();
         Ok(ExitCode::SUCCESS)
     })
