@@ -19,6 +19,8 @@
 #   cpu-MTU   CPU seconds the network daemon burned per GB moved (its
 #             utime+stime over the whole boot; lower is better; QEMU's
 #             libslirp runs inside QEMU and is not separable: "-")
+#   qemu-cpu-MTU  the same for QEMU itself (the TCG guest, its I/O thread,
+#             and libslirp for qemu-slirp), over the whole boot
 # timed inside the guest with /proc/uptime; RUNS of each per boot, every
 # run shown in brackets (the first transfer in a fresh guest is slower).
 # Under TCG (no usable KVM here) the guest's CPU is the bottleneck for all
@@ -94,16 +96,32 @@ for i in $(seq 1 '$RUNS'); do
   echo RESULT up $a $b
 done'
 
-# A QEMU wrapper for qemu-slirp: swaps ferry run's stream netdev for -netdev user.
-cat >"$OUT/qemu-slirp" <<'W'
-#!/bin/sh
-for a; do
-	shift
-	case $a in stream,id=net0,*) set -- "$@" "user,id=net0" ;; *) set -- "$@" "$a" ;; esac
-done
-exec qemu-system-x86_64 "$@"
+# A QEMU wrapper for every guest: runs QEMU and writes the CPU seconds it
+# burned (all its threads: the TCG vCPU, its I/O thread, and for
+# qemu-slirp libslirp) to $OUT/qemu.cpu when it ends. With QEMU_SLIRP=1 it
+# swaps ferry run's stream netdev for -netdev user.
+cat >"$OUT/qemu" <<W
+#!/usr/bin/env python3
+import os, signal, sys
+args = sys.argv[1:]
+if os.environ.get("QEMU_SLIRP") == "1":
+    args = ["user,id=net0" if a.startswith("stream,id=net0,") else a for a in args]
+pid = os.fork()
+if pid == 0:
+    os.execvp("qemu-system-x86_64", ["qemu-system-x86_64"] + args)
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, lambda n, f: os.kill(pid, n))
+while True:
+    try:
+        _, status, ru = os.wait4(pid, 0)
+        break
+    except InterruptedError:
+        continue
+with open("$OUT/qemu.cpu", "w") as f:
+    f.write("%.2f\\n" % (ru.ru_utime + ru.ru_stime))
+sys.exit(os.waitstatus_to_exitcode(status) if status else 0)
 W
-chmod +x "$OUT/qemu-slirp"
+chmod +x "$OUT/qemu"
 
 daemon_cpu() { # pid of the `timeout` wrapping a daemon -> the daemon's CPU seconds
 	local child
@@ -118,7 +136,8 @@ run_guest() { # backend mtu network host daemon-pid [extra ferry run args]
 	[ -n "$host" ] && envs=(-e "HOST=$host")
 	local c0=0
 	[ -n "$pid" ] && c0=$(daemon_cpu "$pid")
-	timeout 900 "$FERRY" run --memory 1024 --network "$net" "${envs[@]}" "$@" -- sh -c "$GUEST" >"$OUT/$b-$mtu.out" 2>"$OUT/$b-$mtu.err"
+	rm -f "$OUT/qemu.cpu"
+	timeout 900 "$FERRY" run --qemu "$OUT/qemu" --memory 1024 --network "$net" "${envs[@]}" "$@" -- sh -c "$GUEST" >"$OUT/$b-$mtu.out" 2>"$OUT/$b-$mtu.err"
 	local n=0 down=0 up=0
 	while read -r _ dir a c; do
 		n=$((n + 1))
@@ -130,6 +149,9 @@ run_guest() { # backend mtu network host daemon-pid [extra ferry run args]
 		local c1
 		c1=$(daemon_cpu "$pid")
 		python3 -c "print('%s\tcpu-%s\t1\t%.2f\tCPU s/GB\t' % ('$b', '$mtu', ($c1 - $c0) / ($n * $SIZE_MB / 1024.0)))" >>"$RAW"
+	fi
+	if [ -s "$OUT/qemu.cpu" ] && [ "$n" -gt 0 ]; then
+		python3 -c "print('%s\tqemu-cpu-%s\t1\t%.2f\tCPU s/GB\t' % ('$b', '$mtu', $(cat "$OUT/qemu.cpu") / ($n * $SIZE_MB / 1024.0)))" >>"$RAW"
 	fi
 }
 
@@ -161,7 +183,7 @@ for mtu in $MTUS; do
 		qemu-slirp)
 			[ "$mtu" = 1500 ] || continue
 			: >"$S"
-			run_guest "$b" "$mtu" "unix://$S" 10.0.2.2 "" --qemu "$OUT/qemu-slirp" ;;
+			QEMU_SLIRP=1 run_guest "$b" "$mtu" "unix://$S" 10.0.2.2 "" ;;
 		*) log "unknown backend $b" ;;
 		esac
 	done
