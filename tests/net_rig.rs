@@ -201,6 +201,52 @@ fn refused_port_fails_at_once() {
     assert!(elapsed < Duration::from_secs(2), "refusal took {elapsed:?}");
 }
 
+/// Request/response on one connection, replies of every size from one byte
+/// to several socket reads: ferry treats a short read from the host socket
+/// as "drained" and drops its readiness without asking again, so a reply
+/// whose tail arrives just after that read must still be delivered (a lost
+/// wake-up would stall the exchange until the read timeout).
+#[test]
+fn request_response_replies_of_every_size_arrive_whole() {
+    let ns = Netns::new();
+    let _ferry = FerryNet::start(&ns, &["--configure"]);
+    let (l, port) = listener();
+    const ROUNDS: u32 = 3000;
+    let size = |i: u32| ((i * 7919) % 150_000 + 1) as usize;
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.set_nodelay(true).unwrap();
+        let mut req = [0u8; 4];
+        while c.read_exact(&mut req).is_ok() {
+            let i = u32::from_be_bytes(req);
+            let n = size(i);
+            // Two writes, so the reply often reaches ferry in two pieces.
+            let body: Vec<u8> = (0..n).map(|k| (k as u32 ^ i) as u8).collect();
+            let half = n / 2;
+            c.write_all(&body[..half]).unwrap();
+            c.write_all(&body[half..]).unwrap();
+        }
+    });
+    let took = ns.run_in(move || {
+        let t0 = Instant::now();
+        let mut s = connect(alias(port));
+        s.set_nodelay(true).unwrap();
+        let mut buf = vec![0u8; 150_001];
+        for i in 0..ROUNDS {
+            s.write_all(&i.to_be_bytes()).unwrap();
+            let n = size(i);
+            s.read_exact(&mut buf[..n])
+                .unwrap_or_else(|e| panic!("round {i}: reply of {n} bytes: {e}"));
+            assert!(
+                buf[..n].iter().enumerate().all(|(k, &b)| b == (k as u32 ^ i) as u8),
+                "round {i}: reply of {n} bytes corrupted"
+            );
+        }
+        t0.elapsed()
+    });
+    assert!(took < Duration::from_secs(60), "{ROUNDS} round trips took {took:?}");
+}
+
 #[test]
 fn half_close_then_read_the_reply() {
     let ns = Netns::new();
