@@ -201,18 +201,23 @@ fn refused_port_fails_at_once() {
     assert!(elapsed < Duration::from_secs(2), "refusal took {elapsed:?}");
 }
 
-/// Request/response on one connection, replies of every size from one byte
-/// to several socket reads: ferry treats a short read from the host socket
-/// as "drained" and drops its readiness without asking again, so a reply
-/// whose tail arrives just after that read must still be delivered (a lost
-/// wake-up would stall the exchange until the read timeout).
+/// Request/response on one connection, replies from one byte to more than
+/// ferry's socket buffer, each written in two pieces: ferry takes a short
+/// read from the host socket as "drained" and drops its readiness without
+/// asking again, so a piece arriving just after that read must still wake
+/// it (a lost wake-up stalls the exchange until the read timeout).
 #[test]
 fn request_response_replies_of_every_size_arrive_whole() {
     let ns = Netns::new();
     let _ferry = FerryNet::start(&ns, &["--configure"]);
     let (l, port) = listener();
     const ROUNDS: u32 = 3000;
-    let size = |i: u32| ((i * 7919) % 150_000 + 1) as usize;
+    // Mostly small replies; every 20th up to 1.2 MB, past ferry's 512 KiB
+    // socket buffer, so reads that fill the buffer happen too.
+    let size = |i: u32| {
+        let cap = if i % 20 == 0 { 1_200_000 } else { 4096 };
+        ((i * 7919) % cap + 1) as usize
+    };
     std::thread::spawn(move || {
         let (mut c, _) = l.accept().unwrap();
         c.set_nodelay(true).unwrap();
@@ -231,7 +236,7 @@ fn request_response_replies_of_every_size_arrive_whole() {
         let t0 = Instant::now();
         let mut s = connect(alias(port));
         s.set_nodelay(true).unwrap();
-        let mut buf = vec![0u8; 150_001];
+        let mut buf = vec![0u8; 1_200_001];
         for i in 0..ROUNDS {
             s.write_all(&i.to_be_bytes()).unwrap();
             let n = size(i);
