@@ -108,6 +108,9 @@ if os.environ.get("QEMU_SLIRP") == "1":
     args = ["user,id=net0" if a.startswith("stream,id=net0,") else a for a in args]
 pid = os.fork()
 if pid == 0:
+    # QEMU dies with this wrapper, whatever kills it (PR_SET_PDEATHSIG).
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
     os.execvp("qemu-system-x86_64", ["qemu-system-x86_64"] + args)
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(s, lambda n, f: os.kill(pid, n))
