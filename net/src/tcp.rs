@@ -488,9 +488,11 @@ pub(crate) async fn splice(stack: &StackRef, handle: FlowHandle, host: impl Host
         let mut budget = SPLICE_BUDGET;
         loop {
             // `progressed`: look again; `moved`: bytes or state changed, so
-            // the stack has something to send.
+            // the stack has something to send; `timer`: only its timers
+            // may have changed.
             let mut progressed = false;
             let mut moved = false;
+            let mut timer = false;
             let socket = st.shards.socket(handle);
             let state = socket.state();
             if matches!(state, tcp::State::Closed | tcp::State::TimeWait) && !socket.can_recv() {
@@ -505,6 +507,7 @@ pub(crate) async fn splice(stack: &StackRef, handle: FlowHandle, host: impl Host
                 if socket.can_recv() {
                     match host.poll_write_ready(cx) {
                         Poll::Ready(Ok(())) => {
+                            let queued = socket.recv_queue();
                             let r = socket.recv(|buf| match host.try_write(buf) {
                                 Ok(n) => (n, Ok(n)),
                                 Err(e) => (0, Err(e)),
@@ -512,7 +515,18 @@ pub(crate) async fn splice(stack: &StackRef, handle: FlowHandle, host: impl Host
                             match r {
                                 Ok(Ok(n)) if n > 0 => {
                                     progressed = true;
-                                    moved = true;
+                                    // The stack has something to send only if
+                                    // the freed room is worth a window update
+                                    // (smoltcp sends one when the window at
+                                    // least doubles); a small request taken
+                                    // from a roomy buffer is answered by the
+                                    // ACK riding on the reply, and the timer
+                                    // still learns of the delayed ACK.
+                                    if queued > socket.recv_capacity() / 4 {
+                                        moved = true;
+                                    } else {
+                                        timer = true;
+                                    }
                                 }
                                 // Readiness cleared: look again, to wait for it.
                                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => progressed = true,
@@ -585,6 +599,8 @@ pub(crate) async fn splice(stack: &StackRef, handle: FlowHandle, host: impl Host
             }
             if moved {
                 st.poll();
+            }
+            if moved || timer {
                 st.timer.notify_one();
             }
             if to_host == Dir::Done && to_guest == Dir::Done {
