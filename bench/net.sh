@@ -57,7 +57,8 @@ for c in iperf3 pasta slirp4netns ip python3 timeout; do
 done
 log "building ferry and the load tool (release)"
 cargo build --release --quiet -p ferry -p ferry-bench || exit 1
-FERRY=$ROOT/target/release/ferry
+# FERRY_BIN: another build of ferry to run instead (A/B of a change).
+FERRY=${FERRY_BIN:-$ROOT/target/release/ferry}
 NETPERF=$ROOT/target/release/ferry-netperf
 MAXLIFE=$((RUNS * (5 * DUR + 60) + 120))
 
