@@ -9,7 +9,9 @@
 # guest prints CLOSE_WRITE for it; then the same for an append (MODIFY).
 # The console path adds its own delay, so these are upper bounds. No peer
 # offers true event types to compare with (Lima, Colima, Docker Desktop
-# replay only IN_ATTRIB), so the table has ferry alone.
+# replay only IN_ATTRIB), so the table has ferry alone. `cpu` is the
+# serving ferry process's CPU milliseconds per event over the whole run
+# (boot and idle time included, so an upper bound).
 # Usage: bench/inotify.sh   Env: SAMPLES=100 RUNS=1
 set -u
 export LC_ALL=C
@@ -28,6 +30,11 @@ trap '$FERRY stop inobench >/dev/null 2>&1' EXIT
 for r in $(seq 1 "$RUNS"); do
 	rm -rf "$OUT/share"/*
 	$FERRY run -d --no-net --name inobench -v "$OUT/share:/mnt/s" -- /init tool inotify /mnt/s >/dev/null || exit 1
+	# The detached ferry process serving the share (its CPU is the cost of
+	# the passthrough; QEMU is a separate process).
+	FPID=""
+	for p in $(pgrep -x ferry); do tr '\0' ' ' <"/proc/$p/cmdline" | grep -q "name inobench" && FPID=$p; done
+	C0=$(cpu_of "${FPID:-0}")
 	timeout 600 python3 - "$FERRY_STATE_DIR/vms/inobench/console.log" "$OUT/share" "$SAMPLES" "$r" >>"$RAW" <<'PY'
 import os, sys, time
 log, share, samples, run = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -86,6 +93,9 @@ for kind, xs in results.items():
     print("ferry\t%s-p50\t%s\t%.1f\tms\t" % (kind, run, p50))
     print("ferry\t%s-p99\t%s\t%.1f\tms\t%s" % (kind, run, p99, ("%d lost" % lost) if lost else ""))
 PY
+	# ferry's CPU milliseconds per host change passed to the guest (two per sample).
+	C1=$(cpu_of "${FPID:-0}")
+	[ -n "$FPID" ] && python3 -c "print('ferry\tcpu\t$r\t%.2f\tCPU ms/event\t' % (($C1 - $C0) * 1000 / (2 * $SAMPLES)))" >>"$RAW"
 	$FERRY stop inobench >/dev/null
 done
 log "raw results in $RAW"

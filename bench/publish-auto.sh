@@ -7,7 +7,8 @@
 # connections ("down"). The guest's line reaches the host through its
 # console, which adds its own delay, so these are upper bounds. No peer
 # forwards a VM's listeners by itself on Linux (Lima does it over SSH on
-# macOS), so the table has ferry alone.
+# macOS), so the table has ferry alone. `cpu` is ferry's own CPU (QEMU not
+# counted) per port published and withdrawn, over the whole run.
 # Usage: bench/publish-auto.sh   Env: SAMPLES=30 RUNS=1
 set -u
 export LC_ALL=C
@@ -24,7 +25,7 @@ build_guest_bench
 export FERRY_STATE_DIR=$OUT/state
 for r in $(seq 1 "$RUNS"); do
 	timeout 900 python3 - "$FERRY" "$SAMPLES" "$r" >>"$RAW" <<'PY' || exit 1
-import queue, socket, subprocess, sys, threading, time
+import os, queue, socket, subprocess, sys, threading, time
 ferry, samples, run = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 base = 21000
 script = ("mkdir /www; echo auto > /www/index.html; i=0; while [ $i -lt %d ]; do "
@@ -76,6 +77,15 @@ while len(res["down"]) < samples and time.monotonic() < deadline:
     else:
         res[kind].append((time.monotonic() - at) * 1000)
         continue
+def cpu_seconds(pid):
+    # utime + stime of ferry's own threads (QEMU, its child, is not counted).
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+try:
+    cpu = cpu_seconds(proc.pid)
+except OSError:
+    cpu = None
 proc.kill()
 for kind, xs in res.items():
     xs.sort()
@@ -86,6 +96,9 @@ for kind, xs in res.items():
     p99 = xs[min(len(xs) - 1, int(len(xs) * 0.99))]
     print("ferry\t%s-p50\t%s\t%.0f\tms\t" % (kind, run, p50))
     print("ferry\t%s-p99\t%s\t%.0f\tms\t%s" % (kind, run, p99, ("%d lost" % lost) if lost else ""))
+if cpu is not None and res["up"]:
+    # ferry's CPU milliseconds per port published and withdrawn, over the whole run.
+    print("ferry\tcpu\t%s\t%.1f\tCPU ms/port\t" % (run, cpu * 1000 / len(res["up"])))
 PY
 done
 log "raw results in $RAW"
