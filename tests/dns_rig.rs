@@ -245,3 +245,97 @@ fn host_side_listener_answers_guest_names() {
     let none = udp_exchange(addr, &query("nope.test.", RecordType::A, true)).unwrap();
     assert_eq!(none.response_code(), ResponseCode::NXDomain);
 }
+
+/// Bursts from several clients at once, over IPv4 and IPv6: the host
+/// listener takes and answers queries in batches, so every answer must
+/// still carry its own query's ID and name and go back to the client that
+/// asked; a malformed datagram in the burst is dropped alone.
+#[test]
+fn host_side_listener_answers_bursts_from_many_clients() {
+    use std::collections::HashMap;
+    use std::net::UdpSocket;
+    for host in ["127.0.0.1", "[::1]"] {
+        let upstream = Upstream::start();
+        let up = upstream.addr.to_string();
+        let bind = format!("{host}:0");
+        let port = UdpSocket::bind(&bind).unwrap().local_addr().unwrap().port();
+        let listen = format!("{host}:{port}");
+        let ns = Netns::new();
+        let _ferry = FerryNet::start(
+            &ns,
+            &[
+                "--dns-listen",
+                &listen,
+                "--dns-record",
+                "api=10.0.2.40",
+                "--dns-upstream",
+                &up,
+            ],
+        );
+        let addr: SocketAddr = listen.parse().unwrap();
+        let clients: Vec<UdpSocket> = (0..3).map(|_| UdpSocket::bind(&bind).unwrap()).collect();
+        for c in &clients {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        // Forwarded once each (with and without EDNS, which the cache keeps
+        // apart), so the bursts below are answered from the cache.
+        for k in 0..16u16 {
+            let name = format!("c{}.upstream.example.", k / 2);
+            let mut q = query(&name, RecordType::A, k % 2 == 0);
+            q.set_id(0xf000 | k);
+            clients[0].send_to(&q.to_vec().unwrap(), addr).unwrap();
+            let mut buf = [0u8; 4096];
+            let n = clients[0].recv(&mut buf).expect("warm-up answer");
+            let warm = hickory_proto::op::Message::from_vec(&buf[..n]).unwrap();
+            assert_eq!(
+                (warm.id(), first_a(&warm)),
+                (0xf000 | k, Some(Ipv4Addr::new(192, 0, 2, 7)))
+            );
+        }
+        for round in 0..4u16 {
+            let mut asked: Vec<HashMap<u16, String>> = vec![HashMap::new(); clients.len()];
+            for (ci, c) in clients.iter().enumerate() {
+                for i in 0..40u16 {
+                    let name = match i % 3 {
+                        0 => "api.test.".to_string(),
+                        1 => format!("c{}.upstream.example.", i % 8),
+                        _ => format!("nosuch{i}.test."),
+                    };
+                    let id = (ci as u16) << 12 | round << 8 | i;
+                    let mut q = query(&name, RecordType::A, i % 2 == 0);
+                    q.set_id(id);
+                    c.send_to(&q.to_vec().unwrap(), addr).unwrap();
+                    asked[ci].insert(id, name);
+                    if i == 20 {
+                        c.send_to(b"\x01\x02\x03", addr).unwrap();
+                    }
+                }
+            }
+            for (ci, c) in clients.iter().enumerate() {
+                let mut buf = [0u8; 4096];
+                while !asked[ci].is_empty() {
+                    let n = c.recv(&mut buf).unwrap_or_else(|e| {
+                        panic!("{host} round {round} client {ci}: {} unanswered: {e}", asked[ci].len())
+                    });
+                    let m = hickory_proto::op::Message::from_vec(&buf[..n]).expect("parseable reply");
+                    let name = asked[ci]
+                        .remove(&m.id())
+                        .unwrap_or_else(|| panic!("client {ci} got an answer it did not ask for: id {:#x}", m.id()));
+                    assert_eq!(m.queries()[0].name().to_ascii(), name, "answer {:#x}", m.id());
+                    match name.as_str() {
+                        "api.test." => assert_eq!(first_a(&m), Some(Ipv4Addr::new(10, 0, 2, 40))),
+                        n if n.ends_with("upstream.example.") => {
+                            assert_eq!(first_a(&m), Some(Ipv4Addr::new(192, 0, 2, 7)))
+                        }
+                        _ => assert_eq!(m.response_code(), ResponseCode::NXDomain),
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            upstream.queries.load(std::sync::atomic::Ordering::SeqCst),
+            16,
+            "{host}: the bursts must be answered from the cache"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 //! address and optionally on a host socket (`listener`).
 #![deny(unsafe_code)]
 
+mod batch;
 pub mod cache;
 pub mod forward;
 pub mod listener;
@@ -24,6 +25,8 @@ pub const SYSCALLS: &[libc::c_long] = &[
     libc::SYS_connect,
     libc::SYS_sendto,
     libc::SYS_recvfrom,
+    libc::SYS_recvmmsg,
+    libc::SYS_sendmmsg,
     libc::SYS_getsockopt,
     libc::SYS_setsockopt,
 ];

@@ -34,44 +34,52 @@ pub async fn bind(server: Arc<DnsServer>, addr: SocketAddr) -> io::Result<impl s
 }
 
 async fn serve_udp(server: Arc<DnsServer>, socket: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; 65535];
+    let mut batch = crate::batch::Batch::default();
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(crate::batch::BATCH);
     loop {
         if socket.readable().await.is_err() {
             continue;
         }
         // Drain what is queued per wake-up (one readiness round trip per
-        // burst), yielding now and then so forwarded queries make progress.
-        for _ in 0..BATCH {
-            let (n, from) = match socket.try_recv_from(&mut buf) {
-                Ok(r) => r,
+        // burst, a system call per batch each way), yielding now and then
+        // so forwarded queries make progress.
+        let mut taken = 0;
+        while taken < BATCH {
+            let more = match batch.recv(&socket) {
+                Ok(more) => more,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => continue,
-            };
-            match server.answer_now(&buf[..n], from.ip(), Transport::Udp) {
-                Step::Reply(reply) => send(&socket, reply, from),
-                Step::Forward(pending) => {
-                    let (server, socket) = (server.clone(), socket.clone());
-                    tokio::task::spawn_local(async move {
-                        let reply = server.finish(pending).await;
-                        let _ = socket.send_to(&reply, from).await;
-                    });
+                Err(_) => {
+                    taken += 1;
+                    continue;
                 }
-                Step::Drop => {}
+            };
+            for (packet, from) in batch.datagrams() {
+                taken += 1;
+                match server.answer_now(packet, from.ip(), Transport::Udp) {
+                    Step::Reply(reply) => replies.push((reply, from)),
+                    Step::Forward(pending) => {
+                        let (server, socket) = (server.clone(), socket.clone());
+                        tokio::task::spawn_local(async move {
+                            let reply = server.finish(pending).await;
+                            let _ = socket.send_to(&reply, from).await;
+                        });
+                    }
+                    Step::Drop => {}
+                }
+            }
+            let sent = crate::batch::send(&socket, &replies);
+            // What the socket would not take now goes from a task once it
+            // is writable.
+            for (reply, to) in replies.drain(..).skip(sent) {
+                let socket = socket.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = socket.send_to(&reply, to).await;
+                });
+            }
+            if !more {
+                break;
             }
         }
-    }
-}
-
-/// Sends now if the socket takes it, else from a task once it is writable.
-fn send(socket: &Arc<UdpSocket>, reply: Vec<u8>, to: SocketAddr) {
-    match socket.try_send_to(&reply, to) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            let socket = socket.clone();
-            tokio::task::spawn_local(async move {
-                let _ = socket.send_to(&reply, to).await;
-            });
-        }
-        _ => {}
     }
 }
 
