@@ -79,18 +79,16 @@ pub async fn run_port(stack: StackRef, port: Rc<dyn Frontend>) {
             port.poll_recv(cx, &mut st.switch.rx.buf)
         })
         .await;
-        let mut st = stack.borrow_mut();
         match first {
             Ok(0) => break,
-            Ok(n) => st.ingress(id, n),
+            Ok(n) => stack.borrow_mut().ingress(id, n),
             Err(e) => {
-                NetMetrics::inc(&st.metrics.port_errors);
+                NetMetrics::inc(&stack.borrow().metrics.port_errors);
                 tracing::warn!(port = port.name(), error = %e, "front end failed; detaching it");
                 failed = true;
                 break;
             }
         }
-        drop(st);
         // Let the tasks this frame woke run before the drain: a splice with
         // a request for the host writes it now, and the drain's read (which
         // in request/response traffic finds the queue empty) and smoltcp's
