@@ -298,12 +298,19 @@ mod tests {
         tokio::task::LocalSet::new().block_on(&rt, f)
     }
 
+    /// A port on one end of a socket pair, its flush task running (call
+    /// inside `local`), and the other end.
+    fn port_and_peer() -> (Rc<StreamPort<UnixStream>>, UnixStream) {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let port = StreamPort::new(ours, 1500, "test".into());
+        tokio::task::spawn_local(port.clone().flush_task());
+        (port, peer)
+    }
+
     #[test]
     fn a_burst_of_frames_arrives_whole_and_in_order() {
         local(async {
-            let (ours, mut peer) = UnixStream::pair().unwrap();
-            let port = StreamPort::new(ours, 1500, "test".into());
-            tokio::task::spawn_local(port.clone().flush_task());
+            let (port, mut peer) = port_and_peer();
             // One burst, as a stack poll produces it: written at once while
             // the socket takes it, queued behind what it did not.
             for i in 0..300 {
@@ -319,17 +326,15 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_that_stops_reading_bounds_the_queue_and_loses_nothing_accepted() {
+    fn a_peer_that_stops_reading_bounds_the_queue_and_loses_nothing_taken() {
         local(async {
-            let (ours, mut peer) = UnixStream::pair().unwrap();
-            let port = StreamPort::new(ours, 1500, "test".into());
-            tokio::task::spawn_local(port.clone().flush_task());
+            let (port, mut peer) = port_and_peer();
             // Fill the socket and then the queue; the peer reads nothing.
-            let mut accepted = 0;
+            let mut taken = 0;
             for round in 0..100 {
-                while port.send(&frame(accepted)).is_ok() {
-                    accepted += 1;
-                    assert!(accepted < 1_000_000, "the queue never filled");
+                while port.send(&frame(taken)).is_ok() {
+                    taken += 1;
+                    assert!(taken < 1_000_000, "the queue never filled");
                 }
                 if round == 0 {
                     assert!(port.tx.borrow().len() <= TX_LIMIT);
@@ -338,10 +343,10 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             assert!(port.tx.borrow().len() <= TX_LIMIT);
-            // Everything accepted arrives, in order, once the peer reads.
-            let got = tokio::time::timeout(Duration::from_secs(30), read_frames(&mut peer, accepted))
+            // Everything taken arrives, in order, once the peer reads.
+            let got = tokio::time::timeout(Duration::from_secs(30), read_frames(&mut peer, taken))
                 .await
-                .expect("every accepted frame");
+                .expect("every taken frame");
             for (i, f) in got.iter().enumerate() {
                 assert_eq!(f, &frame(i), "frame {i}");
             }
