@@ -63,7 +63,7 @@ pub fn load_identity(path: &Path) -> anyhow::Result<Arc<PrivateKey>> {
 }
 
 /// Binds the host socket (owner-only, as gvproxy's umask 0177) and starts
-/// serving it on the current `LocalSet`.
+/// serving it on the network's thread.
 pub fn spawn(stack: &StackRef, guest: GuestTarget, fwd: SocketForward, key: Arc<PrivateKey>) -> anyhow::Result<()> {
     match std::fs::remove_file(&fwd.socket) {
         Ok(()) => {}

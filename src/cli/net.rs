@@ -646,15 +646,14 @@ pub fn spawn_background(args: NetArgs) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("ferry-net".into())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match local_runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = tx.send(Err(anyhow::Error::from(e)));
                     return;
                 }
             };
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, async move {
+            runtime.block_on(async move {
                 match start(&args, cfg, false).await {
                     Ok(_running) => {
                         let _ = tx.send(Ok(()));
@@ -746,12 +745,8 @@ pub fn run_until(
     }
     raise_fd_limit(&cfg);
     tune_allocator();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async {
+    let runtime = local_runtime().context("starting the runtime")?;
+    runtime.block_on(async {
         let mut running = start(&args, cfg, true).await?;
         if let Some(path) = &args.state_file {
             keep_state(&running.stack, path)?;
@@ -766,9 +761,8 @@ pub fn run_until(
             .collect();
         ferry_confine::seccomp::install(seccomp, &lists).context("--seccomp")?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // The wait for an exit runs as a task of its own: the future given
-        // to `block_on` is polled again at every wake-up of any task (each
-        // packet), and polling these four there cost every packet.
+        // The wait for an exit runs as a task of its own, polled only when
+        // one of its four events fires, not beside every packet.
         let waiting = tokio::task::spawn_local(async move {
             let exit_requested = async {
                 match &exit {
@@ -790,6 +784,17 @@ pub fn run_until(
     })
 }
 
+/// The network's one thread: a current-thread runtime whose tasks may hold
+/// `Rc`s (`spawn_local`). tokio's `LocalRuntime` rather than a `LocalSet`
+/// on a runtime: a woken task goes straight to the scheduler's queue
+/// instead of through the set's own queue and waker, which every packet
+/// paid for (see docs/performance.md, round trips).
+fn local_runtime() -> std::io::Result<tokio::runtime::LocalRuntime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build_local(tokio::runtime::LocalOptions::default())
+}
+
 fn raise_fd_limit(cfg: &NetConfig) {
     match ferry_net::sys::raise_nofile_limit(None) {
         Ok(n) if (n as usize) < cfg.max_tcp_flows + cfg.max_udp_flows => tracing::warn!(
@@ -801,7 +806,7 @@ fn raise_fd_limit(cfg: &NetConfig) {
     }
 }
 
-/// A network being served on the current `LocalSet`.
+/// A network being served on the current thread's local runtime.
 pub struct Running {
     /// The network, for clients ferry runs on it itself (gvproxy's SSH
     /// socket forwards).

@@ -48,7 +48,7 @@ struct TxQueue {
 
 impl Unixgram {
     /// Binds `path` (replacing a stale socket file) and starts the task that
-    /// sends what the peer could not take at once. Call on a `LocalSet`.
+    /// sends what the peer could not take at once. Call where `spawn_local` works.
     pub fn bind(path: &std::path::Path) -> io::Result<Rc<Unixgram>> {
         crate::sys::remove_stale_socket(path);
         let socket = UnixDatagram::bind(path)
