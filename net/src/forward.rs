@@ -473,7 +473,7 @@ async fn tcp_forward_conn(
 /// False if the guest never came up.
 async fn connect_and_splice(
     stack: Weak<std::cell::RefCell<Stack>>,
-    host: impl crate::tcp::HostStream,
+    host: impl crate::tcp::HostStream + 'static,
     client: Option<SocketAddr>,
     guest: &GuestTarget,
     port: u16,
@@ -494,7 +494,7 @@ async fn connect_and_splice(
     let Some((key, handle)) = stack.borrow_mut().tcp_connect_to_guest(guest_ip, port, client) else {
         return true;
     };
-    crate::tcp::splice(&stack, handle, host).await;
+    crate::tcp::splice(&stack, key, handle, host).await;
     stack.borrow_mut().tcp_release(key, handle);
     true
 }
@@ -504,7 +504,7 @@ async fn connect_and_splice(
 /// listener: the returned socket is one end of a pair whose other end is
 /// spliced to the guest. A guest that refuses, resets or does not come up
 /// within `wait` shows as end-of-file on the returned socket, as a refused
-/// connection would. Must be called on the stack's `LocalSet`.
+/// connection would. Must be called on the stack's thread.
 pub fn dial_guest(
     stack: &crate::stack::StackRef,
     guest: GuestTarget,

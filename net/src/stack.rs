@@ -1,6 +1,6 @@
 //! The gateway: owns the switch, the smoltcp interface and the NAT tables,
 //! and dispatches every guest frame. Runs on one thread (a tokio
-//! current-thread runtime with a `LocalSet`), shared as `Rc<RefCell<Stack>>`;
+//! current-thread local runtime), shared as `Rc<RefCell<Stack>>`;
 //! no borrow is ever held across an `.await`.
 
 use std::cell::RefCell;
@@ -59,6 +59,9 @@ pub struct Stack {
     pub shards: crate::shards::Shards,
     /// The shard that takes the packet the switch holds as pending.
     pending_shard: usize,
+    /// The TCP flow the last frame's segment went to, for
+    /// [`Stack::tcp_write_through`].
+    pub(crate) tcp_input: Option<crate::tcp::FlowKey>,
     pub switch: Switch,
     pub dhcp: DhcpServer,
     pub dhcp6: dhcp6::Dhcp6Server,
@@ -112,6 +115,7 @@ impl Stack {
                 metrics,
                 shards,
                 pending_shard: 0,
+                tcp_input: None,
                 switch,
                 dhcp: DhcpServer::new(),
                 dhcp6: dhcp6::Dhcp6Server::new(),
@@ -194,6 +198,7 @@ impl Stack {
 
     /// Processes the frame a front end just read into `switch.rx.buf[..len]`.
     pub fn ingress(&mut self, port: PortId, len: usize) {
+        self.tcp_input = None;
         NetMetrics::inc(&self.metrics.rx_frames);
         NetMetrics::add(&self.metrics.rx_bytes, len as u64);
         if len > self.switch.rx.buf.len() {
@@ -516,6 +521,7 @@ impl Stack {
                 let start = ETHERNET_HEADER_LEN;
                 self.switch.rx.pending = Some(start..start + total);
                 self.pending_shard = self.shards.shard_of(&key);
+                self.tcp_input = Some(key);
             }
             IpProtocol::Icmp | IpProtocol::Icmpv6 => {
                 if self.is_own_echo_target(dst) {
