@@ -14,7 +14,8 @@
 # predates it), so its row is missing; set PASST=/path/to/newer/passt to add
 # passt-vhost-user.
 # Each backend runs at every MTU in MTUS (one guest boot each). Tests:
-#   down-MTU  MB/s of SIZE_MB fetched with busybox wget from the host
+#   down-MTU  MB/s of SIZE_MB fetched with busybox wget from the host, with
+#             the guest's CPU share (not idle) during each run ("guest busy")
 #   up-MTU    MB/s of SIZE_MB sent with busybox nc to a host sink
 #   cpu-MTU   CPU seconds the network daemon burned per GB moved (its
 #             utime+stime over the whole boot; lower is better; QEMU's
@@ -80,20 +81,25 @@ PIDS+=($!)
 sleep 1
 
 # The guest's side: RUNS timed downloads, then RUNS timed uploads of a file
-# made in the guest's memory first; one "RESULT dir start end" line each.
+# made in the guest's memory first; one "RESULT dir start end busy" line
+# each, busy being the share of the guest's CPU time (its one vCPU) that
+# was not idle during the transfer, from /proc/stat: at ~100 % the guest,
+# not the network path, is what bounds the transfer.
 GUEST='H=${HOST:-$(ip route | awk "/default/{print \$3}")}
+ticks() { awk "/^cpu /{print \$2+\$3+\$4+\$5+\$6+\$7+\$8+\$9, \$5+\$6}" /proc/stat; }
+busy() { echo "$1 $2" | awk "{t=\$3-\$1; print (t > 0 ? int(100-100*(\$4-\$2)/t+0.5) : 0)}"; }
 for i in $(seq 1 '$RUNS'); do
-  a=$(cut -d" " -f1 /proc/uptime)
+  s=$(ticks); a=$(cut -d" " -f1 /proc/uptime)
   wget -q -O /dev/null http://$H:'$PORT'/big.bin || { echo FAIL; exit 1; }
   b=$(cut -d" " -f1 /proc/uptime)
-  echo RESULT down $a $b
+  echo RESULT down $a $b $(busy "$s" "$(ticks)")
 done
 wget -q -O /tmp/up http://$H:'$PORT'/big.bin || { echo FAIL; exit 1; }
 for i in $(seq 1 '$RUNS'); do
-  a=$(cut -d" " -f1 /proc/uptime)
+  s=$(ticks); a=$(cut -d" " -f1 /proc/uptime)
   nc $H '$SINK' </tmp/up || { echo FAIL; exit 1; }
   b=$(cut -d" " -f1 /proc/uptime)
-  echo RESULT up $a $b
+  echo RESULT up $a $b $(busy "$s" "$(ticks)")
 done'
 
 # A QEMU wrapper for every guest: runs QEMU and writes the CPU seconds it
@@ -142,10 +148,17 @@ run_guest() { # backend mtu network host daemon-pid [extra ferry run args]
 	rm -f "$OUT/qemu.cpu"
 	timeout 900 "$FERRY" run --qemu "$OUT/qemu" --memory 1024 --network "$net" "${envs[@]}" "$@" -- sh -c "$GUEST" >"$OUT/$b-$mtu.out" 2>"$OUT/$b-$mtu.err"
 	local n=0 down=0 up=0
-	while read -r _ dir a c; do
+	local bd="" bu="" seen
+	while read -r _ dir a c pct; do
 		n=$((n + 1))
-		if [ "$dir" = down ]; then down=$((down + 1)) i=$down; else up=$((up + 1)) i=$up; fi
-		python3 -c "print('%s\t%s-%s\t%d\t%.1f\tMB/s\t' % ('$b', '$dir', '$mtu', $i, $SIZE_MB * 1.048576 / ($c - $a)))" >>"$RAW"
+		if [ "$dir" = down ]; then
+			down=$((down + 1)) i=$down bd="$bd${bd:+/}${pct:-?}" seen=$bd
+		else
+			up=$((up + 1)) i=$up bu="$bu${bu:+/}${pct:-?}" seen=$bu
+		fi
+		# The guest's CPU share of every run so far (the report shows the
+		# last run's: all of them).
+		python3 -c "print('%s\t%s-%s\t%d\t%.1f\tMB/s\tguest busy %s %%' % ('$b', '$dir', '$mtu', $i, $SIZE_MB * 1.048576 / ($c - $a), '$seen'))" >>"$RAW"
 	done < <(grep '^RESULT' "$OUT/$b-$mtu.out")
 	[ "$n" -gt 0 ] || { log "$b at MTU $mtu: no result; see $OUT/$b-$mtu.err"; tail -5 "$OUT/$b-$mtu.err" >&2; }
 	if [ -n "$pid" ] && [ "$n" -gt 0 ]; then
