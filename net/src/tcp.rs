@@ -354,11 +354,7 @@ impl Stack {
         if !socket.can_recv() {
             return;
         }
-        let r = socket.recv(|buf| match host.try_write(buf) {
-            Ok(n) => (n, n),
-            Err(_) => (0, 0),
-        });
-        if r.is_ok_and(|n| n > 0) {
+        if matches!(write_to_host(socket, &**host), Ok(Ok(n)) if n > 0) {
             // The delayed ACK (and window) the timer must learn of.
             self.timer.notify_one();
         }
@@ -444,6 +440,16 @@ impl Stack {
             self.tcp_reject(guest_mac, key, seq);
         }
     }
+}
+
+/// Moves what the guest sent from `socket` to the host as far as the host
+/// takes it now (the splice and [`Stack::tcp_write_through`] both write
+/// through here).
+fn write_to_host(socket: &mut tcp::Socket<'_>, host: &dyn HostStream) -> Result<io::Result<usize>, tcp::RecvError> {
+    socket.recv(|buf| match host.try_write(buf) {
+        Ok(n) => (n, Ok(n)),
+        Err(e) => (0, Err(e)),
+    })
 }
 
 /// Before the connection exists neither direction can have ended.
@@ -554,11 +560,7 @@ pub(crate) async fn splice(stack: &StackRef, key: FlowKey, handle: FlowHandle, h
                     match host.poll_write_ready(cx) {
                         Poll::Ready(Ok(())) => {
                             let queued = socket.recv_queue();
-                            let r = socket.recv(|buf| match host.try_write(buf) {
-                                Ok(n) => (n, Ok(n)),
-                                Err(e) => (0, Err(e)),
-                            });
-                            match r {
+                            match write_to_host(socket, &*host) {
                                 Ok(Ok(n)) if n > 0 => {
                                     progressed = true;
                                     // The stack has something to send only if
